@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up the environment (see setup_env.sh) and run lint + the whole test suite, slow tests
+# included. Extra arguments go to pytest, e.g.  scripts/test.sh -m "not slow" -x
+set -euo pipefail
+source "$(dirname "$0")/setup_env.sh"
+echo "[test] ruff check"
+ruff check .
+echo "[test] pytest"
+python -m pytest "$@"

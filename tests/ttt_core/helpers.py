@@ -1,0 +1,33 @@
+"""Random inputs for the TTT-Linear ops, seeded, in the ops' argument order."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_op_inputs(
+    B: int = 2,
+    H: int = 3,
+    T: int = 37,
+    d: int = 8,
+    *,
+    dtype: torch.dtype = torch.float64,
+    eta_per_head: bool = True,
+    seed: int = 0,
+    eta_scale: float = 0.5,
+) -> tuple[torch.Tensor, ...]:
+    """(q, k, v, eta, W, ln_weight, ln_bias); W is fp64 when dtype is fp64, else fp32."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    q, k, v = (randn(B, H, T, d).to(dtype) for _ in range(3))
+    eta_heads = H if eta_per_head else 1
+    eta = eta_scale * torch.rand(B, eta_heads, T, generator=gen, dtype=torch.float64)
+    eta = eta.expand(B, H, T).to(dtype)
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    W = (0.1 * randn(B, H, d, d)).to(state_dtype)
+    ln_weight = (1 + 0.1 * randn(H, d)).to(dtype)
+    ln_bias = (0.1 * randn(H, d)).to(dtype)
+    return q, k, v, eta, W, ln_weight, ln_bias

@@ -1,0 +1,53 @@
+"""ModelConfig validation, presets and parameter counts."""
+
+from __future__ import annotations
+
+import pydantic
+import pytest
+import torch
+
+from ttt_core import PRESETS, TTTLM, ModelConfig
+from ttt_core.config import NOMINAL_PARAMS
+
+
+def test_every_preset_validates_and_names_itself():
+    for name in PRESETS:
+        config = ModelConfig.from_preset(name)
+        assert config.d_model % config.n_heads == 0
+
+
+def test_overrides_are_validated():
+    config = ModelConfig.from_preset("debug_tiny", n_layers=3, mixer="attention")
+    assert (config.n_layers, config.mixer) == (3, "attention")
+    with pytest.raises(pydantic.ValidationError, match="divisible by n_heads"):
+        ModelConfig.from_preset("debug_tiny", n_heads=3)
+    with pytest.raises(pydantic.ValidationError, match="chunk_size"):
+        ModelConfig.from_preset("debug_tiny", chunk_size=0)
+    with pytest.raises(pydantic.ValidationError, match="mixer"):
+        ModelConfig.from_preset("debug_tiny", mixer="mamba")
+    with pytest.raises(pydantic.ValidationError, match="no_such_field"):
+        ModelConfig.from_preset("debug_tiny", no_such_field=1)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="small_cpu"):
+        ModelConfig.from_preset("gpt5")
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+def test_num_params_matches_the_module_on_meta(name, mixer):
+    config = ModelConfig.from_preset(name, mixer=mixer)
+    with torch.device("meta"):
+        model = TTTLM(config)
+    assert sum(p.numel() for p in model.parameters()) == config.num_params()
+
+
+@pytest.mark.parametrize(("name", "nominal"), sorted(NOMINAL_PARAMS.items()))
+def test_reference_presets_are_within_15_percent_of_nominal(name, nominal):
+    count = ModelConfig.from_preset(name, vocab_size=32000).num_params()
+    assert abs(count - nominal) / nominal < 0.15, f"{name}: {count / 1e6:.1f}M"
+
+
+def test_small_cpu_is_5_to_20m_params():
+    assert 5e6 <= ModelConfig.from_preset("small_cpu").num_params() <= 20e6

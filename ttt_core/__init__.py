@@ -1,0 +1,18 @@
+"""TTT-Linear language model: config, ops, mixers, model, cache. Pure PyTorch, no I/O besides
+cache save/load."""
+
+from .cache import KVCache, TTTCache
+from .config import PRESETS, ModelConfig
+from .mixer import AttentionMixer, TTTLinearMixer
+from .model import TTTLM, ModelOutput
+
+__all__ = [
+    "PRESETS",
+    "TTTLM",
+    "AttentionMixer",
+    "KVCache",
+    "ModelConfig",
+    "ModelOutput",
+    "TTTCache",
+    "TTTLinearMixer",
+]

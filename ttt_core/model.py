@@ -1,0 +1,173 @@
+"""`TTTLM`: a Llama-style language model whose attention is a TTT-Linear mixer (or, for the
+baseline, causal attention): embeddings -> n_layers x [RMSNorm -> mixer, RMSNorm -> SwiGLU]
+with residuals -> RMSNorm -> LM head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import CACHES, KVCache, TTTCache
+from .config import ModelConfig
+from .mixer import MIXERS, TTTLinearMixer
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(
+            x.dtype
+        ) * self.weight
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXERS[config.mixer](config)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
+
+    def forward(self, x: Tensor, positions: Tensor, state, *, decode: bool, return_stats: bool):
+        h = self.mixer_norm(x)
+        if decode:
+            mixed = self.mixer.decode(h, positions, state)
+        else:
+            mixed = self.mixer(h, positions, state, return_stats=return_stats)
+        x = x + mixed.y
+        return x + self.mlp(self.mlp_norm(x)), mixed.state, mixed.stats
+
+
+@dataclass
+class ModelOutput:
+    logits: Tensor  # (B, T, V)
+    loss: Tensor | None = None  # mean next-token cross entropy over labelled positions
+    cache: TTTCache | KVCache | None = None
+    stats: list[dict[str, Tensor]] | None = None  # per layer, TTT only, on request
+
+
+class TTTLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """N(0, init_std) for every matrix, N(0, 0.02^2) for W0, ones/zeros for norms."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+            elif isinstance(module, TTTLinearMixer):
+                nn.init.normal_(module.W0, std=0.02)
+                nn.init.ones_(module.ln_weight)
+                nn.init.zeros_(module.ln_bias)
+
+    def new_cache(
+        self,
+        batch: int,
+        *,
+        decode_mode: Literal["online", "chunked"] | None = None,
+        init: Literal["learned", "zeros"] = "learned",
+    ) -> TTTCache | KVCache:
+        """An empty cache for `batch` rows. TTT state starts from the learned W0 (cloned per row)
+        or, as an ablation, from zeros; `decode_mode` defaults to the config's."""
+        mode = decode_mode or self.config.decode_mode
+        layers = [
+            block.mixer.init_state(batch, cold=init == "zeros", chunked=mode == "chunked")
+            for block in self.blocks
+        ]
+        offsets = torch.zeros(batch, dtype=torch.long, device=self.embed.weight.device)
+        cache_cls = CACHES[self.config.mixer]
+        return cache_cls(
+            layers=layers, offsets=offsets, decode_mode=mode, config=self.config.model_dump()
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None = None,
+        cache=None,
+        use_cache: bool = False,
+        return_stats: bool = False,
+    ) -> ModelOutput:
+        """Training / prefill over input_ids (B, T), dual form for TTT.
+
+        labels (B, T): the id that should follow each input position (already shifted), or -100
+        to ignore it. `cache` continues a sequence; with `use_cache` the updated cache is returned.
+        """
+        if cache is None and use_cache:
+            cache = self.new_cache(input_ids.shape[0])
+        return self._run(input_ids, labels, cache, decode=False, return_stats=return_stats)
+
+    def decode(self, input_ids: Tensor, cache) -> ModelOutput:
+        """Consume input_ids (B, T) one token at a time from `cache` (TTT: online or chunked GD,
+        per `cache.decode_mode`). Eval mode only. Returns logits for every token and the cache."""
+        return self._run(input_ids, None, cache, decode=True, return_stats=False)
+
+    def _run(
+        self, input_ids: Tensor, labels: Tensor | None, cache, *, decode: bool, return_stats: bool
+    ) -> ModelOutput:
+        B, T = input_ids.shape
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {B}")
+        start = cache.offsets if cache is not None else input_ids.new_zeros(B)
+        positions = start[:, None] + torch.arange(T, device=input_ids.device)  # (B, T)
+        x = self.embed(input_ids)
+        states, stats = [], []
+        for i, block in enumerate(self.blocks):
+            state = cache.layers[i] if cache is not None else None
+            x, state, layer_stats = block(
+                x, positions, state, decode=decode, return_stats=return_stats
+            )
+            states.append(state)
+            stats.append(layer_stats)
+        logits = self.lm_head(self.norm(x))
+        new_cache = None
+        if cache is not None:
+            new_cache = type(cache)(
+                layers=states, offsets=start + T, decode_mode=cache.decode_mode, config=cache.config
+            )
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
+            )
+        return ModelOutput(
+            logits=logits,
+            loss=loss,
+            cache=new_cache,
+            stats=stats if return_stats and self.config.mixer == "ttt_linear" else None,
+        )
