@@ -3,6 +3,7 @@ cache save/load."""
 
 from .cache import KVCache, TTTCache
 from .config import PRESETS, ModelConfig
+from .generate import GenerationResult, TokenStream, generate
 from .mixer import AttentionMixer, TTTLinearMixer
 from .model import TTTLM, ModelOutput
 
@@ -10,9 +11,12 @@ __all__ = [
     "PRESETS",
     "TTTLM",
     "AttentionMixer",
+    "GenerationResult",
     "KVCache",
     "ModelConfig",
     "ModelOutput",
     "TTTCache",
     "TTTLinearMixer",
+    "TokenStream",
+    "generate",
 ]

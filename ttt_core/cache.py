@@ -68,6 +68,16 @@ class _Cache:
         offsets = torch.cat([c.offsets for c in caches])
         return replace(first, layers=layers, offsets=offsets)
 
+    def where_rows(self, active: Tensor, frozen: _Cache) -> _Cache:
+        """Row i from this cache where `active[i]`, else from `frozen` (rows that stopped
+        generating keep the state they had)."""
+        layers = [
+            self._where_layer(active, new, old)
+            for new, old in zip(self.layers, frozen.layers, strict=True)
+        ]
+        offsets = torch.where(active, self.offsets, frozen.offsets)
+        return replace(self, layers=layers, offsets=offsets)
+
     def nbytes(self) -> int:
         """Bytes held by the cache's tensors (the memory generation keeps per batch)."""
         return sum(t.numel() * t.element_size() for s in self.layers for t in s.tensors().values())
@@ -100,8 +110,8 @@ class _Cache:
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         if header["format_version"] != CACHE_FORMAT_VERSION or header["kind"] != cls.kind:
             raise ValueError(
-                f"{path}: a {header['kind']} cache (format {header['format_version']}) cannot "
-                f"be loaded as a {cls.kind} cache (format {CACHE_FORMAT_VERSION})"
+                f"{path}: holds a {header['kind']} cache (format {header['format_version']}); "
+                f"{cls.__name__} loads {cls.kind} caches (format {CACHE_FORMAT_VERSION})"
             )
         differing = sorted(
             k
@@ -147,6 +157,14 @@ class TTTCache(_Cache):
         )
 
     @staticmethod
+    def _where_layer(active: Tensor, new: FastWeightState, old: FastWeightState) -> FastWeightState:
+        rows = active[:, None, None, None]
+        return FastWeightState(
+            W=torch.where(rows, new.W, old.W),
+            anchor=None if new.anchor is None else torch.where(rows, new.anchor, old.anchor),
+        )
+
+    @staticmethod
     def _layer_from(tensors: dict[str, Tensor]) -> FastWeightState:
         return FastWeightState(**tensors)
 
@@ -159,16 +177,22 @@ class KVCache(_Cache):
 
     @staticmethod
     def _stack_layer(states: list[KVState]) -> KVState:
-        length = max(s.k.shape[2] for s in states)
-
-        def pad(t: Tensor, dim: int, value: Any = 0) -> Tensor:
-            widths = [0, 0] * (t.dim() - 1 - dim) + [0, length - t.shape[dim]]
-            return torch.nn.functional.pad(t, widths, value=value)
-
+        length = max(s.length for s in states)
+        padded = [s.padded_to(length) for s in states]
         return KVState(
-            k=torch.cat([pad(s.k, 2) for s in states]),
-            v=torch.cat([pad(s.v, 2) for s in states]),
-            valid=torch.cat([pad(s.valid, 1, False) for s in states]),
+            k=torch.cat([s.k for s in padded]),
+            v=torch.cat([s.v for s in padded]),
+            valid=torch.cat([s.valid for s in padded]),
+        )
+
+    @staticmethod
+    def _where_layer(active: Tensor, new: KVState, old: KVState) -> KVState:
+        old = old.padded_to(new.length)
+        rows = active[:, None, None, None]
+        return KVState(
+            k=torch.where(rows, new.k, old.k),
+            v=torch.where(rows, new.v, old.v),
+            valid=torch.where(active[:, None], new.valid, old.valid),
         )
 
     @staticmethod

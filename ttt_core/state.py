@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -54,6 +55,19 @@ class KVState(_TensorFields):
     k: Tensor
     v: Tensor
     valid: Tensor
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    def padded_to(self, length: int) -> KVState:
+        """Right-pad the time axis to `length` with invalid (masked) slots."""
+        extra = length - self.length
+        return KVState(
+            k=F.pad(self.k, (0, 0, 0, extra)),
+            v=F.pad(self.v, (0, 0, 0, extra)),
+            valid=F.pad(self.valid, (0, extra), value=False),
+        )
 
     @staticmethod
     def empty(batch: int, heads: int, head_dim: int, like: Tensor) -> KVState:
