@@ -1,0 +1,53 @@
+"""A tiny real dataset (stdlib text, 512-token SentencePiece, rows of 65 ids) and helpers to run
+the trainer as a user would: `python -m train_stage` in a subprocess, alone or under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+
+CORPUS = CorpusConfig(format="stdlib", max_bytes=1_000_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    train_tokenizer(TokenizerConfig(corpus=CORPUS, out=root / "tok", vocab_size=512))
+    build_shards(ShardConfig(corpus=CORPUS, tokenizer=root / "tok", seq_len=64,
+                             out=root / "shards", val_fraction=0.1, workers=2))
+    return root / "shards"
+
+
+def train_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_train(*args: str, nproc: int = 1, check: bool = True,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m train_stage ARGS`, or under torchrun with `nproc` processes."""
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "train_stage", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "train_stage", *args]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=train_env(),
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-5000:]}")
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    """step -> loss from the run's metrics.jsonl (what the trainer wrote, not its exit code)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}

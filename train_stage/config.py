@@ -1,0 +1,190 @@
+"""`TrainConfig`: everything one training run needs, validated before any work starts.
+
+Named presets (`TrainConfig.from_preset("small_cpu", data=..., run_dir=...)`) pair a model preset
+with a recipe that fits it. The resolved config is written to `<run_dir>/config.yaml`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ttt_core import ModelConfig
+
+SUPPORTED_STRATEGIES = ("none", "fsdp")
+
+
+class CurriculumStage(BaseModel):
+    """One stage of a length curriculum; lr and batch size default to the run's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq_len: int = Field(ge=2)
+    steps: int = Field(ge=1)
+    lr: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+
+
+class MlflowConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    tracking_uri: str | None = Field(
+        default=None,
+        description="None: $MLFLOW_TRACKING_URI, else a SQLite store under the run dir's parent.",
+    )
+    experiment: str = "ttt-bringup"
+    run_name: str | None = None
+    parent_run_id: str | None = Field(default=None, description="Nest the run under this one.")
+    flush_every: int = Field(default=10, ge=1, description="Metric batches are sent every N steps.")
+
+
+class TrainConfig(BaseModel):
+    """One training run. `steps` counts optimizer steps (each of `grad_accum` micro-batches of
+    `batch_size` rows per rank). With a curriculum, `steps` is derived from its stages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = None
+    model: ModelConfig
+    data: Path
+    run_dir: Path
+    steps: int = Field(default=100, ge=1)
+    stop_at: int | None = Field(
+        default=None, ge=1,
+        description="End this invocation after this step (checkpoint saved); the schedule "
+        "still spans `steps`. For time-boxed jobs: resume later with --resume auto.",
+    )
+    batch_size: int = Field(default=8, ge=1, description="Rows per rank per micro-step.")
+    grad_accum: int = Field(default=1, ge=1)
+    seq_len: int = Field(default=128, ge=2)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping.")
+    strategy: str = "none"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    resume: str = Field(default="auto", description="auto | never | path to a checkpoint dir")
+    save_every: int = Field(default=50, ge=0, description="0: only at the end.")
+    keep_last: int = Field(default=3, ge=1)
+    eval_every: int = Field(default=0, ge=0, description="0: only at the end.")
+    eval_batches: int = Field(default=4, ge=1)
+    log_every: int = Field(default=1, ge=1)
+    stats_every: int = Field(default=10, ge=0, description="Fast-weight stats cadence; 0 = off.")
+    verify_data: bool = Field(default=True, description="sha256 every shard before training.")
+    seed: int = Field(default=0, ge=0)
+    curriculum: list[CurriculumStage] = Field(default_factory=list)
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in SUPPORTED_STRATEGIES:
+            raise ValueError(
+                f"strategy {value!r} is not supported; supported: 'none' (one process or "
+                "data-parallel replicas) and 'fsdp' (classic FullyShardedDataParallel). "
+                "fsdp2 and deepspeed are not implemented"
+            )
+        return value
+
+    @field_validator("resume")
+    @classmethod
+    def _known_resume(cls, value: str) -> str:
+        if value not in ("auto", "never") and not value.strip():
+            raise ValueError("resume must be 'auto', 'never' or a checkpoint path")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_steps(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("curriculum"):
+            total = sum(int(dict(stage)["steps"]) for stage in data["curriculum"])
+            if "steps" in data and data["steps"] is not None and int(data["steps"]) != total:
+                raise ValueError(
+                    f"steps={data['steps']} disagrees with the curriculum's {total} steps; "
+                    "give one or the other"
+                )
+            data = {**data, "steps": total}
+        return data
+
+    @property
+    def stages(self) -> list[CurriculumStage]:
+        """The curriculum, or the whole run as one stage."""
+        return self.curriculum or [CurriculumStage(seq_len=self.seq_len, steps=self.steps)]
+
+    def stage_at(self, step: int) -> tuple[int, CurriculumStage]:
+        """(stage index, stage) in force at optimizer step `step` (0-based)."""
+        stages = self.stages
+        end = 0
+        for index, stage in enumerate(stages):
+            end += stage.steps
+            if step < end:
+                return index, stage
+        return len(stages) - 1, stages[-1]
+
+    def stage_lr(self, stage: CurriculumStage) -> float:
+        return stage.lr if stage.lr is not None else self.lr
+
+    def stage_batch_size(self, stage: CurriculumStage) -> int:
+        return stage.batch_size if stage.batch_size is not None else self.batch_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(s.seq_len for s in self.stages)
+
+    @property
+    def max_batch_size(self) -> int:
+        return max(self.stage_batch_size(s) for s in self.stages)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: Path | str) -> TrainConfig:
+        with open(path) as f:
+            return cls.model_validate(yaml.safe_load(f))
+
+    @classmethod
+    def preset_dict(cls, name: str) -> dict[str, Any]:
+        """The named recipe as plain data, its model preset expanded."""
+        if name not in TRAIN_PRESETS:
+            raise ValueError(f"unknown train preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+        recipe = dict(TRAIN_PRESETS[name])
+        model = ModelConfig.from_preset(recipe.pop("model_preset")).model_dump(mode="json")
+        return {"preset": name, **recipe, "model": model}
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
+        """A named recipe with `overrides` merged in (`model` and `mlflow` as partial dicts)."""
+        return cls.model_validate(deep_merge(cls.preset_dict(name), overrides))
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied; nested dicts are merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "debug_tiny": dict(model_preset="debug_tiny", steps=20, batch_size=4, seq_len=32, lr=3e-3,
+                       warmup_steps=2, save_every=10, stats_every=5),
+    "small_cpu": dict(model_preset="small_cpu", steps=200, batch_size=8, seq_len=128, lr=3e-3,
+                      warmup_steps=20, save_every=50, eval_every=100),
+    "bringup_125m": dict(model_preset="bringup_125m", steps=20000, batch_size=16, seq_len=2048,
+                         lr=3e-3, warmup_steps=1000, save_every=1000, eval_every=1000,
+                         precision="bf16", strategy="fsdp"),
+    "bringup_1p3b": dict(model_preset="bringup_1p3b", steps=50000, batch_size=8, seq_len=2048,
+                         lr=1e-3, warmup_steps=2000, save_every=1000, eval_every=2000,
+                         precision="bf16", strategy="fsdp"),
+}

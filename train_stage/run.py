@@ -1,0 +1,87 @@
+"""One training run end to end: refuse early, set up, resume, train, record."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+from .checkpoint import atomic_write_text
+from .config import TrainConfig
+from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
+from .preflight import preflight
+from .tracking import MlflowTracker
+from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
+
+EXIT_DIVERGED, EXIT_INTERRUPTED = 3, 143
+
+
+def open_tracker(cfg: TrainConfig, env: DistEnv) -> MlflowTracker | None:
+    """Rank 0 only; an unreachable MLflow is a warning and the run goes on without it."""
+    if not (env.is_main and cfg.mlflow.enabled):
+        return None
+    try:
+        return MlflowTracker(cfg, cfg.run_dir)
+    except Exception as e:
+        warnings.warn(f"MLflow unavailable, logging to metrics.jsonl only: {e}", stacklevel=2)
+        return None
+
+
+def run_training(cfg: TrainConfig) -> int:
+    """Train per `cfg` in this process (one rank of torchrun, or alone). Returns an exit code;
+    raises `ConfigError` (nothing written) when the run cannot start."""
+    _, world, local_rank = world_from_env()
+    resume_from = preflight(cfg, world, local_rank)
+    env = init_distributed(cfg.device)
+    tracker = None
+    clean = False
+    try:
+        if env.is_main:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
+            print(f"[train] resolved config (also in {cfg.run_dir / 'config.yaml'}):\n"
+                  f"{cfg.to_yaml()}", flush=True)
+        trainer = Trainer(cfg, env)
+        if resume_from is not None:
+            seconds = trainer.resume(resume_from)
+            _say(env, f"[train] resumed from {resume_from} (step {trainer.step}, "
+                      f"loaded in {seconds:.2f}s)")
+        tracker = open_tracker(cfg, env)
+        if tracker:
+            tracker.set_tag("run_dir", str(cfg.run_dir.resolve()))
+            _say(env, f"[train] MLflow run {tracker.run_id} at {tracker.uri}")
+        summary = trainer.run(tracker)
+        _finish(tracker, "FINISHED")
+        _say(env, f"[train] done: {_describe(summary)}")
+        clean = True
+        return 0
+    except TrainingDiverged as e:
+        _finish(tracker, "FAILED")
+        _say(env, f"[train] diverged: {e}", err=True)
+        return EXIT_DIVERGED
+    except TrainingInterrupted as e:
+        _finish(tracker, "KILLED")
+        _say(env, f"[train] {e}", err=True)
+        return EXIT_INTERRUPTED
+    except BaseException:
+        _finish(tracker, "FAILED")
+        raise
+    finally:
+        shutdown_distributed(clean)
+
+
+def _finish(tracker: MlflowTracker | None, status: str) -> None:
+    if tracker:
+        tracker.finish(status)
+
+
+def _say(env: DistEnv, message: str, err: bool = False) -> None:
+    if env.is_main:
+        print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    val = summary["val_loss"]
+    return (f"{summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss "
+            f"{summary['final_loss']:.4f}" + (f", val loss {val:.4f}" if val is not None else "")
+            + f", checkpoint {summary['checkpoint']}")

@@ -1,0 +1,132 @@
+"""Run records: `metrics.jsonl` in the run directory (always) and MLflow (rank 0, optional).
+
+MLflow is best effort: any failure is a warning and the metrics stay buffered for the next
+flush; training never stops because the tracking server is away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+
+# Nothing leaves the machine: MLflow's usage telemetry is off unless the user turned it on.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+RUN_ID_FILE = "mlflow_run_id"
+METRICS_FILE = "metrics.jsonl"
+MAX_BUFFERED = 100_000
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    """$MLFLOW_TRACKING_URI, else a SQLite store in the run root (the run dir's parent)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve().parent}/mlflow.db"
+
+
+class MetricsFile:
+    """Append-only JSON lines, one object per logged step; truncated to a checkpoint on resume
+    so the file always tells one consistent history."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / METRICS_FILE
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", -1) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    if isinstance(value, dict):
+        out: dict[str, str] = {}
+        for key, sub in value.items():
+            out.update(flatten(f"{prefix}.{key}" if prefix else key, sub))
+        return out
+    return {prefix: str(value)[:6000]}
+
+
+class MlflowTracker:
+    """One MLflow run per run directory; a resumed run logs into the same run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        from mlflow import MlflowClient
+
+        self.cfg = cfg.mlflow
+        self.uri = self.cfg.tracking_uri or default_tracking_uri(run_dir)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.buffer: list[Any] = []
+        self.run_id = self._run_id(run_dir)
+        self._log_params(cfg)
+
+    def _run_id(self, run_dir: Path) -> str:
+        id_file = run_dir / RUN_ID_FILE
+        if id_file.exists():
+            run_id = id_file.read_text().strip()
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        experiment = self.client.get_experiment_by_name(self.cfg.experiment)
+        if experiment is None:
+            artifacts = (run_dir.resolve().parent / "mlartifacts").as_uri()
+            experiment_id = self.client.create_experiment(self.cfg.experiment, artifacts)
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {"run_dir": str(run_dir.resolve())}
+        if self.cfg.parent_run_id:
+            tags["mlflow.parentRunId"] = self.cfg.parent_run_id
+        run = self.client.create_run(experiment_id, run_name=self.cfg.run_name or run_dir.name,
+                                     tags=tags)
+        id_file.write_text(run.info.run_id + "\n")
+        return run.info.run_id
+
+    def _log_params(self, cfg: TrainConfig) -> None:
+        from mlflow.entities import Param
+
+        params = flatten("", cfg.model_dump(mode="json"))
+        existing = self.client.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in sorted(params.items()) if k not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(self.run_id, params=new[start : start + 100])
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        del self.buffer[:-MAX_BUFFERED]
+        if step % self.cfg.flush_every == 0:
+            self.flush()
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._safely(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def flush(self) -> None:
+        def send() -> None:
+            while self.buffer:
+                self.client.log_batch(self.run_id, metrics=self.buffer[:1000])
+                del self.buffer[:1000]
+
+        self._safely(send)
+
+    def finish(self, status: str) -> None:
+        self.flush()
+        self._safely(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def _safely(self, action) -> None:
+        try:
+            action()
+        except Exception as e:
+            warnings.warn(f"MLflow ({self.uri}) failed, training goes on: {e}", stacklevel=2)
+            print(f"[warn] MLflow unavailable: {type(e).__name__}: {e}", file=sys.stderr)
