@@ -1,0 +1,208 @@
+"""Memory-mapped, zero-copy reading of a shard directory, and its full verification.
+
+Shards are opened lazily with `pa.memory_map` + `pa.ipc.open_file`; each record batch, on
+first use, becomes a read-only (batch_rows, row_len) int32 numpy view over the mapped file and
+stays cached, so random access is index arithmetic plus a row copy (or no copy for `ds[i]`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import operator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from data_stage.errors import ShardError, TokenizerError
+from data_stage.files import sha256_file
+from data_stage.manifest import REBUILD_HINT, Manifest, ShardInfo, Split, read_manifest
+from data_stage.shard_writer import shard_schema
+from data_stage.tokenizer import load_tokenizer
+
+
+def _check_file(path: Path, shard: ShardInfo, sha256: bool) -> str | None:
+    """A problem with one shard file, or None when it matches the manifest."""
+    if not path.is_file():
+        return f"{path}: missing shard; {REBUILD_HINT}"
+    size = path.stat().st_size
+    if size != shard.bytes:
+        return f"{path}: {size} bytes, manifest says {shard.bytes} (truncated or replaced); {REBUILD_HINT}"
+    if sha256:
+        digest = sha256_file(path)
+        if digest != shard.sha256:
+            return (
+                f"{path}: sha256 mismatch (manifest {shard.sha256[:12]}, file {digest[:12]}), "
+                f"the shard is corrupt; {REBUILD_HINT}"
+            )
+    return None
+
+
+def verify_shards(directory: Path | str) -> list[str]:
+    """Full check of a shard directory: every shard's size and sha256, and the tokenizer copy.
+
+    Returns one message per problem (empty when all is well); raises `ShardError` when the
+    manifest itself is missing or unreadable.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    problems = []
+    for split in ("train", "val"):
+        for shard in manifest.split(split).shards:
+            problem = _check_file(directory / shard.file, shard, sha256=True)
+            if problem:
+                problems.append(problem)
+    tok_dir = directory / manifest.tokenizer.dir
+    try:
+        tokenizer_hash = load_tokenizer(tok_dir).hash
+    except TokenizerError as e:
+        problems.append(str(e))
+    else:
+        if tokenizer_hash != manifest.tokenizer.hash:
+            problems.append(
+                f"{tok_dir}: tokenizer copy does not match the manifest hash; {REBUILD_HINT}"
+            )
+    return problems
+
+
+class ShardDataset:
+    """The rows of one split: `ds[i]` is a read-only (seq_len + 1,) int32 view, i in [0, len).
+
+    Opening reads `manifest.json`, checks its format version, the tokenizer hash when
+    `tokenizer_hash` is given, and each shard's presence and size; `verify=True` also checks
+    each shard's sha256. Problems raise `ShardError` naming the shard.
+    """
+
+    def __init__(
+        self,
+        directory: Path | str,
+        split: Split = "train",
+        *,
+        tokenizer_hash: str | None = None,
+        verify: bool = False,
+    ) -> None:
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        self.directory = Path(directory)
+        self.split = split
+        self.manifest: Manifest = read_manifest(self.directory)
+        if tokenizer_hash is not None and tokenizer_hash != self.manifest.tokenizer.hash:
+            raise ShardError(
+                f"{self.directory}: shards were built with tokenizer {self.manifest.tokenizer.hash[:12]}, "
+                f"expected {tokenizer_hash[:12]}; {REBUILD_HINT} using the expected tokenizer"
+            )
+        self.shards = self.manifest.split(split).shards
+        for shard in self.shards:
+            problem = _check_file(self.directory / shard.file, shard, sha256=verify)
+            if problem:
+                raise ShardError(problem)
+        self.row_len = self.manifest.row_len
+        self.batch_rows = self.manifest.batch_rows
+        rows = np.array([s.rows for s in self.shards], dtype=np.int64)
+        self._shard_starts = np.concatenate([[0], np.cumsum(rows)])
+        self._shard_starts_list = self._shard_starts.tolist()
+        batches = -(-rows // self.batch_rows)
+        self._batch_starts = np.concatenate([[0], np.cumsum(batches)])
+        self._len = int(self._shard_starts[-1])
+        self._reset_cache()
+
+    @property
+    def seq_len(self) -> int:
+        return self.manifest.seq_len
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _reset_cache(self) -> None:
+        self._readers: list[pa.ipc.RecordBatchFileReader | None] = [None] * len(self.shards)
+        self._views: list[np.ndarray | None] = [None] * int(self._batch_starts[-1])
+
+    def __getstate__(self) -> dict:
+        # Mapped files do not pickle; a copy (e.g. in a DataLoader worker) re-opens lazily.
+        state = self.__dict__.copy()
+        del state["_readers"], state["_views"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset_cache()
+
+    def _reader(self, shard: int) -> pa.ipc.RecordBatchFileReader:
+        reader = self._readers[shard]
+        if reader is not None:
+            return reader
+        path = self.directory / self.shards[shard].file
+        expected = int(self._batch_starts[shard + 1] - self._batch_starts[shard])
+        try:
+            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(f"{path}: not a readable Arrow IPC file ({e}); {REBUILD_HINT}") from e
+        if not reader.schema.equals(shard_schema(self.row_len)):
+            raise ShardError(
+                f"{path}: schema {reader.schema} is not tokens[{self.row_len}]; {REBUILD_HINT}"
+            )
+        if reader.num_record_batches != expected:
+            raise ShardError(
+                f"{path}: {reader.num_record_batches} record batches, expected {expected}; {REBUILD_HINT}"
+            )
+        self._readers[shard] = reader
+        return reader
+
+    def _load_view(self, shard: int, batch: int) -> np.ndarray:
+        path = self.directory / self.shards[shard].file
+        shard_rows = self.shards[shard].rows
+        expected = min(self.batch_rows, shard_rows - batch * self.batch_rows)
+        try:
+            column = self._reader(shard).get_batch(batch).column(0)
+            flat = column.flatten().to_numpy(zero_copy_only=True)
+        except (OSError, pa.ArrowException) as e:
+            raise ShardError(
+                f"{path}: cannot read record batch {batch} ({e}); {REBUILD_HINT}"
+            ) from e
+        if len(column) != expected:
+            raise ShardError(
+                f"{path}: record batch {batch} has {len(column)} rows, expected {expected}; {REBUILD_HINT}"
+            )
+        view = flat.reshape(expected, self.row_len)
+        self._views[int(self._batch_starts[shard]) + batch] = view
+        return view
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n,) int64 global row indices → (shard, batch within shard, row within batch)."""
+        shard = np.searchsorted(self._shard_starts, indices, side="right") - 1
+        batch, row = np.divmod(indices - self._shard_starts[shard], self.batch_rows)
+        return shard, batch, row
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        index = operator.index(index)
+        if not -self._len <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} rows of {self.split}")
+        index %= self._len
+        shard = bisect.bisect_right(self._shard_starts_list, index) - 1
+        batch, row = divmod(index - self._shard_starts_list[shard], self.batch_rows)
+        view = self._views[int(self._batch_starts[shard]) + batch]
+        if view is None:
+            view = self._load_view(shard, batch)
+        return view[row]
+
+    def get_many(self, indices: np.ndarray | list[int]) -> np.ndarray:
+        """Rows at `indices` (1-D, each in [0, len)) → new (n, seq_len + 1) int32 array."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.ndim != 1:
+            raise ValueError(f"indices must be 1-D, got shape {idx.shape}")
+        out = np.empty((len(idx), self.row_len), dtype=np.int32)
+        if not len(idx):
+            return out
+        if idx.min() < 0 or idx.max() >= self._len:
+            raise IndexError(f"indices outside [0, {self._len}) for {self.split}")
+        shard, batch, row = self._locate(idx)
+        views = self._views
+        flat_batch = self._batch_starts[shard] + batch
+        for k, (g, s, b, r) in enumerate(
+            zip(flat_batch.tolist(), shard.tolist(), batch.tolist(), row.tolist(), strict=True)
+        ):
+            view = views[g]
+            if view is None:
+                view = self._load_view(s, b)
+            out[k] = view[r]
+        return out
