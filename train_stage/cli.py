@@ -21,19 +21,35 @@ EXIT_REFUSED = 2
 
 # flag -> (config path, type)
 OVERRIDES: dict[str, tuple[str, type]] = {
-    "data": ("data", str), "run_dir": ("run_dir", str), "steps": ("steps", int), "stop_at": ("stop_at", int),
-    "batch_size": ("batch_size", int), "grad_accum": ("grad_accum", int),
-    "seq_len": ("seq_len", int), "lr": ("lr", float), "warmup_steps": ("warmup_steps", int),
-    "weight_decay": ("weight_decay", float), "grad_clip": ("grad_clip", float),
-    "strategy": ("strategy", str), "precision": ("precision", str), "device": ("device", str),
-    "resume": ("resume", str), "save_every": ("save_every", int),
-    "keep_last": ("keep_last", int), "eval_every": ("eval_every", int),
-    "eval_batches": ("eval_batches", int), "log_every": ("log_every", int),
-    "stats_every": ("stats_every", int), "seed": ("seed", int),
-    "vocab_size": ("model.vocab_size", int), "mixer": ("model.mixer", str),
-    "eta_base": ("model.eta_base", float), "checkpoint_n_chunks": ("model.checkpoint_n_chunks", int),
+    "data": ("data", str),
+    "run_dir": ("run_dir", str),
+    "steps": ("steps", int),
+    "stop_at": ("stop_at", int),
+    "batch_size": ("batch_size", int),
+    "grad_accum": ("grad_accum", int),
+    "seq_len": ("seq_len", int),
+    "lr": ("lr", float),
+    "warmup_steps": ("warmup_steps", int),
+    "weight_decay": ("weight_decay", float),
+    "grad_clip": ("grad_clip", float),
+    "strategy": ("strategy", str),
+    "precision": ("precision", str),
+    "device": ("device", str),
+    "resume": ("resume", str),
+    "save_every": ("save_every", int),
+    "keep_last": ("keep_last", int),
+    "eval_every": ("eval_every", int),
+    "eval_batches": ("eval_batches", int),
+    "log_every": ("log_every", int),
+    "stats_every": ("stats_every", int),
+    "seed": ("seed", int),
+    "vocab_size": ("model.vocab_size", int),
+    "mixer": ("model.mixer", str),
+    "eta_base": ("model.eta_base", float),
+    "checkpoint_n_chunks": ("model.checkpoint_n_chunks", int),
     "mlflow_tracking_uri": ("mlflow.tracking_uri", str),
-    "mlflow_experiment": ("mlflow.experiment", str), "mlflow_run_name": ("mlflow.run_name", str),
+    "mlflow_experiment": ("mlflow.experiment", str),
+    "mlflow_run_name": ("mlflow.run_name", str),
     "mlflow_parent_run_id": ("mlflow.parent_run_id", str),
 }
 
@@ -56,8 +72,11 @@ def parse_curriculum(text: str) -> list[dict[str, Any]]:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m train_stage", description="Train a TTT-Linear LM (or the "
-                "attention baseline). Under torchrun: torchrun --nproc_per_node N -m train_stage")
+    p = _Parser(
+        prog="python -m train_stage",
+        description="Train a TTT-Linear LM (or the "
+        "attention baseline). Under torchrun: torchrun --nproc_per_node N -m train_stage",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
     source.add_argument("--config", type=Path, help="a YAML TrainConfig (e.g. a run's config.yaml)")
@@ -86,8 +105,11 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.no_verify_data:
         overrides["verify_data"] = False
     if args.preset:
-        return TrainConfig.from_preset(args.preset, **overrides)
-    base = yaml.safe_load(args.config.read_text())
+        base = TrainConfig.preset_dict(args.preset)
+    else:
+        base = yaml.safe_load(args.config.read_text())
+    if "curriculum" in overrides and "steps" not in overrides:
+        base.pop("steps", None)  # a curriculum given on the command line sets the length
     return TrainConfig.model_validate(deep_merge(base, overrides))
 
 
@@ -128,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
 def export_main(argv: list[str]) -> int:
     from .export import export_model
 
-    p = _Parser(prog="python -m train_stage export",
-                description="Write a consolidated single-file model (safetensors) + config + "
-                "tokenizer from a run's checkpoint.")
+    p = _Parser(
+        prog="python -m train_stage export",
+        description="Write a consolidated single-file model (safetensors) + config + "
+        "tokenizer from a run's checkpoint.",
+    )
     p.add_argument("--run-dir", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--checkpoint", type=Path, help="default: the run's latest checkpoint")

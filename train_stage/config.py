@@ -54,7 +54,8 @@ class TrainConfig(BaseModel):
     run_dir: Path
     steps: int = Field(default=100, ge=1)
     stop_at: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="End this invocation after this step (checkpoint saved); the schedule "
         "still spans `steps`. For time-boxed jobs: resume later with --resume auto.",
     )
@@ -154,7 +155,9 @@ class TrainConfig(BaseModel):
     def preset_dict(cls, name: str) -> dict[str, Any]:
         """The named recipe as plain data, its model preset expanded."""
         if name not in TRAIN_PRESETS:
-            raise ValueError(f"unknown train preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+            raise ValueError(
+                f"unknown train preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}"
+            )
         recipe = dict(TRAIN_PRESETS[name])
         model = ModelConfig.from_preset(recipe.pop("model_preset")).model_dump(mode="json")
         return {"preset": name, **recipe, "model": model}
@@ -177,14 +180,48 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "debug_tiny": dict(model_preset="debug_tiny", steps=20, batch_size=4, seq_len=32, lr=3e-3,
-                       warmup_steps=2, save_every=10, stats_every=5),
-    "small_cpu": dict(model_preset="small_cpu", steps=200, batch_size=8, seq_len=128, lr=3e-3,
-                      warmup_steps=20, save_every=50, eval_every=100),
-    "bringup_125m": dict(model_preset="bringup_125m", steps=20000, batch_size=16, seq_len=2048,
-                         lr=3e-3, warmup_steps=1000, save_every=1000, eval_every=1000,
-                         precision="bf16", strategy="fsdp"),
-    "bringup_1p3b": dict(model_preset="bringup_1p3b", steps=50000, batch_size=8, seq_len=2048,
-                         lr=1e-3, warmup_steps=2000, save_every=1000, eval_every=2000,
-                         precision="bf16", strategy="fsdp"),
+    "debug_tiny": dict(
+        model_preset="debug_tiny",
+        steps=20,
+        batch_size=4,
+        seq_len=32,
+        lr=3e-3,
+        warmup_steps=2,
+        save_every=10,
+        stats_every=5,
+    ),
+    "small_cpu": dict(
+        model_preset="small_cpu",
+        steps=200,
+        batch_size=8,
+        seq_len=128,
+        lr=3e-3,
+        warmup_steps=20,
+        save_every=50,
+        eval_every=100,
+    ),
+    "bringup_125m": dict(
+        model_preset="bringup_125m",
+        steps=20000,
+        batch_size=16,
+        seq_len=2048,
+        lr=3e-3,
+        warmup_steps=1000,
+        save_every=1000,
+        eval_every=1000,
+        precision="bf16",
+        strategy="fsdp",
+    ),
+    "bringup_1p3b": dict(
+        model_preset="bringup_1p3b",
+        steps=50000,
+        batch_size=8,
+        seq_len=2048,
+        lr=1e-3,
+        warmup_steps=2000,
+        save_every=1000,
+        eval_every=2000,
+        precision="bf16",
+        strategy="fsdp",
+    ),
 }

@@ -40,8 +40,11 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
 
 def world_from_env() -> tuple[int, int, int]:
     """(rank, world, local_rank) as torchrun sets them; (0, 1, 0) for a plain process."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-            int(os.environ.get("LOCAL_RANK", 0)))
+    return (
+        int(os.environ.get("RANK", 0)),
+        int(os.environ.get("WORLD_SIZE", 1)),
+        int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 def init_distributed(device_request: str) -> DistEnv:

@@ -24,7 +24,10 @@ from .config import TrainConfig
 
 EXPORT_FORMAT_VERSION = 1
 WEIGHTS, MODEL_CONFIG, EXPORT_INFO, TOKENIZER_DIR = (
-    "model.safetensors", "model_config.json", "export.json", "tokenizer",
+    "model.safetensors",
+    "model_config.json",
+    "export.json",
+    "tokenizer",
 )
 
 
@@ -76,9 +79,14 @@ def export_model(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Pa
         shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
         shutil.copytree(tokenizer_src, out / TOKENIZER_DIR)
     meta = read_meta(checkpoint)
-    info = {"format_version": EXPORT_FORMAT_VERSION, "step": meta["step"],
-            "tokens_seen": meta["tokens_seen"], "source_checkpoint": str(checkpoint.resolve()),
-            "run_dir": str(run_dir.resolve()), "mlflow_run_id": meta.get("mlflow_run_id")}
+    info = {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "step": meta["step"],
+        "tokens_seen": meta["tokens_seen"],
+        "source_checkpoint": str(checkpoint.resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "mlflow_run_id": meta.get("mlflow_run_id"),
+    }
     atomic_write_text(out / EXPORT_INFO, json.dumps(info, indent=2))
     return out
 
@@ -89,8 +97,10 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     if (path / EXPORT_INFO).exists():
         info = json.loads((path / EXPORT_INFO).read_text())
         if info.get("format_version") != EXPORT_FORMAT_VERSION:
-            raise ValueError(f"{path}: export format {info.get('format_version')} is not "
-                             f"{EXPORT_FORMAT_VERSION}; re-export with `python -m train_stage export`")
+            raise ValueError(
+                f"{path}: export format {info.get('format_version')} is not "
+                f"{EXPORT_FORMAT_VERSION}; re-export with `python -m train_stage export`"
+            )
         config = ModelConfig.model_validate_json((path / MODEL_CONFIG).read_text())
         from safetensors.torch import load_file
 
@@ -98,8 +108,10 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
         missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
         allowed_missing = {"lm_head.weight"} if config.tie_embeddings else set()
         if set(missing) - allowed_missing or unexpected:
-            raise ValueError(f"{path / WEIGHTS}: weights do not fit the config "
-                             f"(missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"{path / WEIGHTS}: weights do not fit the config "
+                f"(missing {missing}, unexpected {unexpected})"
+            )
         tokenizer_dir = path / TOKENIZER_DIR
         info["source"] = str(path)
     elif (path / "config.yaml").exists():
@@ -108,13 +120,16 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
         model = load_checkpoint_weights(checkpoint, config)
         tokenizer_dir = train_config.data / TOKENIZER_DIR
         meta = read_meta(checkpoint)
-        info = {"step": meta["step"], "tokens_seen": meta["tokens_seen"],
-                "source": str(checkpoint), "run_dir": str(path),
-                "mlflow_run_id": meta.get("mlflow_run_id")}
+        info = {
+            "step": meta["step"],
+            "tokens_seen": meta["tokens_seen"],
+            "source": str(checkpoint),
+            "run_dir": str(path),
+            "mlflow_run_id": meta.get("mlflow_run_id"),
+        }
     else:
         raise FileNotFoundError(
             f"{path}: neither an export (export.json) nor a run directory (config.yaml)"
         )
     tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    return LoadedModel(model=model.to(device).eval(), config=config, tokenizer=tokenizer,
-                       info=info)
+    return LoadedModel(model=model.to(device).eval(), config=config, tokenizer=tokenizer, info=info)

@@ -17,7 +17,8 @@ def decay_names(model: nn.Module) -> set[str]:
     """Names of the parameters that decay: matrices, but not norms, biases, the inner LN or the
     initial fast weight W0. Call it on the unwrapped model: FSDP flattens parameters."""
     return {
-        name for name, param in model.named_parameters()
+        name
+        for name, param in model.named_parameters()
         if param.dim() >= 2 and "norm" not in name and not name.endswith(NO_DECAY_SUFFIXES)
     }
 
@@ -28,8 +29,10 @@ def build_optimizer(model: nn.Module, decaying: set[str], cfg: TrainConfig) -> t
     for name, param in model.named_parameters():
         if param.requires_grad:
             (decay if name.replace(FSDP_PREFIX, "") in decaying else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
 
 
@@ -45,6 +48,7 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer,
-                    cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))

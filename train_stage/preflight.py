@@ -29,7 +29,9 @@ def _check_runtime(cfg: TrainConfig, world: int, local_rank: int) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if cfg.precision == "bf16" and device.type != "cuda":
-        raise ConfigError("--precision bf16 needs CUDA (bf16 autocast); on CPU use --precision fp32")
+        raise ConfigError(
+            "--precision bf16 needs CUDA (bf16 autocast); on CPU use --precision fp32"
+        )
     if cfg.strategy == "none" and world > 1:
         raise ConfigError(
             f"--strategy none trains in one process but WORLD_SIZE={world}; "

@@ -22,13 +22,21 @@ class Progress:
     def update(self, step: int, record: dict[str, float]) -> None:
         seconds = record.get("step_seconds")
         if seconds is not None:
-            self.step_seconds = seconds if self.step_seconds is None else (
-                (1 - self.smoothing) * self.step_seconds + self.smoothing * seconds)
+            self.step_seconds = (
+                seconds
+                if self.step_seconds is None
+                else ((1 - self.smoothing) * self.step_seconds + self.smoothing * seconds)
+            )
         if not self.enabled:
             return
         eta = format_duration((self.total - step) * (self.step_seconds or 0.0))
-        parts = [f"step {step}/{self.total}", f"loss {record['loss']:.4f}",
-                 f"lr {record['lr']:.2e}", f"tok/s {record['tokens_per_s']:,.0f}", f"ETA {eta}"]
+        parts = [
+            f"step {step}/{self.total}",
+            f"loss {record['loss']:.4f}",
+            f"lr {record['lr']:.2e}",
+            f"tok/s {record['tokens_per_s']:,.0f}",
+            f"ETA {eta}",
+        ]
         if record.get("val_loss") is not None:
             parts.append(f"val {record['val_loss']:.4f}")
         if record.get("checkpoint_seconds") is not None:

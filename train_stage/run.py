@@ -39,13 +39,19 @@ def run_training(cfg: TrainConfig) -> int:
         if env.is_main:
             cfg.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
-            print(f"[train] resolved config (also in {cfg.run_dir / 'config.yaml'}):\n"
-                  f"{cfg.to_yaml()}", flush=True)
+            print(
+                f"[train] resolved config (also in {cfg.run_dir / 'config.yaml'}):\n"
+                f"{cfg.to_yaml()}",
+                flush=True,
+            )
         trainer = Trainer(cfg, env)
         if resume_from is not None:
             seconds = trainer.resume(resume_from)
-            _say(env, f"[train] resumed from {resume_from} (step {trainer.step}, "
-                      f"loaded in {seconds:.2f}s)")
+            _say(
+                env,
+                f"[train] resumed from {resume_from} (step {trainer.step}, "
+                f"loaded in {seconds:.2f}s)",
+            )
         tracker = open_tracker(cfg, env)
         if tracker:
             tracker.set_tag("run_dir", str(cfg.run_dir.resolve()))
@@ -82,6 +88,9 @@ def _say(env: DistEnv, message: str, err: bool = False) -> None:
 
 def _describe(summary: dict[str, Any]) -> str:
     val = summary["val_loss"]
-    return (f"{summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss "
-            f"{summary['final_loss']:.4f}" + (f", val loss {val:.4f}" if val is not None else "")
-            + f", checkpoint {summary['checkpoint']}")
+    return (
+        f"{summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss "
+        f"{summary['final_loss']:.4f}"
+        + (f", val loss {val:.4f}" if val is not None else "")
+        + f", checkpoint {summary['checkpoint']}"
+    )

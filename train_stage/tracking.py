@@ -19,6 +19,11 @@ from .config import TrainConfig
 # Nothing leaves the machine: MLflow's usage telemetry is off unless the user turned it on.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# MLflow's HTTP client retries for minutes by default; a training step must not wait that long.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+RETRY_AFTER_SECONDS = 60.0
 
 RUN_ID_FILE = "mlflow_run_id"
 METRICS_FILE = "metrics.jsonl"
@@ -27,7 +32,9 @@ MAX_BUFFERED = 100_000
 
 def default_tracking_uri(run_dir: Path) -> str:
     """$MLFLOW_TRACKING_URI, else a SQLite store in the run root (the run dir's parent)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve().parent}/mlflow.db"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve().parent}/mlflow.db"
+    )
 
 
 class MetricsFile:
@@ -40,8 +47,11 @@ class MetricsFile:
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) <= step]
+        kept = [
+            line
+            for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", -1) <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def append(self, record: dict[str, Any]) -> None:
@@ -68,6 +78,7 @@ class MlflowTracker:
         self.uri = self.cfg.tracking_uri or default_tracking_uri(run_dir)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.buffer: list[Any] = []
+        self.retry_at = 0.0  # after a failure, sends wait until then (metrics stay buffered)
         self.run_id = self._run_id(run_dir)
         self._log_params(cfg)
 
@@ -86,8 +97,9 @@ class MlflowTracker:
         tags = {"run_dir": str(run_dir.resolve())}
         if self.cfg.parent_run_id:
             tags["mlflow.parentRunId"] = self.cfg.parent_run_id
-        run = self.client.create_run(experiment_id, run_name=self.cfg.run_name or run_dir.name,
-                                     tags=tags)
+        run = self.client.create_run(
+            experiment_id, run_name=self.cfg.run_name or run_dir.name, tags=tags
+        )
         id_file.write_text(run.info.run_id + "\n")
         return run.info.run_id
 
@@ -121,6 +133,7 @@ class MlflowTracker:
         self._safely(send)
 
     def finish(self, status: str) -> None:
+        self.retry_at = 0.0  # one last try for whatever is still buffered
         self.flush()
         self._safely(lambda: self.client.set_terminated(self.run_id, status=status))
 

@@ -49,8 +49,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": np.random.get_state()}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -101,8 +104,12 @@ class Trainer:
         if self.env.rank >= saved_world:
             del state["rng"]  # this rank did not exist then: it keeps the seeded RNG
         seconds = self.checkpointer.load(checkpoint, state)
-        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.order.load_state_dict(state["data"])
         self.step = int(state["train"]["step"])
@@ -115,9 +122,13 @@ class Trainer:
         return seconds
 
     def save(self) -> float:
-        meta = {"step": self.step, "tokens_seen": self.tokens_seen, "world_size": self.env.world,
-                "config": self.cfg.model_dump(mode="json"),
-                "mlflow_run_id": self.tracker.run_id if self.tracker else None}
+        meta = {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.env.world,
+            "config": self.cfg.model_dump(mode="json"),
+            "mlflow_run_id": self.tracker.run_id if self.tracker else None,
+        }
         path, seconds = self.checkpointer.save(self.step, self._state(), meta)
         self.last_checkpoint = path
         if self.tracker:
@@ -142,8 +153,9 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             inputs, labels = self.data.next_batch(batch_size, seq_len)
             with self._autocast():
-                out = self.model(inputs, labels=labels,
-                                 return_stats=want_stats and micro == cfg.grad_accum - 1)
+                out = self.model(
+                    inputs, labels=labels, return_stats=want_stats and micro == cfg.grad_accum - 1
+                )
             (out.loss / cfg.grad_accum).backward()
             loss_sum += out.loss.detach()
             stats = out.stats or stats
@@ -162,9 +174,14 @@ class Trainer:
         self.step += 1
         self.tokens_seen += tokens
         seconds = time.perf_counter() - start
-        metrics.update(lr=lr, grad_norm=grad_norm, tokens_per_s=tokens / seconds,
-                       tokens_seen=float(self.tokens_seen), seq_len=float(seq_len),
-                       step_seconds=seconds)
+        metrics.update(
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=tokens / seconds,
+            tokens_seen=float(self.tokens_seen),
+            seq_len=float(seq_len),
+            step_seconds=seconds,
+        )
         return metrics
 
     def _reduce_stats(self, stats: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -177,8 +194,11 @@ class Trainer:
     def _check_finite(self, metrics: dict[str, float]) -> None:
         bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
         if bad:
-            keep = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint \
+            keep = (
+                f"; the last good checkpoint is {self.last_checkpoint}"
+                if self.last_checkpoint
                 else "; no checkpoint was saved yet"
+            )
             raise TrainingDiverged(
                 f"non-finite values at step {self.step + 1}: {bad}{keep}. Lower --lr or the "
                 "model's eta_base, or raise --grad-clip"
@@ -191,8 +211,9 @@ class Trainer:
         batch_size = self.cfg.stage_batch_size(stage)
         self.model.eval()
         losses = []
-        for inputs, labels in self.data.val_batches(self.cfg.eval_batches, batch_size,
-                                                    stage.seq_len):
+        for inputs, labels in self.data.val_batches(
+            self.cfg.eval_batches, batch_size, stage.seq_len
+        ):
             with self._autocast():
                 losses.append(self.model(inputs, labels=labels).loss.float())
         self.model.train()
@@ -255,13 +276,19 @@ class Trainer:
                 self.tracker.log(self.step, clean)
         progress.update(self.step, clean)
 
-    def _summary(self, last: dict[str, float], val_loss: float | None,
-                 status: str) -> dict[str, Any]:
+    def _summary(
+        self, last: dict[str, float], val_loss: float | None, status: str
+    ) -> dict[str, Any]:
         summary = {
-            "status": status, "steps": self.step, "total_steps": self.cfg.steps, "tokens_seen": self.tokens_seen,
-            "final_loss": last.get("loss"), "val_loss": val_loss,
+            "status": status,
+            "steps": self.step,
+            "total_steps": self.cfg.steps,
+            "tokens_seen": self.tokens_seen,
+            "final_loss": last.get("loss"),
+            "val_loss": val_loss,
             "checkpoint": str(self.last_checkpoint.resolve()) if self.last_checkpoint else None,
-            "world_size": self.env.world, "strategy": self.cfg.strategy,
+            "world_size": self.env.world,
+            "strategy": self.cfg.strategy,
         }
         if self.env.is_main:
             if self.tracker and val_loss is not None:

@@ -20,8 +20,16 @@ CORPUS = CorpusConfig(format="stdlib", max_bytes=1_000_000)
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train_data")
     train_tokenizer(TokenizerConfig(corpus=CORPUS, out=root / "tok", vocab_size=512))
-    build_shards(ShardConfig(corpus=CORPUS, tokenizer=root / "tok", seq_len=64,
-                             out=root / "shards", val_fraction=0.1, workers=2))
+    build_shards(
+        ShardConfig(
+            corpus=CORPUS,
+            tokenizer=root / "tok",
+            seq_len=64,
+            out=root / "shards",
+            val_fraction=0.1,
+            workers=2,
+        )
+    )
     return root / "shards"
 
 
@@ -31,19 +39,28 @@ def train_env() -> dict[str, str]:
     return env
 
 
-def run_train(*args: str, nproc: int = 1, check: bool = True,
-              timeout: float = 300) -> subprocess.CompletedProcess:
+def run_train(
+    *args: str, nproc: int = 1, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """`python -m train_stage ARGS`, or under torchrun with `nproc` processes."""
     if nproc == 1:
         cmd = [sys.executable, "-m", "train_stage", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "train_stage", *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=train_env(),
-                            timeout=timeout)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "train_stage",
+            *args,
+        ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=train_env(), timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\n{result.stdout[-3000:]}\n"
-                             f"{result.stderr[-5000:]}")
+        raise AssertionError(
+            f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+        )
     return result
 
 

@@ -20,14 +20,45 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--batch-siz
 
 def test_resume_is_bitwise_exact_single_process(tiny_shards, tmp_path):
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(whole), "--steps", "16",
-              "--save-every", "8")
-    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(parts), "--steps", "16",
-              "--stop-at", "8", "--save-every", "100")
+    run_train(
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--run-dir",
+        str(whole),
+        "--steps",
+        "16",
+        "--save-every",
+        "8",
+    )
+    run_train(
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--run-dir",
+        str(parts),
+        "--steps",
+        "16",
+        "--stop-at",
+        "8",
+        "--save-every",
+        "100",
+    )
     summary = json.loads((parts / "train_summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("stopped", 8)
-    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(parts), "--steps", "16",
-              "--save-every", "100", "--resume", "auto")
+    run_train(
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--run-dir",
+        str(parts),
+        "--steps",
+        "16",
+        "--save-every",
+        "100",
+        "--resume",
+        "auto",
+    )
     assert losses(parts) == losses(whole)
     assert len(losses(whole)) == 16
 
@@ -38,9 +69,25 @@ def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_
     # Judged by the written losses: a rare gloo abort at process exit is not a training failure.
     run_train(*args, "--run-dir", str(whole), "--steps", "12", nproc=2, check=False)
     interrupted = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "train_stage", *args, "--run-dir", str(parts), "--steps", "12"],
-        env=train_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "train_stage",
+            *args,
+            "--run-dir",
+            str(parts),
+            "--steps",
+            "12",
+        ],
+        env=train_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     _wait_for_checkpoint(parts, step=6, process=interrupted)
     interrupted.kill()
     interrupted.wait()
@@ -50,8 +97,9 @@ def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_
     assert losses(parts) == expected
 
 
-def _wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen,
-                         timeout: float = 240) -> None:
+def _wait_for_checkpoint(
+    run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 240
+) -> None:
     latest = run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,16 +113,37 @@ def _wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen,
 
 @pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_matches(tiny_shards, tmp_path):
-    args = (*TINY, "--data", str(tiny_shards), "--steps", "40", "--save-every", "3",
-            "--keep-last", "2")
+    args = (
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--steps",
+        "40",
+        "--save-every",
+        "3",
+        "--keep-last",
+        "2",
+    )
     whole = tmp_path / "whole"
     run_train(*args, "--run-dir", str(whole))
     rng = random.Random(os.getpid())
     for attempt in range(3):  # kill at random moments, saves included, resuming each time
         run_dir = tmp_path / "killed"
-        proc = subprocess.Popen([sys.executable, "-m", "train_stage", *args, "--run-dir",
-                                 str(run_dir), "--resume", "auto"], env=train_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "train_stage",
+                *args,
+                "--run-dir",
+                str(run_dir),
+                "--resume",
+                "auto",
+            ],
+            env=train_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(4.0, 7.0) if attempt == 0 else rng.uniform(0.5, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()

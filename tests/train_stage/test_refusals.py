@@ -1,0 +1,92 @@
+"""Every refusal: one clear line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from .conftest import run_train
+
+TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "2")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--strategy", "fsdp2"), "strategy 'fsdp2' is not supported; supported: 'none'"),
+        (("--strategy", "deepspeed"), "fsdp2 and deepspeed are not implemented"),
+        (("--precision", "bf16"), "--precision bf16 needs CUDA"),
+        (("--lr", "-1"), "invalid config: lr: Input should be greater than 0"),
+        (("--seq-len", "65"), "seq_len 65 is longer than the shards' 64"),
+        (("--vocab-size", "1000"), "model vocab_size 1000 does not match the shards' tokenizer"),
+        (("--resume", "/nonexistent/step_1"), "not a complete checkpoint directory"),
+        (("--batch-size", "100000"), "one step needs 100000"),
+        (("--curriculum", "16:2,bad"), "is not SEQ:STEPS"),
+    ],
+)
+def test_refusals_exit_2_with_a_clear_message_and_write_nothing(
+    tiny_shards, tmp_path, extra, message
+):
+    run_dir = tmp_path / "run"
+    result = run_train(
+        *TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), *extra, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not run_dir.exists()
+
+
+def test_corrupt_shard_is_refused_naming_it(tiny_shards, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_shards, data)
+    shard = next(data.glob("train-*.arrow"))
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    result = run_train(*TINY, "--data", str(data), "--run-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode == 2
+    assert "fails verification" in result.stderr and shard.name in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_dir_is_refused(tmp_path):
+    result = run_train(
+        *TINY, "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "run"), check=False
+    )
+    assert result.returncode == 2 and "is unusable" in result.stderr
+
+
+def test_resume_never_refuses_to_overwrite_checkpoints(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    result = run_train(
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        "never",
+        check=False,
+    )
+    assert result.returncode == 2 and "already has checkpoints" in result.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_resume_with_another_model_is_refused(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
+    result = run_train(
+        *TINY,
+        "--data",
+        str(tiny_shards),
+        "--run-dir",
+        str(run_dir),
+        "--mixer",
+        "attention",
+        check=False,
+    )
+    assert result.returncode == 2 and "different model config (differs in mixer)" in result.stderr
