@@ -60,35 +60,43 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, Path]:
     return TrainConfig.from_yaml(config_path), checkpoint
 
 
+def save_export(model: TTTLM, out: Path, tokenizer_dir: Path | None, info: dict[str, Any]) -> Path:
+    """Write `model` (unsharded, any source) as an export directory; `info` goes to export.json
+    next to the format version (step, tokens_seen, seq_len, source_checkpoint, ...)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        weights.pop("lm_head.weight")  # the same tensor as embed.weight
+    save_file(weights, str(out / WEIGHTS))
+    atomic_write_text(out / MODEL_CONFIG, model.config.model_dump_json(indent=2))
+    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+        shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
+        shutil.copytree(tokenizer_dir, out / TOKENIZER_DIR)
+    atomic_write_text(
+        out / EXPORT_INFO, json.dumps({"format_version": EXPORT_FORMAT_VERSION, **info}, indent=2)
+    )
+    return out
+
+
 def export_model(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
     """Write the export of `checkpoint` (default: the run's latest) to `out`."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
     config, latest = _run_checkpoint(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else latest
     model = load_checkpoint_weights(checkpoint, config.model)
-    out.mkdir(parents=True, exist_ok=True)
-    from safetensors.torch import save_file
-
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if config.model.tie_embeddings:
-        weights.pop("lm_head.weight")  # the same tensor as embed.weight
-    save_file(weights, str(out / WEIGHTS))
-    atomic_write_text(out / MODEL_CONFIG, config.model.model_dump_json(indent=2))
-    tokenizer_src = config.data / TOKENIZER_DIR
-    if tokenizer_src.is_dir():
-        shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
-        shutil.copytree(tokenizer_src, out / TOKENIZER_DIR)
     meta = read_meta(checkpoint)
     info = {
-        "format_version": EXPORT_FORMAT_VERSION,
         "step": meta["step"],
         "tokens_seen": meta["tokens_seen"],
+        "seq_len": config.max_seq_len,
         "source_checkpoint": str(checkpoint.resolve()),
         "run_dir": str(run_dir.resolve()),
         "mlflow_run_id": meta.get("mlflow_run_id"),
     }
-    atomic_write_text(out / EXPORT_INFO, json.dumps(info, indent=2))
-    return out
+    return save_export(model, out, config.data / TOKENIZER_DIR, info)
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:

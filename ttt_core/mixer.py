@@ -195,8 +195,11 @@ class AttentionMixer(nn.Module):
         D = config.d_model
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False) for _ in range(4))
 
-    def init_state(self, batch: int, **_: bool) -> KVState:
-        """An empty KV cache; it grows by one (k, v) per token."""
+    def init_state(self, batch: int, *, cold: bool = False, chunked: bool = False) -> KVState:
+        """An empty KV cache; it grows by one (k, v) per token. Attention decoding is exact in
+        either decode mode (`chunked` changes nothing); there is no learned state to zero."""
+        if cold:
+            raise ValueError("a cold (zero) initial state is a TTT ablation; attention has none")
         return KVState.empty(batch, self.config.n_heads, self.config.head_dim, self.wq.weight)
 
     def forward(

@@ -1,0 +1,223 @@
+"""`bench-dual-primal`: the TTT-Linear ops on one shape — dual chunk form vs anchored primal
+(the token-by-token reference) vs the online step.
+
+Inputs are random and seeded: q, k, v (B, H, T, d) in the benchmark dtype, eta (B, H, T) fp32
+at the scale of `eta_base` (0.01 x U[0, 1)), W (B, H, d, d) fp32, LN weight/bias (H, d) fp32,
+as in the mixer under bf16 autocast. `forward` runs under no_grad; `forward_backward` runs the op
+with every input requiring grad and back-propagates `sum(z * Cz) + sum(W_next * CW)` with fixed
+random cotangents. Each (op, mode) is run `warmup` times untimed, `repeats` times timed (median
+reported), then once more to measure peak memory (`eval_stage.memory`).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+from pydantic import BaseModel
+
+from ttt_core.ops import ttt_linear_dual, ttt_linear_online, ttt_linear_primal_anchored
+
+from .config import BenchConfig
+from .device import describe_device, resolve_device, time_calls
+from .errors import EvalInputError, SpeedupBelowThreshold
+from .memory import peak_memory
+from .results import EvalResult, metric_key, text_table
+
+EVAL = "bench-dual-primal"
+EPS = 1e-6
+
+
+class BenchShape(BaseModel):
+    batch: int
+    heads: int
+    head_dim: int
+    chunk: int
+    seq_len: int
+
+
+PLAN_SHAPE = BenchShape(batch=16, heads=64, head_dim=128, chunk=16, seq_len=256)
+CPU_SHAPE = BenchShape(batch=2, heads=8, head_dim=64, chunk=16, seq_len=256)
+
+
+class BenchRow(BaseModel):
+    op: str
+    mode: str
+    median_s: float
+    tokens_per_s: float  # B * T / median_s
+    peak_bytes: int
+    times_s: list[float]
+
+
+def resolve_shape(config: BenchConfig, device: torch.device) -> tuple[BenchShape, list[str]]:
+    """The config's shape with unset fields from the plan's shape (CUDA) or the reduced CPU
+    shape; also the names of the fields that took the reduced CPU default."""
+    base = PLAN_SHAPE if device.type == "cuda" else CPU_SHAPE
+    given = {
+        f: getattr(config, f) for f in BenchShape.model_fields if getattr(config, f) is not None
+    }
+    reduced = [f for f in BenchShape.model_fields if f not in given] if base is CPU_SHAPE else []
+    return base.model_copy(update=given), reduced
+
+
+def _inputs(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    B, H, T, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+
+    def randn(*size: int) -> torch.Tensor:
+        return torch.randn(*size, generator=gen)
+
+    q, k, v = (randn(B, H, T, d).to(device, dtype) for _ in range(3))
+    eta = (0.01 * torch.rand(B, H, T, generator=gen)).to(device)
+    W = (0.02 * randn(B, H, d, d)).to(device)
+    ln_weight, ln_bias = (1 + 0.1 * randn(H, d)).to(device), (0.1 * randn(H, d)).to(device)
+    return [q, k, v, eta, W, ln_weight, ln_bias]
+
+
+def _op(name: str, chunk: int):
+    """The op as a function of the 7 inputs returning (z, W_next)."""
+    if name == "online":
+        return lambda *x: ttt_linear_online(*x, eps=EPS)
+    fn = ttt_linear_dual if name == "dual" else ttt_linear_primal_anchored
+    return lambda *x: fn(*x, chunk_size=chunk, eps=EPS)
+
+
+def _runner(op, mode: str, inputs: list[torch.Tensor], seed: int):
+    """A no-argument callable running one forward (no_grad) or forward+backward."""
+    if mode == "forward":
+
+        def forward():
+            with torch.no_grad():
+                return op(*inputs)
+
+        return forward
+    leaves = [x.detach().requires_grad_(True) for x in inputs]
+    gen = torch.Generator().manual_seed(seed + 1)
+    q, W = inputs[0], inputs[4]
+    cz = torch.randn(q.shape, generator=gen).to(q.device)
+    cw = torch.randn(W.shape, generator=gen).to(W.device)
+
+    def forward_backward():
+        for leaf in leaves:
+            leaf.grad = None
+        z, W_next = op(*leaves)
+        ((z.float() * cz).sum() + (W_next * cw).sum()).backward()
+
+    return forward_backward
+
+
+def _speedups(rows: list[BenchRow]) -> dict[str, float]:
+    """`<mode>/speedup_dual_over_<op>` = median time of op / median time of dual."""
+    times = {(r.op, r.mode): r.median_s for r in rows}
+    out = {}
+    for (op, mode), seconds in times.items():
+        if op != "dual" and ("dual", mode) in times:
+            out[f"{mode}/speedup_dual_over_{op}"] = seconds / times[("dual", mode)]
+    return out
+
+
+def evaluate_bench_dual_primal(config: BenchConfig) -> EvalResult:
+    """Time and measure every (op, mode) of `config`; see the module docstring."""
+    device = resolve_device(config.device)
+    if config.dtype == "bf16" and device.type != "cuda":
+        raise EvalInputError(
+            "bf16 runs on CUDA only (CPU bf16 matmuls say nothing about the "
+            "GPU kernels); use --dtype fp32 on CPU"
+        )
+    shape, reduced = resolve_shape(config, device)
+    dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
+    inputs = _inputs(shape, dtype, device, config.seed)
+    rows, memory_methods = [], set()
+    for mode in config.modes:
+        for name in config.ops:
+            run = _runner(_op(name, shape.chunk), mode, inputs, config.seed)
+            times, _ = time_calls(run, device, repeats=config.repeats, warmup=config.warmup)
+            memory = peak_memory(run, device)
+            memory_methods.add(memory.method)
+            median_s = statistics.median(times)
+            rows.append(
+                BenchRow(
+                    op=name,
+                    mode=mode,
+                    median_s=median_s,
+                    tokens_per_s=shape.batch * shape.seq_len / median_s,
+                    peak_bytes=memory.bytes,
+                    times_s=times,
+                )
+            )
+    return _result(config, device, shape, reduced, rows, " / ".join(sorted(memory_methods)))
+
+
+def _result(
+    config: BenchConfig,
+    device: torch.device,
+    shape: BenchShape,
+    reduced: list[str],
+    rows: list[BenchRow],
+    memory_method: str,
+) -> EvalResult:
+    metrics = {}
+    for r in rows:
+        metrics[metric_key(EVAL, r.mode, r.op, "median_s")] = r.median_s
+        metrics[metric_key(EVAL, r.mode, r.op, "tokens_per_s")] = r.tokens_per_s
+        metrics[metric_key(EVAL, r.mode, r.op, "peak_mib")] = r.peak_bytes / 2**20
+    speedups = _speedups(rows)
+    metrics.update({metric_key(EVAL, k): v for k, v in speedups.items()})
+    notes = [f"peak memory: {memory_method}"]
+    if reduced:
+        notes.append(
+            f"no CUDA device: CPU run at a reduced default shape ({', '.join(reduced)} not given; "
+            f"plan shape B={PLAN_SHAPE.batch} H={PLAN_SHAPE.heads} d={PLAN_SHAPE.head_dim} "
+            f"b={PLAN_SHAPE.chunk})"
+        )
+    tables = {"timings": [r.model_dump() for r in rows]}
+    if config.assert_speedup is not None:
+        measured = speedups["forward/speedup_dual_over_primal_anchored"]
+        passed = measured >= config.assert_speedup
+        tables["assert_speedup"] = [
+            {"threshold": config.assert_speedup, "measured": measured, "passed": passed}
+        ]
+    return EvalResult(
+        eval=EVAL,
+        device=describe_device(device),
+        config={
+            **config.model_dump(mode="json"),
+            "shape": shape.model_dump(),
+            "reduced_cpu_default": bool(reduced),
+        },
+        metrics=metrics,
+        tables=tables,
+        notes=notes,
+    )
+
+
+def check_speedup(result: EvalResult) -> None:
+    """Raise `SpeedupBelowThreshold` when the result's `assert_speedup` check failed."""
+    for check in result.tables.get("assert_speedup", []):
+        if not check["passed"]:
+            raise SpeedupBelowThreshold(
+                f"forward dual/primal speedup {check['measured']:.2f}x is below "
+                f"--assert-speedup {check['threshold']:g}"
+            )
+
+
+def summarize(result: EvalResult) -> str:
+    rows = [BenchRow.model_validate(r) for r in result.tables["timings"]]
+    table = [
+        {
+            "op": r.op,
+            "mode": r.mode,
+            "median ms": 1e3 * r.median_s,
+            "tokens/s": r.tokens_per_s,
+            "peak MiB": r.peak_bytes / 2**20,
+        }
+        for r in rows
+    ]
+    shape = result.config["shape"]
+    lines = [
+        f"shape B={shape['batch']} H={shape['heads']} d={shape['head_dim']} "
+        f"b={shape['chunk']} T={shape['seq_len']}, {result.config['dtype']}",
+        text_table(table, ["op", "mode", "median ms", "tokens/s", "peak MiB"]),
+    ]
+    lines += [f"{k}: {v:.2f}x" for k, v in result.metrics.items() if "speedup" in k]
+    return "\n".join(lines + result.notes)

@@ -1,0 +1,155 @@
+"""Pydantic configs of the evals: the CLI builds them from flags, a Prefect flow passes them.
+
+Configs describe *what* to measure; the models come separately (`LoadedModel`s), so the same
+config evaluates a TTT model and its attention baseline.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DecodeMode = Literal["online", "chunked"]
+BenchOp = Literal["dual", "primal_anchored", "online"]
+BenchMode = Literal["forward", "forward_backward"]
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def _strictly_increasing(values: list, name: str) -> list:
+    if not values:
+        raise ValueError(f"{name} needs at least one value")
+    if any(a >= b for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{name} must be strictly increasing, got {values}")
+    return values
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PerplexityConfig(_Config):
+    """Token-exact validation loss over consecutive rows of a shard directory's val split."""
+
+    data: Path = Field(description="shard directory (data_stage output)")
+    batch_size: int = Field(8, ge=1)
+    seq_len: int | None = Field(
+        None, ge=1, description="tokens predicted per row; rows are cropped; None: the shards'"
+    )
+    max_batches: int | None = Field(None, ge=1, description="None: the whole val split")
+
+
+class PositionLossConfig(_Config):
+    """Mean next-token loss by token position at multiples of the training length."""
+
+    data: Path
+    train_len: int | None = Field(None, ge=2, description="None: the shards' seq_len")
+    multipliers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
+    sequences: int = Field(16, ge=1, description="sequences per length (fewer if val is short)")
+    batch_size: int = Field(4, ge=1)
+    buckets: Literal["log", "linear"] = "log"
+    n_buckets: int = Field(16, ge=1)
+
+    @field_validator("multipliers")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        return _strictly_increasing(v, "multipliers")
+
+
+class NiahConfig(_Config):
+    """Passkey retrieval: `trials` prompts per (context length, needle depth) cell."""
+
+    data: Path
+    contexts: list[Annotated[int, Field(ge=8)]] = Field(
+        default_factory=lambda: [256, 512, 1024, 2048], description="prompt lengths in tokens"
+    )
+    depths: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        description="needle position as a fraction of the haystack",
+    )
+    trials: int = Field(5, ge=1)
+    digits: int = Field(5, ge=1, le=20, description="passkey length")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1, description="prompts generated together")
+
+    @field_validator("contexts", "depths")
+    @classmethod
+    def _increasing(cls, v: list, info: ValidationInfo) -> list:
+        return _strictly_increasing(v, info.field_name)
+
+
+class LatencyConfig(_Config):
+    """Prefill throughput and per-token decode latency (batch 1) against context length."""
+
+    contexts: list[PositiveInt] = Field(default_factory=lambda: [256, 1024, 4096, 8192])
+    decode_tokens: int = Field(16, ge=1, description="timed single-token decode steps")
+    warmup: int = Field(2, ge=0, description="untimed decode steps before timing")
+    repeats: int = Field(3, ge=1, description="prefill timings per context (median)")
+    decode_mode: DecodeMode | None = Field(
+        None, description="TTT decode (online/chunked); None: the model config's"
+    )
+    seed: int = Field(0, ge=0)
+
+    @field_validator("contexts")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        return _strictly_increasing(v, "contexts")
+
+
+class BenchConfig(_Config):
+    """Dual chunk form vs anchored primal (vs online step) on random inputs of one shape.
+
+    Shape fields left at None take the plan's shape on CUDA (B=16, H=64, d=128, b=16, T=256)
+    and a reduced shape on CPU (B=2, H=8, d=64, b=16, T=256).
+    """
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    batch: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+    head_dim: int | None = Field(None, ge=1)
+    chunk: int | None = Field(None, ge=1)
+    seq_len: int | None = Field(None, ge=1)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+    ops: list[BenchOp] = Field(default_factory=lambda: ["dual", "primal_anchored", "online"])
+    modes: list[BenchMode] = Field(default_factory=lambda: ["forward", "forward_backward"])
+    seed: int = Field(0, ge=0)
+    assert_speedup: float | None = Field(
+        None, gt=0, description="fail when forward dual/primal speedup is below this"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchConfig:
+        for name in ("ops", "modes"):
+            values = getattr(self, name)
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{name} must be non-empty without repeats, got {values}")
+        needs = {"dual", "primal_anchored"} - set(self.ops)
+        if self.assert_speedup is not None and (needs or "forward" not in self.modes):
+            raise ValueError(
+                "assert_speedup compares forward dual vs primal_anchored: keep both ops and the "
+                "forward mode"
+            )
+        return self
+
+
+class GenerateConfig(_Config):
+    """Sampling settings of `generate` (as in `ttt_core.generate`; temperature 0 = greedy)."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    decode_mode: DecodeMode | None = None

@@ -1,0 +1,86 @@
+"""The models an eval runs on: loaded from an export or a run directory, or built from a preset
+with random weights (latency only needs shapes). Also where results go by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from train_stage.export import EXPORT_INFO, LoadedModel, load_model
+from ttt_core import TTTLM, ModelConfig
+
+from .errors import EvalInputError
+from .results import ModelInfo, Role
+
+PRESET_PREFIX = "preset:"
+
+
+def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedModel:
+    """`train_stage.export.load_model`, with a bad path or broken files as `EvalInputError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise EvalInputError(
+            f"{path}: no such model directory; pass an export (`python -m train_stage export`) "
+            "or a train_stage run directory"
+        )
+    try:
+        return load_model(path, device=device)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise EvalInputError(f"cannot load model {path}: {e}") from e
+
+
+def preset_models(
+    preset: str, device: torch.device | str = "cpu", seed: int = 0
+) -> tuple[LoadedModel, LoadedModel]:
+    """(TTT-Linear, attention baseline) of the named `ModelConfig` preset, random weights from
+    `seed` (the same seed for both), in eval mode; no tokenizer."""
+    try:
+        ttt_config = ModelConfig.from_preset(preset, mixer="ttt_linear")
+    except ValueError as e:
+        raise EvalInputError(str(e)) from e
+    models = []
+    for config in (ttt_config, ttt_config.model_copy(update={"mixer": "attention"})):
+        torch.manual_seed(seed)
+        model = TTTLM(config).to(device).eval()
+        info = {"source": f"{PRESET_PREFIX}{preset}", "random_init_seed": seed}
+        models.append(LoadedModel(model=model, config=config, tokenizer=None, info=info))
+    return models[0], models[1]
+
+
+def model_info(loaded: LoadedModel, role: Role) -> ModelInfo:
+    """The result's description of `loaded` (where it came from, step, size)."""
+    info = loaded.info
+    return ModelInfo(
+        role=role,
+        source=str(info.get("source", "<in memory>")),
+        run_dir=info.get("run_dir"),
+        mlflow_run_id=info.get("mlflow_run_id"),
+        step=info.get("step"),
+        tokens_seen=info.get("tokens_seen"),
+        mixer=loaded.config.mixer,
+        num_params=loaded.config.num_params(),
+        config=loaded.config.model_dump(mode="json"),
+    )
+
+
+def default_out_dir(loaded: LoadedModel) -> Path | None:
+    """Next to the weights: `<export>/eval/`, or `<run_dir>/eval/<checkpoint name>/` for a run
+    directory (one folder per evaluated step). None for a preset or in-memory model."""
+    source = loaded.info.get("source")
+    if source is None or str(source).startswith(PRESET_PREFIX):
+        return None
+    source = Path(source)
+    if (source / EXPORT_INFO).exists():
+        return source / "eval"
+    run_dir = loaded.info.get("run_dir")
+    return Path(run_dir) / "eval" / source.name if run_dir else None
+
+
+def roles(model: LoadedModel, baseline: LoadedModel | None) -> list[tuple[Role, LoadedModel]]:
+    """[("model", model)] plus ("baseline", baseline) when one is given."""
+    pairs: list[tuple[Role, LoadedModel]] = [("model", model)]
+    if baseline is not None:
+        pairs.append(("baseline", baseline))
+    return pairs

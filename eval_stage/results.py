@@ -1,0 +1,113 @@
+"""`EvalResult`: the documented JSON every eval writes (schema in `docs/eval_stage.md`).
+
+One file per eval run, `<out>/<eval>.json`. `metrics` holds the flat scalars that are also
+logged to MLflow (keys `<eval>/<role>/<name>`); `tables` holds the rows behind them and behind
+the plots (each eval module defines and validates its own row model).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+EvalName = Literal["perplexity", "position-loss", "niah", "latency", "bench-dual-primal"]
+Role = Literal["model", "baseline"]
+
+
+def created_by() -> str:
+    """`eval_stage <distribution version>`, the producer recorded in every result."""
+    return f"eval_stage {importlib.metadata.version('ttt-bringup')}"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class DeviceInfo(BaseModel):
+    """Where the numbers were measured."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["cpu", "cuda"]
+    name: str = Field(description="CPU model or CUDA device name")
+    threads: int = Field(description="torch intra-op threads")
+    torch_version: str
+
+
+class ModelInfo(BaseModel):
+    """Which model a row of numbers belongs to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    role: Role
+    source: str = Field(description="export dir, checkpoint dir, or preset:<name> (random init)")
+    run_dir: str | None = None
+    mlflow_run_id: str | None = Field(None, description="the training run's id, when recorded")
+    step: int | None = None
+    tokens_seen: int | None = None
+    mixer: str
+    num_params: int
+    config: dict[str, Any] = Field(description="the ModelConfig")
+
+
+class EvalResult(BaseModel):
+    """One eval run. `plots` are PNG file names next to the JSON (filled when published)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="strings")
+
+    schema_version: int = SCHEMA_VERSION
+    eval: EvalName
+    created_by: str = Field(default_factory=created_by)
+    created_at: str = Field(default_factory=utc_now)
+    device: DeviceInfo
+    models: list[ModelInfo] = Field(default_factory=list)
+    config: dict[str, Any] = Field(description="the eval's pydantic config, JSON mode")
+    metrics: dict[str, float]
+    tables: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list, description="how numbers were made")
+    plots: list[str] = Field(default_factory=list)
+
+    @property
+    def stem(self) -> str:
+        """File stem of this result's JSON and plot: `position-loss` -> `position_loss`."""
+        return self.eval.replace("-", "_")
+
+    def role_info(self, role: Role) -> ModelInfo | None:
+        return next((m for m in self.models if m.role == role), None)
+
+
+def metric_key(eval_name: str, *parts: object) -> str:
+    """`<eval>/<part>/...` with the eval's `-` as `_` (MLflow accepts `/`, `_`, `.`, `-`)."""
+    return "/".join([eval_name.replace("-", "_"), *map(str, parts)])
+
+
+def write_json(result: EvalResult, path: Path) -> None:
+    """Write `result` to `path` atomically (a temp file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(result.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_result(path: Path | str) -> EvalResult:
+    return EvalResult.model_validate_json(Path(path).read_text())
+
+
+def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as an aligned plain-text table (floats to 4 significant digits)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    cells = [[cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""bench-dual-primal: timings, speedups and memory per op and mode; the speedup gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from eval_stage import BenchConfig, SpeedupBelowThreshold, check_speedup, evaluate_bench_dual_primal
+from eval_stage.bench import CPU_SHAPE, resolve_shape
+from eval_stage.memory import peak_memory
+
+from .helpers import run_cli as main
+
+TINY = dict(device="cpu", batch=1, heads=2, head_dim=8, chunk=4, seq_len=16, repeats=2)
+TINY_FLAGS = ["--device", "cpu", "--batch", "1", "--heads", "2", "--head-dim", "8", "--chunk", "4",
+              "--seq-len", "16", "--repeats", "1"]  # fmt: skip
+
+
+def test_every_op_and_mode_is_timed_and_measured() -> None:
+    result = evaluate_bench_dual_primal(BenchConfig(**TINY))
+    rows = result.tables["timings"]
+    assert {(r["op"], r["mode"]) for r in rows} == {
+        (op, mode)
+        for op in ("dual", "primal_anchored", "online")
+        for mode in ("forward", "forward_backward")
+    }
+    for r in rows:
+        assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["peak_bytes"] >= 0
+        assert r["tokens_per_s"] == pytest.approx(16 / r["median_s"])
+    fwd = {r["op"]: r["median_s"] for r in rows if r["mode"] == "forward"}
+    key = "bench_dual_primal/forward/speedup_dual_over_primal_anchored"
+    assert result.metrics[key] == pytest.approx(fwd["primal_anchored"] / fwd["dual"])
+    assert "bench_dual_primal/forward_backward/speedup_dual_over_online" in result.metrics
+    assert result.config["shape"] == {
+        "batch": 1,
+        "heads": 2,
+        "head_dim": 8,
+        "chunk": 4,
+        "seq_len": 16,
+    }
+    assert result.config["reduced_cpu_default"] is False and not result.models
+
+
+def test_cpu_without_a_shape_takes_the_reduced_default_and_says_so() -> None:
+    shape, reduced = resolve_shape(BenchConfig(device="cpu", seq_len=64), torch.device("cpu"))
+    assert shape == CPU_SHAPE.model_copy(update={"seq_len": 64})
+    assert reduced == ["batch", "heads", "head_dim", "chunk"]
+
+
+def test_peak_memory_sees_a_large_temporary_allocation() -> None:
+    def allocate() -> None:
+        x = torch.ones(16 * 2**20 // 4)  # 16 MiB
+        x.add_(1)
+
+    for _ in range(2):  # also after the allocator has seen (and kept) such a block
+        assert peak_memory(allocate, torch.device("cpu")).bytes >= 15 * 2**20
+
+
+def test_an_impossible_speedup_threshold_fails_after_writing(tmp_path: Path, capsys) -> None:
+    argv = ["bench-dual-primal", *TINY_FLAGS, "--modes", "forward", "--assert-speedup", "1e9",
+            "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 1
+    assert "below --assert-speedup 1e+09" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "bench_dual_primal.json").read_text())
+    assert saved["tables"]["assert_speedup"][0]["passed"] is False
+
+
+def test_a_reachable_threshold_passes() -> None:
+    result = evaluate_bench_dual_primal(BenchConfig(**TINY, modes=["forward"], assert_speedup=1e-6))
+    check_speedup(result)
+    failing = result.model_copy(
+        update={
+            "tables": {
+                **result.tables,
+                "assert_speedup": [{"threshold": 2.0, "measured": 1.0, "passed": False}],
+            }
+        }
+    )
+    with pytest.raises(SpeedupBelowThreshold):
+        check_speedup(failing)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--dtype", "bf16", "--device", "cpu"], "bf16 runs on CUDA only"),
+     (["--ops", "dual", "online", "--assert-speedup", "2"], "assert_speedup compares"),
+     (["--batch", "0"], "batch"),
+     (["--device", "tpu"], "invalid choice")],
+)  # fmt: skip
+def test_cli_refusals_exit_2_and_write_nothing(flags, message, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["bench-dual-primal", *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU refusal")
+def test_bf16_on_auto_device_without_gpu_is_refused(tmp_path: Path, capsys) -> None:
+    assert main(["bench-dual-primal", "--dtype", "bf16", "--out", str(tmp_path / "o")]) == 2
+    assert "use --dtype fp32 on CPU" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bf16_on_cuda_measures_the_cuda_allocator(tmp_path: Path) -> None:
+    result = evaluate_bench_dual_primal(BenchConfig(**{**TINY, "device": "cuda"}, dtype="bf16"))
+    assert result.device.type == "cuda" and result.config["reduced_cpu_default"] is False
+    assert all(r["peak_bytes"] > 0 for r in result.tables["timings"])
+    assert "cuda max_memory_allocated" in result.notes[0]
