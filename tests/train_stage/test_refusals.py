@@ -1,12 +1,25 @@
-"""Every refusal: one clear line, exit code 2, nothing written."""
+"""Every refusal: one clear line, exit code 2, nothing written.
+
+Refusals happen before any process group or model exists, so most cases call the CLI's `main`
+in this process; one case runs the real command to pin the exit code end to end.
+"""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
+from train_stage.cli import main
+
 from .conftest import run_train
+
+
+def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "2")
 
@@ -38,7 +51,7 @@ def test_refusals_exit_2_with_a_clear_message_and_write_nothing(
     assert not run_dir.exists()
 
 
-def test_corrupt_shard_is_refused_naming_it(tiny_shards, tmp_path):
+def test_corrupt_shard_is_refused_naming_it(tiny_shards, tmp_path, capsys):
     data = tmp_path / "data"
     shutil.copytree(tiny_shards, data)
     shard = next(data.glob("train-*.arrow"))

@@ -63,6 +63,7 @@ def test_resume_is_bitwise_exact_single_process(tiny_shards, tmp_path):
     assert len(losses(whole)) == 16
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_path):
     args = (*TINY, "--strategy", "fsdp", "--data", str(tiny_shards), "--save-every", "6")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
@@ -154,6 +155,7 @@ def test_sigkill_at_a_random_moment_then_resume_matches(tiny_shards, tmp_path):
     assert summary["steps"] == 40
 
 
+@pytest.mark.slow
 def test_world_size_two_checkpoint_resumes_in_one_process(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
     base = (*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), "--save-every", "4")

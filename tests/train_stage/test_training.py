@@ -88,6 +88,7 @@ def test_unreachable_mlflow_is_a_warning_not_a_lost_run(tiny_shards, tmp_path):
     assert len(losses(run_dir)) == 3
 
 
+@pytest.mark.slow
 def test_export_loads_without_distributed_and_matches_the_checkpoint(tiny_shards, tmp_path):
     run_dir, out = tmp_path / "run", tmp_path / "export"
     run_train(
