@@ -1,0 +1,208 @@
+"""The `bringup` flow: tokenizer → shards → train → bench → export → evaluate, one MLflow parent
+run per flow run, `<run_dir>/bringup.json` updated after every stage.
+
+Before each cached task the flow checks that the stage's files are still on disk and whole; if
+not (or with `refresh=True`) the task runs with `refresh_cache=True`, so a cache hit never
+points at missing outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, State
+
+from eval_stage import TrackingConfig, log_result, read_result
+from flows import outputs
+from flows.config import PipelineConfig
+from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
+from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
+from flows.tracking import Tracking
+
+
+def call_cached(task: Any, outputs_valid: bool, refresh: bool, **params: Any) -> tuple[Any, bool]:
+    """Run `task`; a rerun is forced when its outputs are missing or `refresh`. Returns
+    (result, whether it came from the cache)."""
+    if refresh or not outputs_valid:
+        task = task.with_options(refresh_cache=True)
+    state = task(**params, return_state=True)
+    return state.result(), state.name == "Cached"
+
+
+class Bringup:
+    """One flow run's work on one bring-up: runs the stages and keeps the record and MLflow."""
+
+    def __init__(self, cfg: PipelineConfig, refresh: bool, restart_count: int):
+        self.cfg, self.refresh = cfg, refresh
+        self.log = get_run_logger()
+        previous = read_record(cfg.run_dir)
+        self.record = BringupRecord(
+            status="running",
+            config=cfg,
+            attempts=(previous.attempts if previous else 0) + 1,
+            restart_count=restart_count,
+            flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],
+        )
+        self.tracking = Tracking(cfg)
+        self.parent = self.tracking.start_parent(flow_run.id, flow_run.ui_url)
+        self.record.mlflow_parent_run_id = self.parent
+        write_record(self.record)
+        self._link_mlflow()
+
+    def _link_mlflow(self) -> None:
+        url = self.tracking.run_url(self.parent)
+        note = f"MLflow run {self.parent} in experiment {self.cfg.name!r}"
+        if url is None:  # a local store: the UI runs on demand
+            url = f"http://127.0.0.1:5000/#/experiments/{self.tracking.experiment_id}/runs/{self.parent}"
+            note += f" (start the UI: mlflow ui --backend-store-uri {self.cfg.mlflow_tracking_uri})"
+        create_link_artifact(url, link_text="MLflow run", key="mlflow-run", description=note)
+
+    def stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        self.log.info("stage %s", name)
+        result = run()
+        self.record.outputs[name] = result
+        write_record(self.record)
+        return result
+
+    def child(self, stage: str, params: dict[str, Any], cached: bool) -> str:
+        run_id = self.tracking.start_child(self.parent, stage, params)
+        self.tracking.set_tags(run_id, {"prefect.cache_hit": cached})
+        return run_id
+
+    # --- stages ---
+    def tokenizer(self) -> dict[str, Any]:
+        cfg = self.cfg.tokenizer_config()
+        result, cached = call_cached(
+            tokenizer_task, outputs.tokenizer_ok(cfg.out), self.refresh, cfg=cfg
+        )
+        run_id = self.child("tokenizer", cfg.model_dump(mode="json"), cached)
+        self.tracking.log_dir(run_id, cfg.out, "tokenizer")
+        self.tracking.finish(run_id)
+        return result
+
+    def shards(self) -> dict[str, Any]:
+        cfg = self.cfg.shard_config()
+        result, cached = call_cached(shards_task, outputs.shards_ok(cfg.out), self.refresh, cfg=cfg)
+        run_id = self.child("shards", cfg.model_dump(mode="json"), cached)
+        counts = {k: v for k, v in result.items() if k.startswith(("train_", "val_"))}
+        self.tracking.log_metrics(run_id, counts)
+        self.tracking.client.log_artifact(run_id, str(cfg.out / "manifest.json"), "shards")
+        self.tracking.finish(run_id)
+        return result
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg.train_config()
+        mlflow = {
+            "tracking_uri": str(self.cfg.mlflow_tracking_uri),
+            "experiment": self.cfg.name,
+            "run_name": f"{self.cfg.run_name}/train",
+            "parent_run_id": self.parent,
+        }
+        task = train_task.with_options(retries=self.cfg.train_retries)
+        result, cached = call_cached(
+            task,
+            outputs.train_ok(cfg.run_dir),
+            self.refresh,
+            cfg=cfg,
+            nproc=self.cfg.nproc,
+            mlflow=mlflow,
+            fresh=self.refresh,
+        )
+        if result.get("mlflow_run_id"):
+            self.tracking.adopt(result["mlflow_run_id"], self.parent)
+            self.tracking.set_tags(
+                result["mlflow_run_id"],
+                {"checkpoint": result["checkpoint"], "prefect.cache_hit": cached},
+            )
+        self.tracking.set_tags(self.parent, {"checkpoint": result["checkpoint"]})
+        return result
+
+    def bench(self) -> dict[str, Any]:
+        cfg, out = self.cfg.bench, self.cfg.stage_dir("bench")
+        valid = outputs.results_ok(out, ["bench_dual_primal"])
+        result, cached = call_cached(bench_task, valid, self.refresh, cfg=cfg, out_dir=out)
+        run_id = self.child("bench", cfg.model_dump(mode="json"), cached)
+        self._log_results(run_id, result["files"])
+        self.tracking.finish(run_id)
+        return result
+
+    def evaluate(self) -> dict[str, Any]:
+        train_dir, export_dir = self.cfg.stage_dir("train"), self.cfg.stage_dir("export")
+        exported = export_task(train_dir, export_dir)
+        baseline = self.cfg.run_root / self.cfg.baseline / "export" if self.cfg.baseline else None
+        if baseline is not None and not outputs.export_ok(baseline):
+            raise FileNotFoundError(
+                f"baseline {self.cfg.baseline!r}: no export at {baseline}; run that bring-up "
+                "(mixer=attention) to completion first, or drop `baseline`"
+            )
+        params = {
+            name: self.cfg.eval_config(name).model_dump(mode="json") for name in self.cfg.evals
+        }
+        results: dict[str, Any] = {"export": exported}
+        all_cached = True
+        for name in self.cfg.evals:
+            out = self.cfg.stage_dir("eval")
+            result, cached = call_cached(
+                eval_task,
+                outputs.results_ok(out, [name]),
+                self.refresh,
+                name=name,
+                model_dir=export_dir,
+                cfg=self.cfg.eval_config(name),
+                baseline_dir=baseline,
+                out_dir=out,
+            )
+            all_cached &= cached
+            results[name] = result
+        run_id = self.child("evaluate", params, all_cached)
+        for name in self.cfg.evals:
+            self._log_results(run_id, results[name]["files"])
+        self.tracking.log_dir(run_id, export_dir, "model")
+        self.tracking.finish(run_id)
+        return results
+
+    def _log_results(self, run_id: str, files: list[str]) -> None:
+        """The eval_stage MLflow logging (metrics at the model's step, JSON + plots)."""
+        paths = [Path(f) for f in files]
+        result = read_result(next(p for p in paths if p.suffix == ".json"))
+        log_result(result, paths, TrackingConfig(run_id=run_id, tracking_uri=self.tracking.uri))
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.record.status = "completed" if status == "FINISHED" else "failed"
+        self.record.error = error
+        write_record(self.record)
+        self.tracking.finish(self.parent, status)
+
+
+STAGES = ("tokenizer", "shards", "train", "bench", "evaluate")
+
+
+@flow(name="bringup", log_prints=True)
+def bringup(
+    config: PipelineConfig, refresh: bool = False, restart_count: int = 0
+) -> dict[str, Any] | State:
+    """Bring up one model end to end; `refresh` reruns every stage, `restart_count` counts the
+    automatic restarts after failures (over `config.max_restarts` the run is cancelled)."""
+    if restart_count > config.max_restarts:
+        return Cancelled(
+            message=f"restart {restart_count} exceeds max_restarts={config.max_restarts} for "
+            f"{config.run_dir}; fix the cause (see bringup.json) and start it again by hand"
+        )
+    acquire_lock(config.run_dir)
+    try:
+        work = Bringup(config, refresh, restart_count)
+        try:
+            for name in STAGES:
+                work.stage(name, getattr(work, name))
+        except BaseException as e:
+            work.finish("FAILED", f"{type(e).__name__}: {e}"[:4000])
+            raise
+        work.finish("FINISHED")
+        return work.record.outputs
+    finally:
+        release_lock(config.run_dir)

@@ -1,0 +1,127 @@
+"""`python -m flows run|serve|up`: one bring-up in-process, the deployments, or the whole stack.
+
+Prefect is imported only after `prepare_env` has pointed it at the run root's state dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+from pydantic import ValidationError
+
+from flows.config import PIPELINE_PRESETS, PipelineConfig
+from flows.env import prepare_env
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """`["train.steps=10", "evals=[perplexity]"]` -> nested overrides; values parsed as YAML."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
+        *parents, leaf = key.split(".")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(text)
+    return overrides
+
+
+def load_config(args: argparse.Namespace) -> PipelineConfig:
+    """The preset with `--run-root` and `--set` applied; a bad value exits 2 naming it."""
+    try:
+        overrides = parse_sets(args.set or [])
+        if args.run_root is not None:
+            overrides["run_root"] = str(args.run_root)
+        return PipelineConfig.from_preset(args.preset, **overrides)
+    except (ValidationError, ValueError) as e:
+        print(f"flows: invalid config: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="small_cpu")
+    p.add_argument("--run-root", type=Path, help="default: ./runs")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a PipelineConfig field"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    prepare_env(cfg.run_root)
+    from flows.bringup import bringup
+
+    state = bringup(config=cfg, refresh=args.refresh, return_state=True)
+    print(json.dumps({"state": state.name, "run_dir": str(cfg.run_dir)}))
+    return 0 if state.is_completed() else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    run_root = Path(args.run_root).expanduser().resolve()
+    prepare_env(run_root)
+    from flows.serve import serve_deployments
+
+    serve_deployments(run_root, args.resume_every, args.resume_paused)
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from flows.up import up
+
+    run_root = Path(args.run_root).expanduser().resolve()
+    return up(run_root, args.prefect_port, args.mlflow_port, args.resume_every, args.resume_paused)
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run-root", type=Path, default=Path("runs"), help="scanned by resume")
+    p.add_argument("--resume-every", type=float, default=600.0, metavar="SECONDS")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
+        "--resume-paused",
+        dest="resume_paused",
+        action="store_true",
+        help="register the resume schedule paused",
+    )
+    resume.add_argument(
+        "--resume-active",
+        dest="resume_paused",
+        action="store_false",
+        help="run the resume schedule (default)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m flows", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the bringup flow in this process")
+    add_config_args(run)
+    run.add_argument("--refresh", action="store_true", help="rerun every stage (ignore cache)")
+    run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="serve the bringup and resume deployments")
+    add_serve_args(serve)
+    serve.set_defaults(func=cmd_serve)
+    up = sub.add_parser("up", help="Prefect server + MLflow server + serve, on 127.0.0.1")
+    add_serve_args(up)
+    up.add_argument("--prefect-port", type=int, default=4200)
+    up.add_argument("--mlflow-port", type=int, default=5000)
+    up.set_defaults(func=cmd_up)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

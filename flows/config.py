@@ -1,0 +1,210 @@
+"""`PipelineConfig`: one bring-up (tokenizer → shards → train → bench → eval), validated up front.
+
+Named presets (`PipelineConfig.from_preset("small_cpu", train={"steps": 50})`) pair a data recipe
+with the train preset of the same name. Every stage config is derived from this one object, so
+the flow, the stage CLIs and the cache keys all see the same values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    model_validator,
+)
+
+from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
+from eval_stage import (
+    BenchConfig,
+    LatencyConfig,
+    NiahConfig,
+    PerplexityConfig,
+    PositionLossConfig,
+)
+from train_stage.config import TrainConfig, deep_merge
+
+EvalName = Literal["perplexity", "position_loss", "niah", "latency"]
+ALL_EVALS: tuple[EvalName, ...] = ("perplexity", "position_loss", "niah", "latency")
+DATA_EVALS: dict[str, type[BaseModel]] = {
+    "perplexity": PerplexityConfig,
+    "position_loss": PositionLossConfig,
+    "niah": NiahConfig,
+}
+
+
+class PipelineConfig(BaseModel):
+    """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset)`;
+    `perplexity`/`position_loss`/`niah` are the eval configs without their `data` field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: str | None = None
+    name: str = Field("bringup", min_length=1, description="MLflow experiment")
+    run_root: Path = Path("runs")
+    run_name: str | None = Field(None, description="None: '<preset>-<mixer>'")
+    mixer: Literal["ttt_linear", "attention"] = "ttt_linear"
+    baseline: str | None = Field(
+        None, description="run_name of a completed attention bring-up under run_root to compare"
+    )
+    corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(format="stdlib"))
+    vocab_size: int = Field(8192, gt=4)
+    tokenizer_model_type: Literal["bpe", "unigram"] = "bpe"
+    tokenizer_seed: int = Field(0, ge=0)
+    seq_len: int = Field(128, ge=2, description="shard row length (tokens predicted per row)")
+    val_fraction: float = Field(0.05, gt=0.0, le=0.5)
+    train_preset: str = "small_cpu"
+    train: dict[str, Any] = Field(default_factory=dict)
+    nproc: int = Field(1, ge=1, le=64, description="torchrun processes; fsdp when > 1")
+    train_retries: int = Field(2, ge=0, le=10)
+    bench: BenchConfig = Field(default_factory=lambda: BenchConfig(device="cpu"))
+    evals: list[EvalName] = Field(default_factory=lambda: list(ALL_EVALS))
+    perplexity: dict[str, Any] = Field(default_factory=dict)
+    position_loss: dict[str, Any] = Field(default_factory=dict)
+    niah: dict[str, Any] = Field(default_factory=dict)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    max_restarts: int = Field(2, ge=0)
+    mlflow_tracking_uri: str | None = Field(
+        None, description="None: sqlite:///<run_root>/mlflow.db"
+    )
+
+    @model_validator(mode="after")
+    def _resolve(self) -> PipelineConfig:
+        root = self.run_root.expanduser().resolve()
+        object.__setattr__(self, "run_root", root)
+        if self.run_name is None:
+            object.__setattr__(self, "run_name", f"{self.preset or 'custom'}-{self.mixer}")
+        if "/" in self.run_name or self.run_name.startswith("."):
+            raise ValueError(f"run_name {self.run_name!r} must be a plain folder name")
+        if self.mlflow_tracking_uri is None:
+            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{root}/mlflow.db")
+        if len(set(self.evals)) != len(self.evals):
+            raise ValueError(f"evals has repeats: {self.evals}")
+        for field, kind in DATA_EVALS.items():
+            try:
+                kind.model_validate({**getattr(self, field), "data": "."})
+            except ValidationError as e:
+                raise ValueError(f"{field}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+        train = self.train_config(Path("."))
+        if train.model.vocab_size != self.vocab_size:
+            raise ValueError(
+                f"vocab_size={self.vocab_size} but the train model has vocab_size="
+                f"{train.model.vocab_size}; set train.model.vocab_size or vocab_size to match"
+            )
+        if train.max_seq_len > self.seq_len:
+            raise ValueError(
+                f"train seq_len {train.max_seq_len} is longer than the shard rows (seq_len="
+                f"{self.seq_len}); lower train.seq_len or raise seq_len"
+            )
+        return self
+
+    @field_serializer("corpus")
+    def _corpus_as_set(self, corpus: CorpusConfig) -> dict[str, Any]:
+        # CorpusConfig refuses some of its own defaults when given explicitly (text_field with
+        # format 'stdlib'), so only the fields that were set make the round trip.
+        return corpus.model_dump(mode="json", exclude_unset=True)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> PipelineConfig:
+        """The named preset with `overrides` deep-merged in (nested dicts key by key)."""
+        if name not in PIPELINE_PRESETS:
+            raise ValueError(
+                f"unknown pipeline preset {name!r}; choose one of {sorted(PIPELINE_PRESETS)}"
+            )
+        return cls.model_validate(deep_merge({"preset": name, **PIPELINE_PRESETS[name]}, overrides))
+
+    # --- layout of one bring-up: <run_root>/<run_name>/... ---
+    @property
+    def run_dir(self) -> Path:
+        return self.run_root / str(self.run_name)
+
+    def stage_dir(self, stage: str) -> Path:
+        """`tokenizer`, `shards`, `train`, `export`, `bench` or `eval` under the run dir."""
+        return self.run_dir / stage
+
+    # --- stage configs ---
+    def tokenizer_config(self) -> TokenizerConfig:
+        return TokenizerConfig(
+            corpus=self.corpus,
+            out=self.stage_dir("tokenizer"),
+            vocab_size=self.vocab_size,
+            model_type=self.tokenizer_model_type,
+            seed=self.tokenizer_seed,
+        )
+
+    def shard_config(self) -> ShardConfig:
+        return ShardConfig(
+            corpus=self.corpus,
+            tokenizer=self.stage_dir("tokenizer"),
+            seq_len=self.seq_len,
+            out=self.stage_dir("shards"),
+            val_fraction=self.val_fraction,
+        )
+
+    def train_config(self, data: Path | None = None) -> TrainConfig:
+        """The resolved TrainConfig (MLflow settings are passed as flags by the train task)."""
+        base = TrainConfig.preset_dict(self.train_preset)
+        fixed = {
+            "data": str(data if data is not None else self.stage_dir("shards")),
+            "run_dir": str(self.stage_dir("train")),
+            "model": {"mixer": self.mixer},
+            "strategy": "fsdp" if self.nproc > 1 else "none",
+        }
+        return TrainConfig.model_validate(deep_merge(deep_merge(base, self.train), fixed))
+
+    def eval_config(self, name: EvalName) -> BaseModel:
+        if name == "latency":
+            return self.latency
+        data = self.stage_dir("shards")
+        return DATA_EVALS[name].model_validate({**getattr(self, name), "data": data})
+
+
+PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds per stage: the end-to-end tests and `python -m flows run --preset debug_tiny`.
+    "debug_tiny": dict(
+        corpus={"format": "stdlib", "max_bytes": 1_000_000},
+        vocab_size=512,
+        seq_len=64,
+        train_preset="debug_tiny",
+        train={"steps": 20, "batch_size": 4, "seq_len": 32},
+        bench={
+            "device": "cpu",
+            "batch": 1,
+            "heads": 2,
+            "head_dim": 16,
+            "chunk": 8,
+            "seq_len": 32,
+            "repeats": 2,
+        },
+        perplexity={"batch_size": 8, "max_batches": 4},
+        position_loss={"multipliers": [1, 2], "sequences": 4, "n_buckets": 8},
+        niah={"contexts": [96, 128], "depths": [0.0, 1.0], "trials": 1, "digits": 3},
+        latency={"contexts": [32, 64], "decode_tokens": 4, "repeats": 1, "warmup": 1},
+    ),
+    # Minutes on 2 CPU cores: the whole embedded corpus, the ~7M-parameter model.
+    "small_cpu": dict(
+        corpus={"format": "stdlib"},
+        vocab_size=8192,
+        seq_len=128,
+        train_preset="small_cpu",
+        train={"steps": 200, "batch_size": 8, "seq_len": 128},
+        bench={
+            "device": "cpu",
+            "batch": 2,
+            "heads": 8,
+            "head_dim": 64,
+            "chunk": 16,
+            "seq_len": 128,
+            "repeats": 3,
+        },
+        perplexity={"batch_size": 8, "max_batches": 16},
+        position_loss={"multipliers": [1, 2, 4], "sequences": 8, "n_buckets": 16},
+        niah={"contexts": [128, 256, 512], "depths": [0.0, 0.5, 1.0], "trials": 2},
+        latency={"contexts": [128, 512, 2048], "decode_tokens": 8, "repeats": 2},
+    ),
+}

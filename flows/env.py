@@ -1,0 +1,33 @@
+"""Process environment for Prefect and MLflow: telemetry off, state under the run root.
+
+Call `prepare_env` before the first `import prefect`: Prefect reads its settings when it loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TELEMETRY_OFF = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+def state_dir(run_root: Path) -> Path:
+    """Where Prefect keeps its home (database, results, logs) for this run root."""
+    return Path(run_root).expanduser().resolve() / ".prefect"
+
+
+def prepare_env(run_root: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Set (in `env`, default `os.environ`) telemetry off and `PREFECT_HOME` under `run_root`,
+    unless the caller already chose a `PREFECT_HOME`. Returns the mapping it changed."""
+    target = os.environ if env is None else env
+    for key, value in TELEMETRY_OFF.items():
+        target[key] = value
+    # A first start migrates a new database: 20 s (Prefect's default) is too short on 2 cores.
+    target.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    home = target.setdefault("PREFECT_HOME", str(state_dir(run_root)))
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return target

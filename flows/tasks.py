@@ -1,0 +1,192 @@
+"""Thin Prefect tasks over the stage functions, cached on the content of what each one reads.
+
+Each `*_key` function is the task's `cache_key_fn`: a digest of content fingerprints and the
+stage's config, never of paths alone. Results are small JSON-able dicts, persisted under
+`$PREFECT_HOME/storage`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
+
+from data_stage import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+from eval_stage import (
+    BenchConfig,
+    evaluate_bench_dual_primal,
+    evaluate_latency,
+    evaluate_niah,
+    evaluate_perplexity,
+    evaluate_position_loss,
+    open_model,
+    publish,
+)
+from flows.fingerprint import (
+    corpus_fingerprint,
+    digest,
+    export_sha256,
+    manifest_sha256,
+    tokenizer_hash,
+)
+from flows.torchrun import NOT_RETRYABLE, ProcessFailed, run_streaming, torchrun_command
+from flows.tracking import system_metrics
+from train_stage.config import TrainConfig
+from train_stage.export import export_model
+
+KEY_FILE = ".flow_cache_key"
+EVALUATORS = {
+    "perplexity": evaluate_perplexity,
+    "position_loss": evaluate_position_loss,
+    "niah": evaluate_niah,
+    "latency": evaluate_latency,
+}
+
+
+# --- cache keys -------------------------------------------------------------------------------
+def tokenizer_key(_context: Any, p: dict[str, Any]) -> str:
+    cfg: TokenizerConfig = p["cfg"]
+    return digest("tokenizer", corpus_fingerprint(cfg.corpus), cfg)
+
+
+def shards_key(_context: Any, p: dict[str, Any]) -> str:
+    cfg: ShardConfig = p["cfg"]
+    settings = cfg.model_dump(mode="json", exclude={"workers"})  # output is worker-independent
+    return digest("shards", corpus_fingerprint(cfg.corpus), tokenizer_hash(cfg.tokenizer), settings)
+
+
+def train_key(_context: Any, p: dict[str, Any]) -> str:
+    cfg: TrainConfig = p["cfg"]
+    settings = cfg.model_dump(mode="json", exclude={"mlflow"})  # tracking is not content
+    return digest("train", manifest_sha256(cfg.data), settings, p["nproc"])
+
+
+def bench_key(_context: Any, p: dict[str, Any]) -> str:
+    return digest("bench", p["cfg"], torch.__version__, str(p["out_dir"]))
+
+
+def eval_key(_context: Any, p: dict[str, Any]) -> str:
+    cfg = p["cfg"]
+    data = getattr(cfg, "data", None)
+    baseline = p["baseline_dir"]
+    return digest(
+        "eval",
+        p["name"],
+        export_sha256(p["model_dir"]),
+        export_sha256(baseline) if baseline else None,
+        manifest_sha256(data) if data else None,
+        cfg,
+        str(p["out_dir"]),
+    )
+
+
+# --- retry rule -------------------------------------------------------------------------------
+def retry_unless_deterministic(_task: Any, _run: TaskRun, state: State) -> bool:
+    """Retry a training failure unless the trainer refused (2) or diverged (3): those repeat."""
+    error = state.data  # the exception the task raised
+    return not (isinstance(error, ProcessFailed) and error.exit_code in NOT_RETRYABLE)
+
+
+# --- tasks ------------------------------------------------------------------------------------
+@task(name="train_tokenizer", cache_key_fn=tokenizer_key, persist_result=True)
+def tokenizer_task(cfg: TokenizerConfig) -> dict[str, Any]:
+    info = train_tokenizer(cfg)
+    return {"dir": str(cfg.out), **json.loads(info.model_dump_json())}
+
+
+@task(name="build_shards", cache_key_fn=shards_key, persist_result=True)
+def shards_task(cfg: ShardConfig) -> dict[str, Any]:
+    manifest = build_shards(cfg)
+    counts = {
+        f"{split}_{field}": getattr(manifest.split(split), field)
+        for split in ("train", "val")
+        for field in ("documents", "tokens", "rows")
+    }
+    return {"dir": str(cfg.out), "manifest_sha256": manifest_sha256(cfg.out), **counts}
+
+
+@task(
+    name="train",
+    cache_key_fn=train_key,
+    persist_result=True,
+    retries=2,
+    retry_condition_fn=retry_unless_deterministic,
+)
+def train_task(
+    cfg: TrainConfig, nproc: int, mlflow: dict[str, str] | None, fresh: bool = False
+) -> dict[str, Any]:
+    """torchrun + train_stage with `--resume auto`, so a retry continues from the latest
+    checkpoint. A run dir trained for other content (or `fresh`) is moved aside first.
+    `mlflow`: tracking_uri, experiment, run_name, parent_run_id of train_stage's nested run
+    (with system metrics); None trains without MLflow."""
+    logger = get_run_logger()
+    run_dir = cfg.run_dir
+    key = train_key(None, {"cfg": cfg, "nproc": nproc})
+    key_file = run_dir / KEY_FILE
+    stale = key_file.is_file() and key_file.read_text().strip() != key
+    if run_dir.exists() and (fresh or stale):
+        aside = run_dir.parent / ".replaced" / f"{run_dir.name}-{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), aside)
+        logger.info("moved the previous training run to %s", aside)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
+    config_path = run_dir / "train_config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    args = ["--config", str(config_path), "--resume", "auto"]
+    if mlflow is None:
+        args.append("--no-mlflow")
+    else:
+        args += [f"--mlflow-{key.replace('_', '-')}={value}" for key, value in mlflow.items()]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = torchrun_command(nproc, "train_stage", args)
+    monitor = (
+        nullcontext()
+        if mlflow is None
+        else system_metrics(run_dir / "mlflow_run_id", mlflow["tracking_uri"])
+    )
+    with monitor:
+        run_streaming(command, logger.info, env=env, what="train_stage")
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    run_id_file = run_dir / "mlflow_run_id"
+    mlflow_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+    return {"dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **summary}
+
+
+@task(name="export", cache_policy=NO_CACHE)
+def export_task(run_dir: Path, out: Path) -> dict[str, Any]:
+    """Consolidated weights of the latest checkpoint (seconds; rerun every time)."""
+    path = export_model(run_dir, out)
+    return {"dir": str(path), "sha256": export_sha256(path)}
+
+
+@task(name="bench", cache_key_fn=bench_key, persist_result=True)
+def bench_task(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
+    result = evaluate_bench_dual_primal(cfg)
+    files = publish(result, out_dir)
+    return {"files": [str(f) for f in files], "metrics": result.metrics}
+
+
+@task(name="evaluate", cache_key_fn=eval_key, persist_result=True)
+def eval_task(
+    name: str, model_dir: Path, cfg: Any, baseline_dir: Path | None, out_dir: Path
+) -> dict[str, Any]:
+    model = open_model(model_dir)
+    baseline = open_model(baseline_dir) if baseline_dir else None
+    result = EVALUATORS[name](model, cfg, baseline)
+    files = publish(result, out_dir)
+    return {
+        "files": [str(f) for f in files],
+        "metrics": result.metrics,
+        "step": model.info.get("step"),
+    }

@@ -1,0 +1,146 @@
+"""The MLflow layout of a bring-up: one experiment per pipeline name, one parent run per flow
+run, one nested child run per stage. Explicit run ids through `MlflowClient`, no active run."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from flows.config import PipelineConfig
+from train_stage.tracking import flatten
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout this package runs from, when it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+class Tracking:
+    """MLflow runs of one bring-up under `cfg.name` at `cfg.mlflow_tracking_uri`."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.uri = str(cfg.mlflow_tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._experiment()
+
+    def _experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.cfg.name)
+        if found is not None:
+            return found.experiment_id
+        # A local store keeps artifacts next to it; a server decides (--artifacts-destination).
+        local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
+        location = (self.cfg.run_root / "mlartifacts").as_uri() if local else None
+        return self.client.create_experiment(self.cfg.name, artifact_location=location)
+
+    def start_parent(self, flow_run_id: str | None, flow_run_url: str | None) -> str:
+        tags = {"run_dir": str(self.cfg.run_dir), "pipeline.preset": str(self.cfg.preset)}
+        for key, value in (
+            ("prefect.flow_run_id", flow_run_id),
+            ("prefect.flow_run_url", flow_run_url),
+            ("git.commit", git_commit()),
+        ):
+            if value:
+                tags[key] = value
+        run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
+        self.log_params(run.info.run_id, self.cfg.model_dump(mode="json"))
+        return run.info.run_id
+
+    def start_child(self, parent_id: str, stage: str, params: dict[str, Any]) -> str:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"{self.cfg.run_name}/{stage}",
+            tags={PARENT_TAG: parent_id, "stage": stage},
+        )
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def adopt(self, run_id: str, parent_id: str) -> None:
+        """Nest an existing run (train_stage's, resumed from an earlier flow run) under this
+        flow run's parent, so the latest parent always holds every stage."""
+        if self.client.get_run(run_id).data.tags.get(PARENT_TAG) != parent_id:
+            self.client.set_tag(run_id, PARENT_TAG, parent_id)
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(run_id).data.params
+        new = [Param(k, v) for k, v in sorted(flatten("", params).items()) if k not in existing]
+        for start in range(0, len(new), 100):
+            self.client.log_batch(run_id, params=new[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_dir(self, run_id: str, directory: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(directory), artifact_path=artifact_path)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def run_url(self, run_id: str) -> str | None:
+        """The UI address of a run when the store is a tracking server."""
+        if not self.uri.startswith(("http://", "https://")):
+            return None
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+
+@contextmanager
+def system_metrics(run_id_file: Path, tracking_uri: str, interval_s: float = 5.0) -> Iterator[None]:
+    """MLflow system metrics of this machine (CPU, memory, disk, network; GPU when visible)
+    logged into the run whose id appears in `run_id_file` — train_stage writes it when its run
+    starts — from here, since train_stage uses the client API and cannot start them itself."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    stop = threading.Event()
+    started: list[SystemMetricsMonitor] = []
+
+    def attach() -> None:
+        while not stop.is_set():
+            run_id = run_id_file.read_text().strip() if run_id_file.is_file() else ""
+            if run_id:
+                monitor = SystemMetricsMonitor(
+                    run_id, sampling_interval=interval_s, resume_logging=True,
+                    tracking_uri=tracking_uri,
+                )  # fmt: skip
+                monitor.start()
+                started.append(monitor)
+                return
+            stop.wait(0.5)
+
+    watcher = threading.Thread(target=attach, daemon=True, name="system-metrics-attach")
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        for monitor in started:
+            monitor.finish()

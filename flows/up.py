@@ -1,0 +1,158 @@
+"""`python -m flows up`: Prefect server + MLflow server + `flows serve` on 127.0.0.1, stopped
+together on Ctrl-C/SIGTERM. Each service runs in its own process group and is stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flows.env import prepare_env
+from flows.torchrun import stop_group
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Service:
+    """One child process group writing to `<log_dir>/<name>.log`."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    health_url: str | None = None
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{self.name}.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Poll `health_url` until it answers 200; an exited process or the timeout is an error."""
+        assert self.proc is not None and self.health_url is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.proc.returncode}; see its log"
+                )
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} did not answer {self.health_url} within {timeout_s:.0f}s")
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, grace_s)
+
+
+def services(
+    run_root: Path, prefect_port: int, mlflow_port: int, resume_every_s: float, resume_paused: bool
+) -> list[Service]:
+    """The three services, in start order."""
+    env = prepare_env(run_root, dict(os.environ))
+    api = f"http://127.0.0.1:{prefect_port}/api"
+    serve_env = {**env, "PREFECT_API_URL": api}
+    db = f"sqlite:///{run_root}/mlflow.db"
+    resume_flag = "--resume-paused" if resume_paused else "--resume-active"
+    return [
+        Service(
+            "prefect-server",
+            [sys.executable, "-m", "prefect", "server", "start",
+             "--host", "127.0.0.1", "--port", str(prefect_port)],
+            env,
+            f"{api}/health",
+        ),
+        Service(
+            "mlflow-server",
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+             "--port", str(mlflow_port), "--backend-store-uri", db,
+             "--artifacts-destination", str(run_root / "mlartifacts"), "--workers", "1"],
+            env,
+            f"http://127.0.0.1:{mlflow_port}/health",
+        ),
+        Service(
+            "flows-serve",
+            [sys.executable, "-m", "flows", "serve", "--run-root", str(run_root),
+             "--resume-every", str(resume_every_s), resume_flag],
+            serve_env,
+        ),
+    ]  # fmt: skip
+
+
+def up(
+    run_root: Path, prefect_port: int, mlflow_port: int, resume_every_s: float, resume_paused: bool
+) -> int:
+    """Start everything, print the UIs, block until SIGINT/SIGTERM, stop everything."""
+    taken = [p for p in (prefect_port, mlflow_port) if not port_free(p)]
+    if taken or prefect_port == mlflow_port:
+        print(
+            f"flows up: port {taken[0] if taken else prefect_port} is taken on 127.0.0.1; "
+            "choose another with --prefect-port/--mlflow-port",
+            file=sys.stderr,
+        )
+        return 2
+    run_root.mkdir(parents=True, exist_ok=True)
+    stack = services(run_root, prefect_port, mlflow_port, resume_every_s, resume_paused)
+    log_dir = run_root / ".logs"
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    started: list[Service] = []
+    try:
+        for service in stack:
+            service.start(log_dir)
+            started.append(service)
+            if service.health_url:
+                service.wait_healthy(120)
+        print(f"Prefect UI: http://127.0.0.1:{prefect_port}", flush=True)
+        print(f"MLflow UI:  http://127.0.0.1:{mlflow_port}", flush=True)
+        print(f"logs in {log_dir}; Ctrl-C stops all three", flush=True)
+        while not stopping:
+            dead = [s for s in started if s.proc is not None and s.proc.poll() is not None]
+            if dead:
+                print(f"flows up: {dead[0].name} exited ({dead[0].proc.returncode}); see "
+                      f"{log_dir / dead[0].name}.log; stopping", file=sys.stderr, flush=True)  # fmt: skip
+                return 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for service in reversed(started):
+            service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("flows up: stopped", flush=True)

@@ -1,0 +1,151 @@
+"""The flow's decisions, without a Prefect server: stage order, rerun rules, the restart cap."""
+
+import json
+import os
+
+import pytest
+
+from flows import bringup as bringup_module
+from flows import outputs
+from flows.bringup import STAGES, bringup, call_cached
+from flows.config import PipelineConfig
+from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
+
+
+class FakeBringup:
+    """Records which stages ran, in order, and how the run finished."""
+
+    calls: list[str]
+
+    def __init__(self, cfg, refresh, restart_count):
+        FakeBringup.calls = []
+        self.record = type("R", (), {"outputs": {}})()
+        self.fail_at = os.environ.get("FAKE_FAIL_AT")
+
+    def __getattr__(self, stage):  # the stage methods; `stage` below decides what happens
+        return lambda: {}
+
+    def stage(self, name, run):
+        FakeBringup.calls.append(name)
+        if name == self.fail_at:
+            raise RuntimeError(f"{name} broke")
+        self.record.outputs[name] = {"ok": True}
+
+    def finish(self, status, error=None):
+        FakeBringup.calls.append(f"finish:{status}:{error}")
+
+
+def test_stages_run_in_pipeline_order(cfg, monkeypatch):
+    monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
+    result = bringup.fn(cfg)
+    assert FakeBringup.calls == [*STAGES, "finish:FINISHED:None"]
+    assert STAGES == ("tokenizer", "shards", "train", "bench", "evaluate")
+    assert set(result) == set(STAGES)
+    assert lock_owner(cfg.run_dir) is None  # released
+
+
+def test_a_failing_stage_stops_the_flow_and_marks_it_failed(cfg, monkeypatch):
+    monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
+    monkeypatch.setenv("FAKE_FAIL_AT", "train")
+    with pytest.raises(RuntimeError, match="train broke"):
+        bringup.fn(cfg)
+    assert FakeBringup.calls == [
+        "tokenizer",
+        "shards",
+        "train",
+        "finish:FAILED:RuntimeError: train broke",
+    ]
+    assert lock_owner(cfg.run_dir) is None
+
+
+def test_restarts_over_the_cap_are_cancelled_before_any_work(cfg, monkeypatch):
+    monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
+    FakeBringup.calls = []
+    state = bringup.fn(cfg, restart_count=cfg.max_restarts + 1)
+    assert state.is_cancelled()
+    assert "max_restarts=2" in state.message
+    assert FakeBringup.calls == [] and not cfg.run_dir.exists()
+    assert bringup.fn(cfg, restart_count=cfg.max_restarts) is not None  # at the cap: runs
+    assert FakeBringup.calls[-1] == "finish:FINISHED:None"
+
+
+class FakeTask:
+    def __init__(self, cached: bool):
+        self.options: dict = {}
+        self.cached = cached
+
+    def with_options(self, **options):
+        task = FakeTask(self.cached)
+        task.options = options
+        return task
+
+    def __call__(self, return_state, **params):
+        name = "Cached" if self.cached and not self.options.get("refresh_cache") else "Completed"
+        return type("S", (), {"name": name, "result": lambda _s: {"refresh": self.options}})()
+
+
+@pytest.mark.parametrize(
+    ("valid", "refresh", "forced"), [(True, False, False), (False, False, True), (True, True, True)]
+)
+def test_missing_outputs_or_refresh_force_a_rerun(valid, refresh, forced):
+    result, cached = call_cached(FakeTask(cached=True), valid, refresh, cfg=None)
+    assert (result["refresh"] == {"refresh_cache": True}) is forced
+    assert cached is not forced
+
+
+def test_output_checks_notice_missing_or_corrupt_files(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.model").write_bytes(b"model")
+    from flows.fingerprint import file_sha256
+
+    (tok / "tokenizer.json").write_text(json.dumps({"hash": file_sha256(tok / "tokenizer.model")}))
+    assert outputs.tokenizer_ok(tok)
+    (tok / "tokenizer.model").write_bytes(b"other")
+    assert not outputs.tokenizer_ok(tok)
+    (tok / "tokenizer.model").unlink()
+    assert not outputs.tokenizer_ok(tok)
+
+    train = tmp_path / "train"
+    (train / "checkpoints" / "step_2").mkdir(parents=True)
+    summary = {"status": "completed", "checkpoint": str(train / "checkpoints" / "step_2")}
+    (train / "train_summary.json").write_text(json.dumps(summary))
+    assert outputs.train_ok(train)
+    (train / "checkpoints" / "step_2").rmdir()
+    assert not outputs.train_ok(train)
+    (train / "train_summary.json").write_text(json.dumps({**summary, "status": "stopped"}))
+    assert not outputs.train_ok(train)
+    assert not outputs.shards_ok(tmp_path / "nothing")
+
+
+def test_a_live_lock_refuses_a_second_runner_and_a_stale_one_is_ignored(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("1\n")  # pid 1 is alive and not us
+    with pytest.raises(RuntimeError, match="already running in pid 1"):
+        acquire_lock(tmp_path)
+    (tmp_path / LOCK_FILE).write_text("999999999\n")
+    acquire_lock(tmp_path)
+    assert lock_owner(tmp_path) == os.getpid()
+    release_lock(tmp_path)
+    assert not (tmp_path / LOCK_FILE).exists()
+
+
+def test_resume_picks_bring_ups_neither_completed_nor_running(tmp_path):
+    from flows.record import BringupRecord, write_record
+    from flows.resume import unfinished
+
+    def make(name, status, locked_by=None):
+        config = PipelineConfig.from_preset("debug_tiny", run_root=tmp_path, run_name=name)
+        write_record(BringupRecord(status=status, config=config))
+        if locked_by:
+            (config.run_dir / LOCK_FILE).write_text(f"{locked_by}\n")
+
+    make("done", "completed")
+    make("failed", "failed")
+    make("crashed", "running", locked_by=999999999)  # its process is gone
+    make("live", "running", locked_by=os.getpid())
+    assert sorted(r.config.run_name for r in unfinished(tmp_path)) == ["crashed", "failed"]

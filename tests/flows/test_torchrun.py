@@ -1,0 +1,128 @@
+"""The training launcher: lines stream as they come, failures say why, no process outlives it."""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.config import PipelineConfig
+from flows.tasks import retry_unless_deterministic, train_task
+from flows.torchrun import ProcessFailed, explain, run_streaming, worker_exit_code
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_lines_reach_the_callback_while_the_child_runs():
+    seen: list[tuple[str, float]] = []
+    code = "import time\nfor i in range(3):\n    print(f'line {i}', flush=True); time.sleep(0.3)"
+    run_streaming(python(code), lambda line: seen.append((line, time.monotonic())))
+    assert [line for line, _ in seen] == ["line 0", "line 1", "line 2"]
+    assert seen[2][1] - seen[0][1] > 0.4  # delivered as printed, not all at exit
+
+
+def test_a_refusal_surfaces_its_line_and_exit_code():
+    code = (
+        "import sys\nprint('loading', flush=True)\n"
+        "print('train_stage: refused: data directory /x is unusable', file=sys.stderr)\n"
+        "sys.exit(2)"
+    )
+    with pytest.raises(ProcessFailed) as info:
+        run_streaming(python(code), lambda _line: None, what="train_stage")
+    assert info.value.exit_code == 2
+    assert "exit code 2" in str(info.value) and "refused" in str(info.value)
+    assert info.value.explanation == ["train_stage: refused: data directory /x is unusable"]
+
+
+def test_a_crash_surfaces_the_workers_traceback_not_torchruns():
+    lines = [
+        "step 1 loss 5.0",
+        "Traceback (most recent call last):",
+        '  File "trainer.py", line 3, in step',
+        "RuntimeError: CUDA out of memory",
+        "E1125 12:00:00 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1)"
+        " local_rank: 0 (pid: 7) of binary: python",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+        "  exitcode  : 1 (pid: 7)",
+    ]
+    assert explain(lines)[-1] == "RuntimeError: CUDA out of memory"
+    assert explain(lines)[0] == "Traceback (most recent call last):"
+    assert worker_exit_code(["x", "  exitcode  : 3 (pid: 9)"], 1) == 3
+    assert worker_exit_code(["x"], 1) == 1
+
+
+def failed_state(error: BaseException):
+    return type("S", (), {"data": error})()
+
+
+@pytest.mark.parametrize(("code", "retry"), [(1, True), (-9, True), (2, False), (3, False)])
+def test_refused_and_diverged_are_not_retried(code, retry):
+    error = ProcessFailed("train_stage", code, ["why"])
+    assert retry_unless_deterministic(None, None, failed_state(error)) is retry
+    assert retry_unless_deterministic(None, None, failed_state(OSError("disk"))) is True
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_left_behind_are_stopped_when_the_launcher_exits(tmp_path):
+    pid_file = tmp_path / "pid"
+    code = (
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+    )
+    run_streaming(python(code), lambda _line: None, grace_s=2)
+    worker = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not alive(worker)
+
+
+def test_an_error_in_the_caller_stops_the_whole_group(tmp_path):
+    pid_file = tmp_path / "pid"
+    code = (
+        "import subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "print('started', flush=True); time.sleep(60)"
+    )
+
+    def cancel(line: str) -> None:
+        if line == "started":
+            raise KeyboardInterrupt  # what a Prefect cancel/timeout looks like from here
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_streaming(python(code), cancel, grace_s=2)
+    assert time.monotonic() - start < 20
+    assert not alive(int(pid_file.read_text()))
+
+
+@pytest.mark.slow
+def test_train_task_refusal_through_torchrun_is_not_retried(tmp_path: Path):
+    """The real thing: torchrun + train_stage refuse a missing data dir; Prefect runs it once."""
+    cfg = PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
+    shards = cfg.stage_dir("shards")
+    shards.mkdir(parents=True)
+    (shards / "manifest.json").write_text("{}")  # present for the cache key, unusable for training
+    state = train_task.with_options(retries=2, retry_delay_seconds=0)(
+        cfg=cfg.train_config(), nproc=1, mlflow=None, return_state=True
+    )
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, ProcessFailed) and error.exit_code == 2
+    assert "train_stage refused with exit code 2" in str(error)
+    assert "train_stage: refused:" in str(error) and "manifest" in str(error)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_task_run(state.state_details.task_run_id).run_count == 1
