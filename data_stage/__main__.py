@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
 from data_stage.dataset import ShardDataset, verify_shards
-from data_stage.errors import DataStageError
+from data_stage.errors import DataStageError, validation_summary
 from data_stage.manifest import Manifest
 from data_stage.shards import build_shards
 from data_stage.tokenizer import SentencePieceTokenizer, load_tokenizer
@@ -200,12 +200,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -213,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except ValidationError as e:
-        print(f"data_stage {args.command}: invalid config: {_one_line(e)}", file=sys.stderr)
+        print(
+            f"data_stage {args.command}: invalid config: {validation_summary(e)}", file=sys.stderr
+        )
     except DataStageError as e:
         print(f"data_stage {args.command}: error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -1,5 +1,15 @@
 """Exceptions raised by data_stage; each message names the file and what to do."""
 
+from pydantic import ValidationError
+
+
+def validation_summary(error: ValidationError) -> str:
+    """Every problem of a pydantic error on one line: `field.path: message; ...` (the CLIs'
+    one-line refusal)."""
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in error.errors()
+    )
+
 
 class DataStageError(ValueError):
     """Base class: bad input to a data_stage step (CLIs exit 2 on it)."""

@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from data_stage import DataStageError
+from data_stage.errors import DataStageError, validation_summary
 from train_stage.export import LoadedModel
 
 from . import bench, latency, niah, perplexity, position_loss
@@ -259,12 +259,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -272,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ValidationError as e:
-        print(f"{prefix}: invalid config: {_one_line(e)}", file=sys.stderr)
+        print(f"{prefix}: invalid config: {validation_summary(e)}", file=sys.stderr)
     except (EvalInputError, DataStageError) as e:
         print(f"{prefix}: error: {e}", file=sys.stderr)
     except SpeedupBelowThreshold as e:
