@@ -87,10 +87,10 @@ def _say(env: DistEnv, message: str, err: bool = False) -> None:
 
 
 def _describe(summary: dict[str, Any]) -> str:
-    val = summary["val_loss"]
-    return (
-        f"{summary['steps']} steps, {summary['tokens_seen']:,} tokens, final loss "
-        f"{summary['final_loss']:.4f}"
-        + (f", val loss {val:.4f}" if val is not None else "")
-        + f", checkpoint {summary['checkpoint']}"
-    )
+    """One line; a run resumed at its last step trained nothing new, so it has no final loss."""
+    parts = [f"{summary['steps']} steps", f"{summary['tokens_seen']:,} tokens"]
+    if summary["final_loss"] is not None:
+        parts.append(f"final loss {summary['final_loss']:.4f}")
+    if summary["val_loss"] is not None:
+        parts.append(f"val loss {summary['val_loss']:.4f}")
+    return ", ".join([*parts, f"checkpoint {summary['checkpoint']}"])

@@ -21,6 +21,7 @@ def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
+
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "2")
 
 

@@ -169,3 +169,13 @@ def test_world_size_two_checkpoint_resumes_in_one_process(tiny_shards, tmp_path)
     # 4 steps x 8 rows were consumed, and 4 more single-process steps take 16 rows more.
     meta = json.loads((run_dir / "checkpoints" / "step_00000008" / "meta.json").read_text())
     assert meta["world_size"] == 1 and meta["tokens_seen"] == 4 * 2 * 4 * 32 + 4 * 4 * 32
+
+
+def test_resuming_a_finished_run_is_a_clean_no_op(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    args = (*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), "--steps", "3")
+    run_train(*args)
+    before = losses(run_dir)
+    result = run_train(*args, "--resume", "auto")  # e.g. killed after its last save
+    assert "resumed from" in result.stdout and "3 steps" in result.stdout
+    assert losses(run_dir) == before
