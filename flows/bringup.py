@@ -49,6 +49,12 @@ class Bringup:
             flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],
         )
         self.tracking = Tracking(cfg)
+        if previous and previous.status == "running" and previous.mlflow_parent_run_id:
+            # the lock was free, so the flow run that wrote "running" was killed mid-way
+            closed = self.tracking.close_abandoned(
+                previous.mlflow_parent_run_id, f"its flow run was killed; resumed by {flow_run.id}"
+            )
+            self.log.info("marked FAILED the MLflow runs a killed attempt left open: %s", closed)
         self.parent = self.tracking.start_parent(flow_run.id, flow_run.ui_url)
         self.record.mlflow_parent_run_id = self.parent
         write_record(self.record)
@@ -112,6 +118,7 @@ class Bringup:
             nproc=self.cfg.nproc,
             mlflow=mlflow,
             fresh=self.refresh,
+            grace_s=self.cfg.stop_grace_s,
         )
         if result.get("mlflow_run_id"):
             self.tracking.adopt(result["mlflow_run_id"], self.parent)

@@ -62,6 +62,9 @@ class PipelineConfig(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     nproc: int = Field(1, ge=1, le=64, description="torchrun processes; fsdp when > 1")
     train_retries: int = Field(2, ge=0, le=10)
+    stop_grace_s: float = Field(
+        60.0, gt=0, description="seconds a stopping trainer gets to save before SIGKILL"
+    )
     bench: BenchConfig = Field(default_factory=lambda: BenchConfig(device="cpu"))
     evals: list[EvalName] = Field(default_factory=lambda: list(ALL_EVALS))
     perplexity: dict[str, Any] = Field(default_factory=dict)

@@ -39,12 +39,18 @@ from flows.fingerprint import (
     manifest_sha256,
     tokenizer_hash,
 )
-from flows.torchrun import NOT_RETRYABLE, ProcessFailed, run_streaming, torchrun_command
+from flows.torchrun import (
+    NOT_RETRYABLE,
+    ProcessFailed,
+    run_streaming,
+    torchrun_command,
+    wait_for_previous_launch,
+)
 from flows.tracking import system_metrics
 from train_stage.config import TrainConfig
 from train_stage.export import export_model
 
-KEY_FILE = ".flow_cache_key"
+KEY_FILE, LAUNCH_FILE = ".flow_cache_key", ".launch"
 EVALUATORS = {
     "perplexity": evaluate_perplexity,
     "position_loss": evaluate_position_loss,
@@ -123,14 +129,21 @@ def shards_task(cfg: ShardConfig) -> dict[str, Any]:
     retry_condition_fn=retry_unless_deterministic,
 )
 def train_task(
-    cfg: TrainConfig, nproc: int, mlflow: dict[str, str] | None, fresh: bool = False
+    cfg: TrainConfig,
+    nproc: int,
+    mlflow: dict[str, str] | None,
+    fresh: bool = False,
+    grace_s: float = 60.0,
 ) -> dict[str, Any]:
     """torchrun + train_stage with `--resume auto`, so a retry continues from the latest
     checkpoint. A run dir trained for other content (or `fresh`) is moved aside first.
     `mlflow`: tracking_uri, experiment, run_name, parent_run_id of train_stage's nested run
-    (with system metrics); None trains without MLflow."""
+    (with system metrics); None trains without MLflow. `grace_s`: how long stopping ranks get to
+    save, and how long this launch waits for ranks left from a killed earlier one."""
     logger = get_run_logger()
     run_dir = cfg.run_dir
+    launch_file = run_dir / LAUNCH_FILE
+    wait_for_previous_launch(launch_file, grace_s, logger.info)  # before anything moves
     key = train_key(None, {"cfg": cfg, "nproc": nproc})
     key_file = run_dir / KEY_FILE
     stale = key_file.is_file() and key_file.read_text().strip() != key
@@ -156,7 +169,14 @@ def train_task(
         else system_metrics(run_dir / "mlflow_run_id", mlflow["tracking_uri"])
     )
     with monitor:
-        run_streaming(command, logger.info, env=env, what="train_stage")
+        run_streaming(
+            command,
+            logger.info,
+            env=env,
+            grace_s=grace_s,
+            what="train_stage",
+            launch_file=launch_file,
+        )
     summary = json.loads((run_dir / "train_summary.json").read_text())
     run_id_file = run_dir / "mlflow_run_id"
     mlflow_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None

@@ -3,8 +3,10 @@
 `run_streaming` reads the child's merged stdout/stderr line by line and hands each line to a
 callback as it arrives. Whatever ends the wait — the child exiting, an exception in the caller,
 a SIGTERM to this process — the whole group gets SIGTERM, then SIGKILL after a grace period.
-A non-zero exit raises `ProcessFailed` with the exit code (the worker's, under torchrun) and the
-lines that explain it.
+When this process is killed outright (SIGKILL, OOM), the child gets SIGTERM from the kernel
+(`parent_guard`), and the next launch with the same `launch_file` waits for that group to end
+before it starts. A non-zero exit raises `ProcessFailed` with the exit code (the worker's, under
+torchrun) and the lines that explain it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 # train_stage exit codes that a retry cannot fix: refused before any work, diverged.
 NOT_RETRYABLE = {2: "refused", 3: "diverged"}
 TAIL_LINES = 400
+PARENT_GUARD = Path(__file__).with_name("parent_guard.py")
 _WORKER_EXIT = re.compile(r"exitcode\s*:\s*(-?\d+)|failed \(exitcode: (-?\d+)\)")
 _AGENT_FAILURE = re.compile(r"torch/distributed/elastic/.*failed \(exitcode: -?\d+\)")
 
@@ -74,26 +77,66 @@ def explain(lines: Sequence[str], limit: int = 20) -> list[str]:
 
 def stop_group(proc: subprocess.Popen, grace_s: float) -> None:
     """SIGTERM the child's process group, SIGKILL it after `grace_s`; reap the child."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and _group_alive(proc):
-            time.sleep(0.1)
-        if not _group_alive(proc):
-            break
+
+    def alive() -> bool:
+        proc.poll()
+        return _group_exists(proc.pid)
+
+    _stop_group_id(proc.pid, grace_s, alive)
     proc.wait()
 
 
-def _group_alive(proc: subprocess.Popen) -> bool:
-    proc.poll()
+def _stop_group_id(pgid: int, grace_s: float, alive: Callable[[], bool]) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and alive():
+            time.sleep(0.1)
+        if not alive():
+            return
+
+
+def _group_exists(pgid: int) -> bool:
     try:
-        os.killpg(proc.pid, 0)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (`/proc/PID/stat` field 22): with the
+    pid, it names one process even after the pid is reused. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def wait_for_previous_launch(launch_file: Path, grace_s: float, log: Callable[[str], None]) -> None:
+    """If the group recorded in `launch_file` by an earlier `run_streaming` is still running (its
+    caller was killed; its processes got SIGTERM and may be saving a checkpoint), wait up to
+    `grace_s` for it to end, then stop it. A recorded pid now naming another process is ignored."""
+    try:
+        pgid_text, started = launch_file.read_text().split()
+        pgid = int(pgid_text)
+    except (OSError, ValueError):
+        return
+    leader_start = _start_time(pgid)
+    if leader_start is not None and leader_start != started:
+        return  # the pid was reused: that group is not ours
+    if not _group_exists(pgid):
+        return
+    log(f"an earlier launch (process group {pgid}) is still running; waiting up to "
+        f"{grace_s:.0f}s for it to stop")  # fmt: skip
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_exists(pgid):
+        time.sleep(0.2)
+    _stop_group_id(pgid, grace_s, lambda: _group_exists(pgid))
 
 
 @contextmanager
@@ -120,13 +163,17 @@ def run_streaming(
     cwd: Path | None = None,
     grace_s: float = 30.0,
     what: str | None = None,
+    launch_file: Path | None = None,
 ) -> list[str]:
     """Run `command`; each output line goes to `on_line`. Returns the last lines on exit 0,
-    raises `ProcessFailed` (naming `what`, default the program) otherwise."""
+    raises `ProcessFailed` (naming `what`, default the program) otherwise. `launch_file` records
+    the running group, so a later launch with the same file never overlaps this one."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
+    if launch_file is not None:
+        wait_for_previous_launch(launch_file, grace_s, on_line)
     with _sigterm_raises():
         proc = subprocess.Popen(
-            list(command),
+            [sys.executable, "-I", str(PARENT_GUARD), str(os.getpid()), "--", *command],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -141,6 +188,8 @@ def run_streaming(
         reader = threading.Thread(target=_read_lines, args=(proc, lines), daemon=True)
         reader.start()
         try:
+            if launch_file is not None:
+                launch_file.write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
             # Workers outliving a dead launcher keep the pipe open, so EOF alone is not the end:
             # once the launcher has exited the group is stopped, which closes the pipe.
             while (line := _next_line(proc, lines, grace_s)) is not None:
@@ -149,6 +198,8 @@ def run_streaming(
             proc.wait()
         finally:
             stop_group(proc, grace_s)
+            if launch_file is not None:
+                launch_file.unlink(missing_ok=True)
             reader.join(timeout=10)
             if proc.stdout is not None:
                 proc.stdout.close()

@@ -102,6 +102,18 @@ class Tracking:
     def log_dir(self, run_id: str, directory: Path, artifact_path: str) -> None:
         self.client.log_artifacts(run_id, str(directory), artifact_path=artifact_path)
 
+    def close_abandoned(self, parent_id: str, note: str) -> list[str]:
+        """Mark FAILED the runs a killed flow run left RUNNING: `parent_id` and its children.
+        Returns their ids."""
+        query = f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'RUNNING'"
+        children = self.client.search_runs([self.experiment_id], filter_string=query)
+        parent = self.client.get_run(parent_id)
+        runs = [r for r in [parent, *children] if r.info.status == "RUNNING"]
+        for run in runs:
+            self.client.set_tag(run.info.run_id, "abandoned", note)
+            self.client.set_terminated(run.info.run_id, status="FAILED")
+        return [r.info.run_id for r in runs]
+
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 

@@ -4,56 +4,103 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow import MlflowClient
 
 from flows.config import PipelineConfig
+from flows.record import read_record
 from flows.up import free_port, services
+from tests.flows.helpers import (
+    last_step,
+    parent_pid,
+    training_pids,
+    uninterrupted_final_loss,
+    wait_for,
+)
 
 
 @pytest.fixture
-def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A Prefect server on a free port and `flows serve`, stopped by process group afterwards.
-    Its database is its own (`<tmp_path>/.prefect`), not the session's Prefect home."""
+def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Starts a Prefect server on a free port and `flows serve` (resume schedule paused unless
+    asked), stopped by process group afterwards. Its database is its own
+    (`<tmp_path>/.prefect`), not the session's Prefect home. Returns (run_root, serve env)."""
     monkeypatch.delenv("PREFECT_HOME")
-    prefect_port = free_port()
-    server, _mlflow, serve = services(tmp_path, prefect_port, free_port(), 3600, True)
     started = []
-    try:
+
+    def start(resume_paused: bool = True, resume_every_s: float = 3600) -> tuple[Path, dict]:
+        server, _mlflow, serve = services(
+            tmp_path, free_port(), free_port(), resume_every_s, resume_paused
+        )
         server.start(tmp_path / "logs")
         started.append(server)
         server.wait_healthy(120)
         serve.start(tmp_path / "logs")
         started.append(serve)
-        yield tmp_path, serve.env
+        return tmp_path, serve.env
+
+    try:
+        yield start
     finally:
         for service in reversed(started):
             service.stop()
         for service in started:  # the whole group is gone, not just the leader
             with pytest.raises(ProcessLookupError):
                 os.killpg(service.proc.pid, 0)
+        assert training_pids(str(tmp_path)) == {"launcher": [], "workers": []}
+
+
+@pytest.fixture
+def served(stack):
+    return stack()
+
+
+def run_deployment(cfg: PipelineConfig, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    """`prefect deployment run bringup/bringup --param config=...`, retried while `flows serve`
+    is still registering the deployment (a few seconds after it starts)."""
+    command = [
+        sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
+        "--param", f"config={cfg.model_dump_json()}", *extra,
+    ]  # fmt: skip
+    for _ in range(60):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        if "not found" not in done.stdout + done.stderr:
+            break
+        time.sleep(2)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def read_deployment(api_url: str, name: str, timeout_s: float = 120):
+    """The deployment `name`, waiting for `flows serve` to register it."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    def read():
+        with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as c:
+            try:
+                return c.read_deployment_by_name(name)
+            except ObjectNotFound:
+                return None
+
+    return wait_for(read, timeout_s, f"deployment {name}")
 
 
 @pytest.mark.slow
 def test_deployment_run_completes_with_the_mlflow_layout(served):
     run_root, env = served
     cfg = PipelineConfig.from_preset("debug_tiny", run_root=run_root)
-    command = [
-        sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
-        "--param", f"config={cfg.model_dump_json()}", "--watch", "--watch-timeout", "240",
-    ]  # fmt: skip
-    for _ in range(60):  # `flows serve` registers the deployment a few seconds after it starts
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-        if "not found" not in done.stdout + done.stderr:
-            break
-        subprocess.run(["sleep", "2"], check=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_deployment(cfg, env, "--watch", "--watch-timeout", "240")
     assert "Completed" in done.stdout
+    assert read_deployment(env["PREFECT_API_URL"], "resume/resume").paused  # --resume-paused
 
     client = MlflowClient(str(cfg.mlflow_tracking_uri))
     experiment = client.get_experiment_by_name(cfg.name)
@@ -84,12 +131,14 @@ def test_deployment_run_completes_with_the_mlflow_layout(served):
     assert '"status": "completed"' in record
 
 
-def flow_runs(api_url: str) -> list:
+def flow_runs(api_url: str) -> list[tuple[str, Any]]:
+    """(flow name, flow run) of every flow run on the server."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        return client.read_flow_runs()
+        names = {f.id: f.name for f in client.read_flows()}
+        return [(names[r.flow_id], r) for r in client.read_flow_runs()]
 
 
 @pytest.mark.slow
@@ -98,19 +147,10 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     cfg = PipelineConfig.from_preset(
         "debug_tiny", run_root=run_root, baseline="missing", evals=["perplexity"], max_restarts=1
     )  # fails deterministically at evaluate: the baseline export does not exist
-    command = [
-        sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
-        "--param", f"config={cfg.model_dump_json()}",
-    ]  # fmt: skip
-    for _ in range(60):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-        if done.returncode == 0:
-            break
-        subprocess.run(["sleep", "2"], check=True)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run_deployment(cfg, env)
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline:
-        runs = [r for r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_final()]
+        runs = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_final()]
         if any(r.state.is_cancelled() for r in runs):
             break
         time.sleep(3)
@@ -123,3 +163,103 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     record = json.loads((cfg.run_dir / "bringup.json").read_text())
     assert record["status"] == "failed" and record["attempts"] == 2
     assert "baseline 'missing'" in record["error"]
+
+
+def restartable(run_root: Path) -> PipelineConfig:
+    """40 steps with a checkpoint every 10; no task retries, so only a restart can finish it."""
+    return PipelineConfig.from_preset(
+        "debug_tiny",
+        run_root=run_root,
+        train={"steps": 40, "save_every": 10},
+        evals=["perplexity"],
+        train_retries=0,
+    )
+
+
+def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> None:
+    """Once training is past step 15, SIGKILL `victim(torchrun launcher pid)`."""
+    metrics = cfg.stage_dir("train") / "metrics.jsonl"
+    wait_for(lambda: last_step(metrics) >= 15, 240, "training to pass step 15")
+    launcher = training_pids(str(cfg.run_root))["launcher"]
+    assert len(launcher) == 1
+    os.kill(victim(launcher[0]), signal.SIGKILL)
+
+
+def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int) -> dict:
+    """The bring-up completed in two attempts with the loss of an uninterrupted run, and the
+    killed attempt's MLflow runs are closed."""
+    record = read_record(cfg.run_dir)
+    assert record.status == "completed" and record.attempts == 2
+    assert record.restart_count == restart_count
+    train = record.outputs["train"]
+    assert train["steps"] == 40
+    assert train["final_loss"] == uninterrupted_final_loss(cfg, cfg.run_root / "reference")
+
+    client = MlflowClient(str(cfg.mlflow_tracking_uri))
+    runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id])
+    parents = {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert sorted(r.info.status for r in parents.values()) == ["FAILED", "FINISHED"]
+    killed = next(r for r in parents.values() if r.info.status == "FAILED")
+    assert "killed" in killed.data.tags["abandoned"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    train_run = next(r for r in runs if r.info.run_name.endswith("/train"))
+    assert train_run.data.tags["mlflow.parentRunId"] == record.mlflow_parent_run_id
+    steps = {m.step for m in client.get_metric_history(train_run.info.run_id, "loss")}
+    assert steps == set(range(1, 41))  # one curve across both attempts
+    return record
+
+
+def flow_run_states(api_url: str, flow_name: str) -> dict[int, list[str]]:
+    """restart_count -> state names of the `flow_name` flow runs that have a state."""
+    states: dict[int, list[str]] = {}
+    for name, run in flow_runs(api_url):
+        if name == flow_name and run.state is not None:
+            states.setdefault(run.parameters.get("restart_count", 0), []).append(run.state.name)
+    return states
+
+
+@pytest.mark.slow
+def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(served):
+    """SIGKILL the flow-run process (as the OOM killer would) while it trains: Prefect marks the
+    run Crashed, the automation runs the deployment again with restart_count 1, and training
+    resumes from the latest checkpoint to exactly the uninterrupted loss."""
+    run_root, env = served
+    cfg = restartable(run_root)
+    run_deployment(cfg, env)
+    kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
+    api = env["PREFECT_API_URL"]
+    states = wait_for(
+        lambda: (s := flow_run_states(api, "bringup")).get(1) in (["Completed"], ["Failed"]) and s,
+        300,
+        "the restarted bring-up to finish",
+    )
+    assert states == {0: ["Crashed"], 1: ["Completed"]}
+    assert_resumed_exactly(cfg, restart_count=1)
+
+
+@pytest.mark.slow
+def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(stack):
+    """`flows run` (no runner watching it) is SIGKILLed mid-training; while it ran, the active
+    resume schedule left it alone (its lock was live); after, the next resume run finishes it."""
+    run_root, env = stack(resume_paused=False, resume_every_s=5)
+    api = env["PREFECT_API_URL"]
+    assert not read_deployment(api, "resume/resume").paused  # --resume-active
+    cfg = restartable(run_root)
+    sets = ["train.steps=40", "train.save_every=10", "evals=[perplexity]", "train_retries=0"]
+    command = [sys.executable, "-m", "flows", "run", "--preset", "debug_tiny",
+               "--run-root", str(run_root)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
+    flow = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        kill_mid_training(cfg, lambda _launcher: flow.pid)
+    finally:
+        flow.kill()
+        flow.wait()
+    assert read_record(cfg.run_dir).status == "running"  # what a dead process leaves behind
+    wait_for(
+        lambda: (r := read_record(cfg.run_dir)) and r.status != "running" and r.attempts == 2,
+        300,
+        "the scheduled resume to finish the bring-up",
+    )
+    assert_resumed_exactly(cfg, restart_count=1)
+    resumes = flow_run_states(api, "resume")
+    assert "Completed" in resumes[0]

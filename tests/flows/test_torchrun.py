@@ -1,6 +1,7 @@
 """The training launcher: lines stream as they come, failures say why, no process outlives it."""
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -126,3 +127,49 @@ def test_train_task_refusal_through_torchrun_is_not_retried(tmp_path: Path):
 
     with get_client(sync_client=True) as client:
         assert client.read_task_run(state.state_details.task_run_id).run_count == 1
+
+
+def test_a_killed_caller_leaves_no_orphans_and_the_next_launch_waits_for_them(tmp_path):
+    """SIGKILL the process running `run_streaming`: its child gets SIGTERM from the kernel (no
+    cleanup code of the caller runs), and a new launch with the same launch file waits for the
+    old group to finish what it does on SIGTERM before it starts."""
+    launch, stopped = tmp_path / "launch", tmp_path / "stopped"
+    child = (
+        "import os, signal, sys, time\n"
+        "def on_term(*_):\n"
+        "    time.sleep(1.0)  # a checkpoint being saved\n"
+        f"    open({str(stopped)!r}, 'w').write(str(time.time())); sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "print(os.getpid(), flush=True); time.sleep(60)"
+    )
+    caller = (
+        "import sys\nfrom pathlib import Path\nfrom flows.torchrun import run_streaming\n"
+        f"run_streaming([sys.executable, '-c', {child!r}], lambda l: print(l, flush=True), "
+        f"launch_file=Path({str(launch)!r}))"
+    )
+    proc = subprocess.Popen(python(caller), stdout=subprocess.PIPE, text=True)
+    grandchild = int(proc.stdout.readline())
+    assert launch.is_file()
+    proc.kill()
+    proc.wait()
+    seen: list[str] = []
+    start = time.monotonic()
+    second = "import time; print(time.time())"
+    run_streaming(python(second), seen.append, grace_s=30, launch_file=launch)
+    assert time.monotonic() - start < 15  # the kernel's SIGTERM stopped it, not our grace timeout
+    assert "is still running" in seen[0]
+    assert float(stopped.read_text()) <= float(seen[-1])  # it had saved before the second began
+    assert not alive(grandchild) and not launch.exists()
+
+
+def test_a_launch_file_naming_a_reused_pid_is_ignored(tmp_path):
+    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    launch = tmp_path / "launch"
+    launch.write_text(f"{other.pid} 1\n")  # a live group leader, but not the recorded start time
+    try:
+        start = time.monotonic()
+        run_streaming(python("pass"), lambda _line: None, launch_file=launch)
+        assert time.monotonic() - start < 10 and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
