@@ -25,6 +25,12 @@ from flows.tasks import bench_task, eval_task, export_task, shards_task, tokeniz
 from flows.tracking import Tracking
 
 
+def browsable(url: str | None) -> str | None:
+    """`url` when a browser can open it, else None: without a configured UI (a temporary server)
+    Prefect's `flow_run.ui_url` reads "None/flow-runs/flow-run/<id>"."""
+    return url if url and url.startswith(("http://", "https://")) else None
+
+
 def call_cached(task: Any, outputs_valid: bool, refresh: bool, **params: Any) -> tuple[Any, bool]:
     """Run `task`; a rerun is forced when its outputs are missing or `refresh`. Returns
     (result, whether it came from the cache)."""
@@ -55,7 +61,7 @@ class Bringup:
                 previous.mlflow_parent_run_id, f"its flow run was killed; resumed by {flow_run.id}"
             )
             self.log.info("marked FAILED the MLflow runs a killed attempt left open: %s", closed)
-        self.parent = self.tracking.start_parent(flow_run.id, flow_run.ui_url)
+        self.parent = self.tracking.start_parent(flow_run.id, browsable(flow_run.ui_url))
         self.record.mlflow_parent_run_id = self.parent
         write_record(self.record)
         self._link_mlflow()

@@ -7,7 +7,7 @@ import pytest
 
 from flows import bringup as bringup_module
 from flows import outputs
-from flows.bringup import STAGES, bringup, call_cached
+from flows.bringup import STAGES, bringup, browsable, call_cached
 from flows.config import PipelineConfig
 from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
 
@@ -61,6 +61,13 @@ def test_a_failing_stage_stops_the_flow_and_marks_it_failed(cfg, monkeypatch):
         "finish:FAILED:RuntimeError: train broke",
     ]
     assert lock_owner(cfg.run_dir) is None
+
+
+def test_only_a_real_prefect_ui_address_is_tagged():
+    assert browsable("None/flow-runs/flow-run/1f2e") is None  # a temporary server has no UI
+    assert browsable(None) is None
+    page = "http://127.0.0.1:4200/flow-runs/flow-run/1f2e"
+    assert browsable(page) == page
 
 
 def test_restarts_over_the_cap_are_cancelled_before_any_work(cfg, monkeypatch):
