@@ -44,9 +44,15 @@ class CorpusConfig(BaseModel):
             raise ValueError("format 'stdlib' is the embedded corpus and takes no paths")
         if self.format in ("text", "jsonl", "parquet") and not self.paths:
             raise ValueError(f"format '{self.format}' needs at least one path")
-        if "text_field" in self.model_fields_set and self.format in ("text", "stdlib"):
+        # a changed value the format would ignore is refused; the default (as in a dump) is not
+        defaults = type(self).model_fields
+        if self.text_field != defaults["text_field"].default and self.format in ("text", "stdlib"):
             raise ValueError(f"text_field applies to JSONL/Parquet, not format '{self.format}'")
-        if "doc_bytes" in self.model_fields_set and self.format in ("jsonl", "parquet", "stdlib"):
+        if self.doc_bytes != defaults["doc_bytes"].default and self.format in (
+            "jsonl",
+            "parquet",
+            "stdlib",
+        ):
             raise ValueError(f"doc_bytes applies to plain text, not format '{self.format}'")
         return self
 

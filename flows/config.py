@@ -15,7 +15,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_serializer,
     model_validator,
 )
 
@@ -105,12 +104,6 @@ class PipelineConfig(BaseModel):
                 f"{self.seq_len}); lower train.seq_len or raise seq_len"
             )
         return self
-
-    @field_serializer("corpus")
-    def _corpus_as_set(self, corpus: CorpusConfig) -> dict[str, Any]:
-        # CorpusConfig refuses some of its own defaults when given explicitly (text_field with
-        # format 'stdlib'), so only the fields that were set make the round trip.
-        return corpus.model_dump(mode="json", exclude_unset=True)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> PipelineConfig:

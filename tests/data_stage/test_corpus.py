@@ -226,3 +226,13 @@ def test_bad_corpus_config_is_a_validation_error_naming_the_field(
 ) -> None:
     with pytest.raises(ValidationError, match=field_name):
         CorpusConfig(**fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"format": "stdlib"}, {"paths": ["x"], "format": "jsonl"}, {"paths": ["x"], "format": "text"}],
+)
+def test_a_dumped_corpus_config_validates_again(fields: dict) -> None:
+    """Configs travel as JSON (Prefect parameters, bringup.json): defaults must round-trip."""
+    config = CorpusConfig(**fields)
+    assert CorpusConfig.model_validate_json(config.model_dump_json()) == config
