@@ -130,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    from .console import keep_running_without_console
     from .distributed import world_from_env
     from .run import run_training
 
+    keep_running_without_console()
     rank = world_from_env()[0]
     args = train_parser().parse_args(argv)
     try:

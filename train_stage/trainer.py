@@ -83,6 +83,7 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.last_checkpoint: Path | None = None
+        self.resumed_from_step: int | None = None
         self._stop_signal: int | None = None
 
     # ----------------------------------------------------------------- state
@@ -117,6 +118,7 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"][f"rank{self.env.rank}"])
         self.last_checkpoint = checkpoint
+        self.resumed_from_step = self.step
         if self.env.is_main:
             self.metrics.truncate_after(self.step)
         return seconds
@@ -287,6 +289,7 @@ class Trainer:
             "final_loss": last.get("loss"),
             "val_loss": val_loss,
             "checkpoint": str(self.last_checkpoint.resolve()) if self.last_checkpoint else None,
+            "resumed_from_step": self.resumed_from_step,
             "world_size": self.env.world,
             "strategy": self.cfg.strategy,
         }

@@ -44,4 +44,5 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_loss(tmp_path):
     assert record["status"] == "completed"
     resumed = record["outputs"]["train"]
     assert resumed["steps"] == 40
+    assert resumed["resumed_from_step"] == 10  # a SIGKILLed worker saves nothing
     assert resumed["final_loss"] == uninterrupted_final_loss(cfg, tmp_path / "reference")

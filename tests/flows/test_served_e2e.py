@@ -193,6 +193,9 @@ def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int) -> dict:
     assert record.restart_count == restart_count
     train = record.outputs["train"]
     assert train["steps"] == 40
+    # killed at step >= 15: the kernel's SIGTERM (parent guard) made the orphaned rank save
+    # where it was, so the restart resumed from there, not from the periodic step-10 checkpoint
+    assert 15 <= train["resumed_from_step"] < 20
     assert train["final_loss"] == uninterrupted_final_loss(cfg, cfg.run_root / "reference")
 
     client = MlflowClient(str(cfg.mlflow_tracking_uri))

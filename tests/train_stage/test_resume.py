@@ -45,7 +45,11 @@ def test_resume_is_bitwise_exact_single_process(tiny_shards, tmp_path):
         "100",
     )
     summary = json.loads((parts / "train_summary.json").read_text())
-    assert (summary["status"], summary["steps"]) == ("stopped", 8)
+    assert (summary["status"], summary["steps"], summary["resumed_from_step"]) == (
+        "stopped",
+        8,
+        None,
+    )
     run_train(
         *TINY,
         "--data",
@@ -61,6 +65,7 @@ def test_resume_is_bitwise_exact_single_process(tiny_shards, tmp_path):
     )
     assert losses(parts) == losses(whole)
     assert len(losses(whole)) == 16
+    assert json.loads((parts / "train_summary.json").read_text())["resumed_from_step"] == 8
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,7 +193,15 @@ def test_curriculum_changes_length_and_resumes_across_stages(tiny_shards, tmp_pa
     assert losses(run_dir) == losses(whole)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_shards, tmp_path):
+def logged_steps(metrics: Path) -> int:
+    return metrics.read_text().count("\n") if metrics.exists() else 0
+
+
+@pytest.mark.parametrize("console_gone", [False, True])
+def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_shards, tmp_path, console_gone):
+    """`console_gone`: whoever read the rank's output has died (its pipes are closed) before
+    the SIGTERM, as when the flow process that launched torchrun was killed; printing progress
+    into the broken pipe must not kill the rank before it saves."""
     run_dir = tmp_path / "run"
     proc = subprocess.Popen(
         [
@@ -216,14 +225,25 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_shards, tmp_path):
         text=True,
     )
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "stopped by signal" in err
+
+    def wait_for_steps(n: int) -> None:
+        deadline = time.monotonic() + 120
+        while logged_steps(metrics) < n:
+            assert time.monotonic() < deadline and proc.poll() is None, proc.returncode
+            time.sleep(0.05)
+
+    wait_for_steps(3)
+    if console_gone:
+        proc.stdout.close()
+        proc.stderr.close()
+        wait_for_steps(logged_steps(metrics) + 2)  # progress lines went into the broken pipe
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 143
+    else:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 143, err
+        assert "stopped by signal" in err
     step = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert step == max(losses(run_dir)) >= 3
 
