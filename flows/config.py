@@ -167,7 +167,6 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=512,
         seq_len=64,
         train_preset="debug_tiny",
-        train={"steps": 20, "batch_size": 4, "seq_len": 32},
         bench={
             "device": "cpu",
             "batch": 1,
@@ -188,7 +187,6 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=8192,
         seq_len=128,
         train_preset="small_cpu",
-        train={"steps": 200, "batch_size": 8, "seq_len": 128},
         bench={
             "device": "cpu",
             "batch": 2,

@@ -43,11 +43,11 @@ from flows.torchrun import (
     NOT_RETRYABLE,
     ProcessFailed,
     run_streaming,
-    torchrun_command,
     wait_for_previous_launch,
 )
 from flows.tracking import system_metrics
 from train_stage.config import TrainConfig
+from train_stage.distributed import torchrun_command
 from train_stage.export import export_model
 
 KEY_FILE, LAUNCH_FILE = ".flow_cache_key", ".launch"

@@ -4,8 +4,8 @@
 callback as it arrives. Whatever ends the wait — the child exiting, an exception in the caller,
 a SIGTERM to this process — the whole group gets SIGTERM, then SIGKILL after a grace period.
 When this process is killed outright (SIGKILL, OOM), the child gets SIGTERM from the kernel
-(`parent_guard`), and the next launch with the same `launch_file` waits for that group to end
-before it starts. A non-zero exit raises `ProcessFailed` with the exit code (the worker's, under
+(`parent_guard`); `wait_for_previous_launch` on the same `launch_file` waits for that group to
+end before the next launch. A non-zero exit raises `ProcessFailed` with the exit code (the worker's, under
 torchrun) and the lines that explain it.
 """
 
@@ -167,10 +167,9 @@ def run_streaming(
 ) -> list[str]:
     """Run `command`; each output line goes to `on_line`. Returns the last lines on exit 0,
     raises `ProcessFailed` (naming `what`, default the program) otherwise. `launch_file` records
-    the running group, so a later launch with the same file never overlaps this one."""
+    the running group for `wait_for_previous_launch`, which a caller runs before the next
+    launch (and before touching the files that group may still write)."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    if launch_file is not None:
-        wait_for_previous_launch(launch_file, grace_s, on_line)
     with _sigterm_raises():
         proc = subprocess.Popen(
             [sys.executable, "-I", str(PARENT_GUARD), str(os.getpid()), "--", *command],
@@ -227,17 +226,3 @@ def _next_line(
         except queue.Empty:
             if proc.poll() is not None:
                 stop_group(proc, grace_s)
-
-
-def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
-    """`python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS`."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        module,
-        *args,
-    ]

@@ -8,6 +8,8 @@ mesh, `use_orig_params=True` and one FSDP unit per transformer block.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -99,3 +101,17 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= env.world
     return value
+
+
+def torchrun_command(nproc: int, module: str, args: Sequence[str]) -> list[str]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS`."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        module,
+        *args,
+    ]

@@ -1,6 +1,5 @@
 """The training launcher: lines stream as they come, failures say why, no process outlives it."""
 
-import os
 import subprocess
 import sys
 import time
@@ -9,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from flows.config import PipelineConfig
+from flows.record import pid_alive
 from flows.tasks import retry_unless_deterministic, train_task
-from flows.torchrun import ProcessFailed, explain, run_streaming, worker_exit_code
+from flows.torchrun import (
+    ProcessFailed,
+    explain,
+    run_streaming,
+    wait_for_previous_launch,
+    worker_exit_code,
+)
 
 
 def python(code: str) -> list[str]:
@@ -67,14 +73,6 @@ def test_refused_and_diverged_are_not_retried(code, retry):
     assert retry_unless_deterministic(None, None, failed_state(OSError("disk"))) is True
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_workers_left_behind_are_stopped_when_the_launcher_exits(tmp_path):
     pid_file = tmp_path / "pid"
     code = (
@@ -85,7 +83,7 @@ def test_workers_left_behind_are_stopped_when_the_launcher_exits(tmp_path):
     run_streaming(python(code), lambda _line: None, grace_s=2)
     worker = int(pid_file.read_text())
     time.sleep(0.2)
-    assert not alive(worker)
+    assert not pid_alive(worker)
 
 
 def test_an_error_in_the_caller_stops_the_whole_group(tmp_path):
@@ -105,7 +103,7 @@ def test_an_error_in_the_caller_stops_the_whole_group(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_streaming(python(code), cancel, grace_s=2)
     assert time.monotonic() - start < 20
-    assert not alive(int(pid_file.read_text()))
+    assert not pid_alive(int(pid_file.read_text()))
 
 
 @pytest.mark.slow
@@ -155,11 +153,12 @@ def test_a_killed_caller_leaves_no_orphans_and_the_next_launch_waits_for_them(tm
     seen: list[str] = []
     start = time.monotonic()
     second = "import time; print(time.time())"
+    wait_for_previous_launch(launch, 30, seen.append)
     run_streaming(python(second), seen.append, grace_s=30, launch_file=launch)
     assert time.monotonic() - start < 15  # the kernel's SIGTERM stopped it, not our grace timeout
     assert "is still running" in seen[0]
     assert float(stopped.read_text()) <= float(seen[-1])  # it had saved before the second began
-    assert not alive(grandchild) and not launch.exists()
+    assert not pid_alive(grandchild) and not launch.exists()
 
 
 def test_a_launch_file_naming_a_reused_pid_is_ignored(tmp_path):
@@ -168,7 +167,7 @@ def test_a_launch_file_naming_a_reused_pid_is_ignored(tmp_path):
     launch.write_text(f"{other.pid} 1\n")  # a live group leader, but not the recorded start time
     try:
         start = time.monotonic()
-        run_streaming(python("pass"), lambda _line: None, launch_file=launch)
+        wait_for_previous_launch(launch, 30, lambda _line: None)
         assert time.monotonic() - start < 10 and other.poll() is None
     finally:
         other.kill()

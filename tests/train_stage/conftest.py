@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+from train_stage.distributed import torchrun_command
 
 CORPUS = CorpusConfig(format="stdlib", max_bytes=1_000_000)
 
@@ -46,16 +47,7 @@ def run_train(
     if nproc == 1:
         cmd = [sys.executable, "-m", "train_stage", *args]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "train_stage",
-            *args,
-        ]
+        cmd = torchrun_command(nproc, "train_stage", args)
     result = subprocess.run(cmd, capture_output=True, text=True, env=train_env(), timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
