@@ -1,26 +1,37 @@
-"""`bench-dual-primal`: the TTT-Linear ops on one shape — dual chunk form vs anchored primal
-(the token-by-token reference) vs the online step.
+"""`bench-dual-primal`: the TTT-Linear ops on one shape — the dual chunk form (each requested
+backend: autograd loop, fused manual backward, Triton) vs anchored primal (the token-by-token
+reference) vs the online step, optionally vs flash-linear-attention's TTT-Linear.
 
 Inputs are random and seeded: q, k, v (B, H, T, d) in the benchmark dtype, eta (B, H, T) fp32
 at the scale of `eta_base` (0.01 x U[0, 1)), W (B, H, d, d) fp32, LN weight/bias (H, d) fp32,
 as in the mixer under bf16 autocast. `forward` runs under no_grad; `forward_backward` runs the op
 with every input requiring grad and back-propagates `sum(z * Cz) + sum(W_next * CW)` with fixed
-random cotangents. Each (op, mode) is run `warmup` times untimed, `repeats` times timed (median
-reported), then once more to measure peak memory (`eval_stage.memory`).
+random cotangents. Inputs are made before any timing. Every (op, mode) is run `warmup` times
+untimed, then the competitors are timed interleaved — round r runs each once — `repeats` rounds
+(median reported), so a machine that gets busier mid-run slows all of them alike; then each runs
+once more to measure its peak memory (`eval_stage.memory`).
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from pydantic import BaseModel
 
-from ttt_core.ops import ttt_linear_dual, ttt_linear_online, ttt_linear_primal_anchored
+from ttt_core.ops import (
+    resolve_backend,
+    ttt_linear_dual,
+    ttt_linear_online,
+    ttt_linear_primal_anchored,
+)
 
 from .config import BenchConfig
-from .device import describe_device, resolve_device, time_calls
+from .device import describe_device, resolve_device, time_interleaved
 from .errors import EvalInputError, SpeedupBelowThreshold
+from .fla_reference import SEMANTICS_NOTE, fla_ttt_linear, fla_unavailable
 from .memory import peak_memory
 from .results import EvalResult, metric_key, text_table
 
@@ -41,8 +52,9 @@ CPU_SHAPE = BenchShape(batch=2, heads=8, head_dim=64, chunk=16, seq_len=256)
 
 
 class BenchRow(BaseModel):
-    op: str
+    op: str  # "dual" (the first backend), "dual_<backend>", "primal_anchored", "online", "fla_*"
     mode: str
+    backend: str | None = None  # the dual-form implementation that ran ("fused" for "auto" on CPU)
     median_s: float
     tokens_per_s: float  # B * T / median_s
     peak_bytes: int
@@ -74,12 +86,36 @@ def _inputs(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: i
     return [q, k, v, eta, W, ln_weight, ln_bias]
 
 
-def _op(name: str, chunk: int):
-    """The op as a function of the 7 inputs returning (z, W_next)."""
-    if name == "online":
-        return lambda *x: ttt_linear_online(*x, eps=EPS)
-    fn = ttt_linear_dual if name == "dual" else ttt_linear_primal_anchored
-    return lambda *x: fn(*x, chunk_size=chunk, eps=EPS)
+Op = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+def competitors(
+    config: BenchConfig, shape: BenchShape, device: torch.device
+) -> dict[str, tuple[Op, str | None]]:
+    """label -> (op of the 7 inputs returning (z, W_next), dual backend that runs or None).
+    Raises EvalInputError, before any work, for a backend or FLA that cannot run here."""
+    ops: dict[str, tuple[Op, str | None]] = {}
+    if "dual" in config.ops:
+        for i, name in enumerate(config.backends):
+            try:
+                chosen = resolve_backend(name, device, shape.head_dim, shape.chunk)
+            except ValueError as e:
+                raise EvalInputError(str(e)) from e
+            op = partial(ttt_linear_dual, chunk_size=shape.chunk, eps=EPS, backend=chosen)
+            ops["dual" if i == 0 else f"dual_{name}"] = (op, chosen)
+    if "primal_anchored" in config.ops:
+        ops["primal_anchored"] = (
+            partial(ttt_linear_primal_anchored, chunk_size=shape.chunk, eps=EPS),
+            None,
+        )
+    if "online" in config.ops:
+        ops["online"] = (partial(ttt_linear_online, eps=EPS), None)
+    if config.compare_fla:
+        if (reason := fla_unavailable()) is not None:
+            raise EvalInputError(f"--compare-fla: {reason}")
+        label, op = fla_ttt_linear(device, shape.chunk, EPS)
+        ops[label] = (op, None)
+    return ops
 
 
 def _runner(op, mode: str, inputs: list[torch.Tensor], seed: int):
@@ -107,12 +143,25 @@ def _runner(op, mode: str, inputs: list[torch.Tensor], seed: int):
 
 
 def _speedups(rows: list[BenchRow]) -> dict[str, float]:
-    """`<mode>/speedup_dual_over_<op>` = median time of op / median time of dual."""
+    """`<mode>/speedup_<dual>_over_<op>` = median time of op / median time of that dual row, for
+    each dual row against every non-dual op and every dual row listed after it; and
+    `<op>/fwd_bwd_over_fwd`, the cost of forward+backward in forwards, where both were timed."""
     times = {(r.op, r.mode): r.median_s for r in rows}
+    labels = list(dict.fromkeys(r.op for r in rows))
     out = {}
-    for (op, mode), seconds in times.items():
-        if op != "dual" and ("dual", mode) in times:
-            out[f"{mode}/speedup_dual_over_{op}"] = seconds / times[("dual", mode)]
+    for i, dual in enumerate(labels):
+        if not dual.startswith("dual"):
+            continue
+        others = [op for j, op in enumerate(labels) if not op.startswith("dual") or j > i]
+        for op in others:
+            for mode in ("forward", "forward_backward"):
+                if (dual, mode) in times and (op, mode) in times:
+                    out[f"{mode}/speedup_{dual}_over_{op}"] = (
+                        times[(op, mode)] / times[(dual, mode)]
+                    )
+    for op in labels:
+        if (op, "forward") in times and (op, "forward_backward") in times:
+            out[f"{op}/fwd_bwd_over_fwd"] = times[(op, "forward_backward")] / times[(op, "forward")]
     return out
 
 
@@ -125,27 +174,35 @@ def evaluate_bench_dual_primal(config: BenchConfig) -> EvalResult:
             "GPU kernels); use --dtype fp32 on CPU"
         )
     shape, reduced = resolve_shape(config, device)
+    ops = competitors(config, shape, device)
     dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
     inputs = _inputs(shape, dtype, device, config.seed)
+    runners = {
+        (label, mode): _runner(op, mode, inputs, config.seed)
+        for mode in config.modes
+        for label, (op, _) in ops.items()
+    }
+    times = time_interleaved(runners, device, repeats=config.repeats, warmup=config.warmup)
     rows, memory_methods = [], set()
-    for mode in config.modes:
-        for name in config.ops:
-            run = _runner(_op(name, shape.chunk), mode, inputs, config.seed)
-            times, _ = time_calls(run, device, repeats=config.repeats, warmup=config.warmup)
-            memory = peak_memory(run, device)
-            memory_methods.add(memory.method)
-            median_s = statistics.median(times)
-            rows.append(
-                BenchRow(
-                    op=name,
-                    mode=mode,
-                    median_s=median_s,
-                    tokens_per_s=shape.batch * shape.seq_len / median_s,
-                    peak_bytes=memory.bytes,
-                    times_s=times,
-                )
+    for (label, mode), run in runners.items():
+        memory = peak_memory(run, device)
+        memory_methods.add(memory.method)
+        median_s = statistics.median(times[(label, mode)])
+        rows.append(
+            BenchRow(
+                op=label,
+                mode=mode,
+                backend=ops[label][1],
+                median_s=median_s,
+                tokens_per_s=shape.batch * shape.seq_len / median_s,
+                peak_bytes=memory.bytes,
+                times_s=times[(label, mode)],
             )
-    return _result(config, device, shape, reduced, rows, " / ".join(sorted(memory_methods)))
+        )
+    notes = [f"peak memory: {' / '.join(sorted(memory_methods))}"]
+    if config.compare_fla:
+        notes.append(SEMANTICS_NOTE)
+    return _result(config, device, shape, reduced, rows, notes)
 
 
 def _result(
@@ -154,7 +211,7 @@ def _result(
     shape: BenchShape,
     reduced: list[str],
     rows: list[BenchRow],
-    memory_method: str,
+    notes: list[str],
 ) -> EvalResult:
     metrics = {}
     for r in rows:
@@ -163,7 +220,6 @@ def _result(
         metrics[metric_key(EVAL, r.mode, r.op, "peak_mib")] = r.peak_bytes / 2**20
     speedups = _speedups(rows)
     metrics.update({metric_key(EVAL, k): v for k, v in speedups.items()})
-    notes = [f"peak memory: {memory_method}"]
     if reduced:
         notes.append(
             f"no CUDA device: CPU run at a reduced default shape ({', '.join(reduced)} not given; "
@@ -206,6 +262,7 @@ def summarize(result: EvalResult) -> str:
     table = [
         {
             "op": r.op,
+            "backend": r.backend or "",
             "mode": r.mode,
             "median ms": 1e3 * r.median_s,
             "tokens/s": r.tokens_per_s,
@@ -217,7 +274,9 @@ def summarize(result: EvalResult) -> str:
     lines = [
         f"shape B={shape['batch']} H={shape['heads']} d={shape['head_dim']} "
         f"b={shape['chunk']} T={shape['seq_len']}, {result.config['dtype']}",
-        text_table(table, ["op", "mode", "median ms", "tokens/s", "peak MiB"]),
+        text_table(table, ["op", "backend", "mode", "median ms", "tokens/s", "peak MiB"]),
     ]
-    lines += [f"{k}: {v:.2f}x" for k, v in result.metrics.items() if "speedup" in k]
+    lines += [
+        f"{k}: {v:.2f}x" for k, v in result.metrics.items() if "speedup" in k or "fwd_bwd" in k
+    ]
     return "\n".join(lines + result.notes)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import DataStageError, validation_summary
 from train_stage.export import LoadedModel
+from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, latency, niah, perplexity, position_loss
 from .chat import chat, generate_text
@@ -239,6 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int)
     p.add_argument("--ops", nargs="+", choices=["dual", "primal_anchored", "online"])
     p.add_argument("--modes", nargs="+", choices=["forward", "forward_backward"])
+    p.add_argument(
+        "--backend",
+        dest="backends",
+        nargs="+",
+        choices=list(OPS_BACKENDS),
+        help="dual-form implementation(s), timed side by side (default: auto)",
+    )
+    p.add_argument(
+        "--compare-fla",
+        action="store_true",
+        default=None,
+        help="also time flash-linear-attention's TTT-Linear (needs the fla package)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--assert-speedup", type=float, metavar="X",
                    help="exit 1 when the forward dual/primal speedup is below X")  # fmt: skip

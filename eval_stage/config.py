@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from ttt_core.ops import OpsBackend
+
 DecodeMode = Literal["online", "chunked"]
 BenchOp = Literal["dual", "primal_anchored", "online"]
 BenchMode = Literal["forward", "forward_backward"]
@@ -107,7 +109,8 @@ class LatencyConfig(_Config):
 
 
 class BenchConfig(_Config):
-    """Dual chunk form vs anchored primal (vs online step) on random inputs of one shape.
+    """Dual chunk form (one or several backends) vs anchored primal (vs online step, vs
+    flash-linear-attention's TTT-Linear) on random inputs of one shape, timed interleaved.
 
     Shape fields left at None take the plan's shape on CUDA (B=16, H=64, d=128, b=16, T=256)
     and a reduced shape on CPU (B=2, H=8, d=64, b=16, T=256).
@@ -124,6 +127,16 @@ class BenchConfig(_Config):
     warmup: int = Field(1, ge=0)
     ops: list[BenchOp] = Field(default_factory=lambda: ["dual", "primal_anchored", "online"])
     modes: list[BenchMode] = Field(default_factory=lambda: ["forward", "forward_backward"])
+    backends: list[OpsBackend] = Field(
+        default_factory=lambda: ["auto"],
+        description="dual-form backends to time; the first is reported as op `dual`, the others "
+        "as `dual_<backend>`",
+    )
+    compare_fla: bool = Field(
+        False,
+        description="also time flash-linear-attention's TTT-Linear at the same shape (its "
+        "chunk_ttt_linear on CUDA, its naive reference on CPU); needs the `fla` package",
+    )
     seed: int = Field(0, ge=0)
     assert_speedup: float | None = Field(
         None, gt=0, description="fail when forward dual/primal speedup is below this"
@@ -131,10 +144,12 @@ class BenchConfig(_Config):
 
     @model_validator(mode="after")
     def _check(self) -> BenchConfig:
-        for name in ("ops", "modes"):
+        for name in ("ops", "modes", "backends"):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"{name} must be non-empty without repeats, got {values}")
+        if "dual" not in self.ops and self.backends != ["auto"]:
+            raise ValueError("backends choose the dual op's implementation: keep `dual` in ops")
         needs = {"dual", "primal_anchored"} - set(self.ops)
         if self.assert_speedup is not None and (needs or "forward" not in self.modes):
             raise ValueError(

@@ -15,6 +15,7 @@ from .errors import EvalInputError
 from .results import DeviceInfo
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -74,3 +75,23 @@ def time_calls(
         synchronize(device)
         times.append(time.perf_counter() - start)
     return times, out
+
+
+def time_interleaved(
+    fns: dict[K, Callable[[], object]], device: torch.device, *, repeats: int, warmup: int
+) -> dict[K, list[float]]:
+    """Wall seconds of each of `fns`, timed side by side: `warmup` untimed calls of each, then
+    `repeats` rounds in which every function runs once (the device synchronised around each
+    call), so load that changes during the run reaches every competitor alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[K, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[key].append(time.perf_counter() - start)
+    return times

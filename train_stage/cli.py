@@ -47,6 +47,7 @@ OVERRIDES: dict[str, tuple[str, type]] = {
     "mixer": ("model.mixer", str),
     "eta_base": ("model.eta_base", float),
     "checkpoint_n_chunks": ("model.checkpoint_n_chunks", int),
+    "ops_backend": ("model.ops_backend", str),
     "mlflow_tracking_uri": ("mlflow.tracking_uri", str),
     "mlflow_experiment": ("mlflow.experiment", str),
     "mlflow_run_name": ("mlflow.run_name", str),

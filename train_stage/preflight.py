@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_stage import DataStageError, ShardDataset, read_manifest, verify_shards
+from ttt_core.ops import resolve_backend
 
 from .checkpoint import CHECKPOINTS, latest_checkpoint, read_meta
 from .config import TrainConfig
@@ -32,6 +33,11 @@ def _check_runtime(cfg: TrainConfig, world: int, local_rank: int) -> None:
         raise ConfigError(
             "--precision bf16 needs CUDA (bf16 autocast); on CPU use --precision fp32"
         )
+    model = cfg.model
+    try:
+        resolve_backend(model.ops_backend, device, model.head_dim, model.chunk_size)
+    except ValueError as e:
+        raise ConfigError(f"model.ops_backend: {e}") from e
     if cfg.strategy == "none" and world > 1:
         raise ConfigError(
             f"--strategy none trains in one process but WORLD_SIZE={world}; "

@@ -139,7 +139,7 @@ class _Cache:
 
 
 # Config fields that do not change what a cached state means.
-STATE_NEUTRAL_FIELDS = frozenset({"checkpoint_n_chunks", "decode_mode"})
+STATE_NEUTRAL_FIELDS = frozenset({"checkpoint_n_chunks", "decode_mode", "ops_backend"})
 
 
 @dataclass

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .ops.backends import OpsBackend
+
 Mixer = Literal["ttt_linear", "attention"]
 DecodeMode = Literal["online", "chunked"]
 
@@ -37,6 +39,12 @@ class ModelConfig(BaseModel):
         default=0, ge=0, description="Chunks per checkpoint-through-time segment; 0 disables."
     )
     decode_mode: DecodeMode = "online"
+    ops_backend: OpsBackend = Field(
+        default="auto",
+        description="Kernel for the TTT dual form: autograd (reference loop), fused (manual "
+        "backward), triton (kernels; CUDA or TRITON_INTERPRET=1), auto (triton on CUDA, else "
+        "fused). Same results; changes speed and memory only.",
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:

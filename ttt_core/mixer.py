@@ -17,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .ops import DualResult, dual_scan, ttt_linear_chunked_step, ttt_linear_online
+from .ops.common import state_dtype
 from .rope import apply_rope
 from .state import FastWeightState, KVState
 
@@ -56,7 +57,7 @@ class TTTLinearMixer(nn.Module):
         """A fresh state per row: the learned W0 tiled and cloned (or zeros when `cold`, an
         ablation). Rows never share storage. `chunked` adds the chunk anchor for chunked decode."""
         W0 = torch.zeros_like(self.W0) if cold else self.W0
-        W = W0.float().unsqueeze(0).expand(batch, -1, -1, -1).clone()
+        W = W0.to(state_dtype(W0)).unsqueeze(0).expand(batch, -1, -1, -1).clone()
         return FastWeightState(W=W, anchor=W.clone() if chunked else None)
 
     def _project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -66,7 +67,8 @@ class TTTLinearMixer(nn.Module):
         in_chunk = positions % b
         q = apply_rope(q, in_chunk, self.config.rope_theta)
         k = apply_rope(k, in_chunk, self.config.rope_theta)
-        eta = self.config.eta_base * torch.sigmoid(self.eta_gate(x).float())  # (B, T, H or 1)
+        gate = self.eta_gate(x)
+        eta = self.config.eta_base * torch.sigmoid(gate.to(state_dtype(gate)))  # (B, T, H or 1)
         return q, k, v, eta.transpose(1, 2).expand(-1, H, -1)
 
     def forward(
@@ -140,6 +142,7 @@ class TTTLinearMixer(nn.Module):
             chunk_size=cfg.chunk_size,
             eps=cfg.ln_eps,
             with_inner_loss=with_inner_loss,
+            backend=cfg.ops_backend,
         )
         segment = cfg.checkpoint_n_chunks * cfg.chunk_size
         if segment == 0 or not (self.training and torch.is_grad_enabled()):

@@ -1,0 +1,279 @@
+"""The dual form with a hand-written backward (`backend="fused"`): the results of the autograd
+loop in `dual.py` at a fraction of its memory.
+
+Per chunk (anchor W, rows Q, K, V (b, d), eta (b,), s = 2/b, M strictly lower-triangular):
+
+    U = K W^T,  R = K + LN(U) - V,  G = LN'(U)^T (s R),  A = (Q K^T) * M * eta_col
+    P = Q W^T - A G,  Z = Q + LN(P),  W_next = W - (eta G)^T K
+
+Forward walks the chunks once and keeps, per chunk, only the weight it read (`W`, (d, d) in the
+state dtype) and the two pre-LayerNorm activations `U` and `P` ((b, d) each). Backward walks the
+chunks in reverse carrying `dW` (the gradient of the chunk's end state) and recomputes the rest
+(LayerNorm statistics, `R`, `G`, `A`) from those, with the analytic first- and second-order
+gradients of the inner LayerNorm; nothing is differentiated by autograd. Precision follows
+`dual.py`: `W`-products and `Q K^T` run in the activation dtype in forward; the backward runs in
+the state dtype.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .common import (
+    check_scan_args,
+    chunk_inner_loss,
+    fast_weight_product,
+    from_chunks,
+    inner_ln,
+    inner_ln_backward,
+    masked_scores,
+    no_autocast,
+    real_slots,
+    residual_from_u,
+    state_dtype,
+    strictly_lower,
+    to_chunks,
+)
+from .dual import DualResult
+
+
+def fused_dual_scan(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    eta: Tensor,
+    W: Tensor,
+    ln_weight: Tensor,
+    ln_bias: Tensor,
+    *,
+    chunk_size: int,
+    eps: float = 1e-6,
+    first_pos: int = 0,
+    anchor: Tensor | None = None,
+    with_inner_loss: bool = False,
+) -> DualResult:
+    """`autograd_dual_scan`'s arguments and result, computed by `FusedDualScan`.
+
+    Differentiable w.r.t. q, k, v, eta, W, anchor, ln_weight and ln_bias through z, W and anchor.
+    """
+    check_scan_args(q, k, v, eta, W, ln_weight, ln_bias, chunk_size, first_pos)
+    pad = -(first_pos + q.shape[2]) % chunk_size
+    z, W_next, last_anchor, stats = FusedDualScan.apply(
+        q, k, v, eta, W, anchor, ln_weight, ln_bias, chunk_size, eps, first_pos, with_inner_loss
+    )
+    return DualResult(
+        z, W_next, W_next if pad == 0 else last_anchor, stats if with_inner_loss else None
+    )
+
+
+class _Chunk(NamedTuple):
+    """One chunk's forward quantities, state dtype: rows (B, H, b, d), eta (B, H, b), weights
+    (B, H, d, d). `grad_at` is the weight the inner gradients were taken at (the anchor)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    eta: Tensor
+    W: Tensor
+    grad_at: Tensor
+    U: Tensor
+    P: Tensor
+
+
+class _ChunkGrads(NamedTuple):
+    """Gradients of one chunk: dW w.r.t. the weight its outputs read (the end state's gradient
+    included), d_grad_at w.r.t. the weight its inner gradients were taken at, LN params (H, d)."""
+
+    dq: Tensor
+    dk: Tensor
+    dv: Tensor
+    deta: Tensor
+    d_ln_w: Tensor
+    d_ln_b: Tensor
+    dW: Tensor
+    d_grad_at: Tensor
+
+
+class FusedDualScan(torch.autograd.Function):
+    """(q, k, v, eta, W, anchor | None, ln_weight, ln_bias, b, eps, first_pos, with_inner_loss)
+    -> (z (B, H, T, d), W_next, the weight the last chunk's gradients were taken at, inner-loss
+    stats (3,) or an empty tensor).
+
+    Internally batch and heads are one dimension and chunks lead, so that every per-chunk tensor
+    is contiguous and weight updates are single fused `baddbmm` calls."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, eta, W, anchor, ln_weight, ln_bias, b, eps, first_pos, with_loss):
+        B, H, T, d = q.shape
+        n = -(-(first_pos + T) // b)
+        pad = n * b - first_pos - T
+        sd = state_dtype(W)
+        with no_autocast(q.device):
+            qc, kc, vc = (_chunk_major(x, b, first_pos, n) for x in (q, k, v))
+            eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
+            ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
+            W_seq = W.new_empty((n + 1, B * H, d, d), dtype=sd)  # W_seq[c]: the W chunk c reads
+            W_seq[0] = W.reshape(B * H, d, d)
+            U, G = W_seq.new_empty(n, B * H, b, d), W_seq.new_empty(n, B * H, b, d)
+            loss = torch.zeros(2, dtype=torch.float32, device=q.device)
+            grad_at = W_seq[0] if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            for c in range(n):
+                k_c, v_c = kc[c], vc[c]
+                U[c] = fast_weight_product(k_c, grad_at)
+                r, x_hat, sigma = residual_from_u(U[c], k_c, v_c, ln_w, ln_b, eps)
+                G[c] = inner_ln_backward((2.0 / b) * r, x_hat, sigma, ln_w)
+                eta_g = (G[c] * eta_c[c, ..., None]).transpose(1, 2)
+                torch.baddbmm(W_seq[c], eta_g, k_c.to(sd), alpha=-1, out=W_seq[c + 1])
+                if with_loss:
+                    real = real_slots(c, n, b, first_pos, pad)
+                    loss += chunk_inner_loss(r, k_c, v_c, W_seq[c + 1], ln_w, ln_b, eps, real)
+                last_grad_at = grad_at
+                grad_at = W_seq[c + 1]
+            # The outputs need no sequential work once every chunk's W is known.
+            P = fast_weight_product(qc, W_seq[:n]) - masked_scores(qc, kc, eta_c) @ G
+            z = qc.to(sd) + inner_ln(P, ln_w, ln_b, eps)[0]
+            z = _from_chunk_major(z, B, first_pos, T).to(q.dtype)
+        W_read = W_seq[:n]
+        ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P)
+        ctx.config = (b, eps, first_pos, W.dtype)
+        stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
+        ctx.mark_non_differentiable(stats)
+        W_next = W_seq[n].reshape(B, H, d, d).clone()
+        return z, W_next, last_grad_at.reshape(B, H, d, d).clone(), stats
+
+    @staticmethod
+    def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
+        q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P = ctx.saved_tensors
+        b, eps, first_pos, W_dtype = ctx.config
+        B, H, T, d = q.shape
+        n, sd = U.shape[0], W_read.dtype
+        with no_autocast(q.device):
+            qc, kc, vc = (_chunk_major(x.to(sd), b, first_pos, n) for x in (q, k, v))
+            eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
+            dz_c = _chunk_major(_or_zeros(dz, q).to(sd), b, first_pos, n)
+            ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
+            dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
+            deta = torch.empty_like(eta_c)
+            d_ln_w, d_ln_b = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+            dW = _or_zeros(dW_end, W_read[0]).reshape(B * H, d, d).to(sd)
+            anchor_3d = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            d_anchor = None
+            for c in reversed(range(n)):
+                own_anchor = anchor is not None and c == 0
+                grad_at = anchor_3d if own_anchor else W_read[c]
+                chunk = _Chunk(qc[c], kc[c], vc[c], eta_c[c], W_read[c], grad_at, U[c], P[c])
+                g = _chunk_backward(chunk, dz_c[c], dW, ln_w, ln_b, eps, 2.0 / b)
+                dq[c], dk[c], dv[c], deta[c] = g.dq, g.dk, g.dv, g.deta
+                d_ln_w += g.d_ln_w
+                d_ln_b += g.d_ln_b
+                d_grad_at = g.d_grad_at
+                if c == n - 1 and d_last_anchor is not None:
+                    d_grad_at = d_grad_at + d_last_anchor.reshape(B * H, d, d).to(sd)
+                if own_anchor:
+                    dW, d_anchor = g.dW, d_grad_at.reshape(B, H, d, d)
+                else:
+                    dW = g.dW + d_grad_at
+        dq, dk, dv, deta = (_from_chunk_major(x, B, first_pos, T) for x in (dq, dk, dv, deta))
+        return (
+            dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), deta.to(eta.dtype),
+            dW.reshape(B, H, d, d).to(W_dtype),
+            None if d_anchor is None else d_anchor.to(anchor.dtype),
+            d_ln_w.view(B, H, d).sum(0).to(ln_weight.dtype),
+            d_ln_b.view(B, H, d).sum(0).to(ln_bias.dtype),
+            None, None, None, None,
+        )  # fmt: skip
+
+
+def _chunk_major(x: Tensor, chunk_size: int, first_pos: int, n_chunks: int) -> Tensor:
+    """(B, H, T[, d]) -> (n_chunks, B * H, chunk_size[, d]), contiguous, padded as `to_chunks`."""
+    x = to_chunks(x, chunk_size, first_pos, n_chunks).movedim(2, 0)
+    return x.reshape(n_chunks, -1, *x.shape[3:])
+
+
+def _from_chunk_major(x: Tensor, batch: int, first_pos: int, length: int) -> Tensor:
+    """Inverse of `_chunk_major`: (n, B * H, b[, d]) -> (B, H, length[, d])."""
+    x = x.movedim(0, 1).unflatten(0, (batch, -1))
+    return from_chunks(x, first_pos, length)
+
+
+def _per_row(param: Tensor, batch: int) -> Tensor:
+    """LN parameter (H, d) -> (B * H, d), matching the flattened (batch, head) dimension."""
+    return param.repeat(batch, 1)
+
+
+def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    """An output's incoming gradient, zeros when autograd passes None (the output was unused)."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _chunk_backward(
+    x: _Chunk, dz: Tensor, dW_next: Tensor, ln_w: Tensor, ln_b: Tensor, eps: float, scale: float
+) -> _ChunkGrads:
+    """Gradients of one chunk given dz (BH, b, d) and the gradient of its end state dW_next."""
+    mask = strictly_lower(x.q.shape[-2], x.q.device)
+    # Recompute what forward did not keep.
+    ln_u, x_hat, sigma = inner_ln(x.U, ln_w, ln_b, eps)
+    e = scale * (x.k + ln_u - x.v)
+    h = ln_w[:, None] * e
+    g = inner_ln_backward(e, x_hat, sigma, ln_w)
+    x_hat_p, sigma_p = _ln_stats(x.P, eps)
+    scores = torch.bmm(x.q, x.k.transpose(1, 2))
+    mask_eta = mask * x.eta[:, None, :]
+    # Z = Q + LN(P)
+    d_ln_w = (dz * x_hat_p).sum(1)
+    d_ln_b = dz.sum(1)
+    dP = inner_ln_backward(dz, x_hat_p, sigma_p, ln_w)
+    # P = Q W^T - A G with A = (Q K^T) * M * eta_col
+    dA = torch.bmm(dP, g.transpose(1, 2)).neg_()
+    dS = dA * mask_eta
+    deta = (dA * scores * mask).sum(1)
+    dq = torch.baddbmm(torch.baddbmm(dz, dP, x.W), dS, x.k)
+    dW = torch.baddbmm(dW_next, dP.transpose(1, 2), x.q)
+    # W_next = W - (eta G)^T K
+    g_dW = torch.bmm(g, dW_next)
+    eta_col = x.eta[..., None]
+    dg = torch.bmm((scores * mask_eta).transpose(1, 2), dP)
+    dg = dg.addcmul_(eta_col, torch.bmm(x.k, dW_next.transpose(1, 2))).neg_()
+    deta = deta - (g_dW * x.k).sum(-1)
+    # G = LN'(U)^T e, e = s (K + LN(U) - V), differentiated through e, x_hat and sigma
+    dh, dx_hat, dsigma = _ln_backward_grads(dg, g, h, x_hat, sigma)
+    dr = (scale * ln_w[:, None]) * dh
+    d_ln_w += (e * dh + dr * x_hat).sum(1)
+    d_ln_b += dr.sum(1)
+    dU = _ln_input_grad(dx_hat.addcmul_(ln_w[:, None], dr), dsigma, x_hat, sigma)
+    # U = K grad_at^T; dK also collects -eta G dW_next, dS^T Q and dr
+    dk = torch.baddbmm(dr.addcmul(eta_col, g_dW, value=-1), dU, x.grad_at)
+    dk = torch.baddbmm(dk, dS.transpose(1, 2), x.q)
+    d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
+    return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, dW, d_grad_at)
+
+
+def _ln_stats(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """x_hat and sigma of the inner LayerNorm (as in `inner_ln`) without its affine output."""
+    centered = u - u.mean(-1, keepdim=True)
+    sigma = torch.sqrt(centered.square().mean(-1, keepdim=True) + eps)
+    return centered / sigma, sigma
+
+
+def _ln_backward_grads(
+    dg: Tensor, g: Tensor, h: Tensor, x_hat: Tensor, sigma: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of `g = (h - mean(h) - x_hat * mean(h * x_hat)) / sigma` (the LN backward, with
+    h = ln_weight * e) w.r.t. h, x_hat and sigma, given dg; means over the last dim."""
+    t = dg / sigma
+    t_x = (t * x_hat).mean(-1, keepdim=True)
+    dh = t - t.mean(-1, keepdim=True) - x_hat * t_x
+    dx_hat = -(h * x_hat).mean(-1, keepdim=True) * t - h * t_x
+    dsigma = -(g * dg).sum(-1, keepdim=True) / sigma
+    return dh, dx_hat, dsigma
+
+
+def _ln_input_grad(dx_hat: Tensor, dsigma: Tensor, x_hat: Tensor, sigma: Tensor) -> Tensor:
+    """du for `x_hat = (u - mean(u)) / sigma`, `sigma = sqrt(var(u) + eps)` given the gradients
+    of both (d sigma / d u = x_hat / d)."""
+    centered = dx_hat - dx_hat.mean(-1, keepdim=True)
+    through_x_hat = (centered - x_hat * (dx_hat * x_hat).mean(-1, keepdim=True)) / sigma
+    return through_x_hat + dsigma * x_hat / x_hat.shape[-1]
