@@ -87,6 +87,7 @@ SHAPES = [  # (B, H, T, d, chunk, eta_per_head): T not a multiple of the chunk i
     (1, 1, 40, 64, 16, False),
     (1, 2, 50, 16, 32, True),
     (1, 1, 16, 128, 16, True),
+    (2, 2, 7, 16, 16, False),  # shorter than one chunk
 ]
 
 
