@@ -119,6 +119,8 @@ def launch_options(interpreted: bool, dtype: torch.dtype, head_dim: int) -> dict
     num_warps: more threads at d = 128, so that W and dW (d x d fp32 each) fit in registers.
     num_stages = 1: pipelining the chunk loop's loads would stage the d x d anchor tile several
     times in shared memory (the d = 128 backward then wants more than the 227 KiB of an H100).
+    enable_fp_fusion: fused multiply-adds, pinned (triton 3.10 turns its default off).
+    Upper-case keys are the kernels' constexprs, lower-case ones triton's compile options.
     """
     fp32 = dtype == torch.float32
     return {
@@ -126,6 +128,7 @@ def launch_options(interpreted: bool, dtype: torch.dtype, head_dim: int) -> dict
         "UPCAST_DOTS": interpreted and not fp32,
         "num_warps": 8 if head_dim > 64 else 4,
         "num_stages": 1,
+        "enable_fp_fusion": True,
     }
 
 
