@@ -3,7 +3,8 @@
 It is a close cousin, not the same op, so timings compare like with like but outputs differ:
 FLA follows the paper's reference code — each token's output also sees its own update (an
 inclusive causal mask), the chunk's update uses the last token's eta, the inner gradient has no
-2/b mean scale, and the fast weight carries a bias state. Shapes and cost per token are the
+2/b mean scale, the fast weight carries a bias state, and the output is `u + LN(u)` for
+`u = W q` (ours: `q + LN(W q)`). Shapes and cost per token are the
 same: (d, d) state per head, chunks of b tokens. We pass scale=1 (no 1/sqrt(d) on q) and W^T as
 its initial state (FLA's state acts as `k @ h`).
 """
@@ -17,7 +18,7 @@ from torch import Tensor
 
 SEMANTICS_NOTE = (
     "FLA TTT-Linear differs in semantics (inclusive mask, last-token eta per chunk, no 2/b "
-    "scale, bias state): same shapes and cost, different outputs"
+    "scale, bias state, output W q + LN(W q)): same shapes and cost, different outputs"
 )
 
 

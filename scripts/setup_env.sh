@@ -19,4 +19,10 @@ else
 fi
 echo "[setup] installing ttt-bringup[${EXTRAS:-dev}]"
 python -m pip install -q -e "$repo_root[${EXTRAS:-dev}]"
+# Optional extras (OPTIONAL_EXTRAS="triton fla"): installed when a wheel exists for this platform,
+# otherwise their tests skip and say why.
+for extra in ${OPTIONAL_EXTRAS:-}; do
+  python -m pip install -q -e "$repo_root[$extra]" 2>/dev/null \
+    || echo "[setup] optional extra [$extra] has no installable wheel here; its tests will skip"
+done
 cd "$repo_root"

@@ -10,7 +10,9 @@ import torch
 
 from eval_stage import BenchConfig, SpeedupBelowThreshold, check_speedup, evaluate_bench_dual_primal
 from eval_stage.bench import CPU_SHAPE, resolve_shape
+from eval_stage.errors import EvalInputError
 from eval_stage.memory import peak_memory
+from tests.ttt_core.helpers import random_op_inputs
 
 from .helpers import run_cli as main
 
@@ -88,6 +90,8 @@ def test_a_reachable_threshold_passes() -> None:
     [(["--dtype", "bf16", "--device", "cpu"], "bf16 runs on CUDA only"),
      (["--ops", "dual", "online", "--assert-speedup", "2"], "assert_speedup compares"),
      (["--batch", "0"], "batch"),
+     (["--ops", "online", "--backend", "fused"], "keep `dual` in ops"),
+     (["--backend", "triton", "--head-dim", "12"], "ops backend 'triton' cannot run here"),
      (["--device", "tpu"], "invalid choice")],
 )  # fmt: skip
 def test_cli_refusals_exit_2_and_write_nothing(flags, message, tmp_path: Path, capsys) -> None:
@@ -96,6 +100,64 @@ def test_cli_refusals_exit_2_and_write_nothing(flags, message, tmp_path: Path, c
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_several_backends_are_timed_side_by_side_with_their_speedups() -> None:
+    config = BenchConfig(**TINY, backends=["fused", "autograd"], ops=["dual", "primal_anchored"])
+    result = evaluate_bench_dual_primal(config)
+    rows = {(r["op"], r["mode"]): r for r in result.tables["timings"]}
+    assert set(rows) == {
+        (op, mode)
+        for op in ("dual", "dual_autograd", "primal_anchored")
+        for mode in ("forward", "forward_backward")
+    }
+    assert rows[("dual", "forward")]["backend"] == "fused"
+    assert rows[("dual_autograd", "forward")]["backend"] == "autograd"
+    assert rows[("primal_anchored", "forward")]["backend"] is None
+    fb = {op: rows[(op, "forward_backward")]["median_s"] for op in ("dual", "dual_autograd")}
+    key = "bench_dual_primal/forward_backward/speedup_dual_over_dual_autograd"
+    assert result.metrics[key] == pytest.approx(fb["dual_autograd"] / fb["dual"])
+    ratio = "bench_dual_primal/dual/fwd_bwd_over_fwd"
+    assert result.metrics[ratio] == pytest.approx(
+        fb["dual"] / rows[("dual", "forward")]["median_s"]
+    )
+    # every competitor ran every round: timings are interleaved, not one op after another
+    assert all(len(r["times_s"]) == TINY["repeats"] for r in rows.values())
+
+
+def test_compare_fla_without_the_package_is_refused_before_any_work(monkeypatch) -> None:
+    monkeypatch.setattr(
+        "eval_stage.bench.fla_unavailable", lambda: "flash-linear-attention is not importable"
+    )
+    with pytest.raises(EvalInputError, match="--compare-fla: flash-linear-attention"):
+        evaluate_bench_dual_primal(BenchConfig(**TINY, compare_fla=True))
+
+
+def test_compare_fla_times_its_reference_at_the_same_shape() -> None:
+    pytest.importorskip("fla.ops.ttt", reason="flash-linear-attention is not installed ([fla])")
+    config = BenchConfig(**{**TINY, "chunk": 8}, ops=["dual"], compare_fla=True)
+    result = evaluate_bench_dual_primal(config)
+    ops = {r["op"] for r in result.tables["timings"]}
+    assert ops == {"dual", "fla_naive"}
+    assert "bench_dual_primal/forward/speedup_dual_over_fla_naive" in result.metrics
+    assert any("FLA TTT-Linear differs" in note for note in result.notes)
+
+
+def test_fla_reference_runs_our_inputs_in_its_layout() -> None:
+    """The adapter feeds FLA (B, T, H, d) tensors and W^T: with eta = 0 nothing is learned, so
+    its final state is W itself and its output is FLA's `u + LN(u)` with u = W q."""
+    pytest.importorskip("fla.ops.ttt", reason="flash-linear-attention is not installed ([fla])")
+    from eval_stage.fla_reference import fla_ttt_linear
+
+    q, k, v, _, W, lw, lb = (x.float() for x in random_op_inputs(1, 2, 16, 16, seed=1))
+    _, op = fla_ttt_linear(torch.device("cpu"), 8, 1e-6)
+    z, W_next = op(q, k, v, torch.zeros(1, 2, 16), W, lw, lb)
+    u = q @ W.transpose(-1, -2)
+    ln_u = (u - u.mean(-1, keepdim=True)) / torch.sqrt(
+        u.var(-1, unbiased=False, keepdim=True) + 1e-6
+    )
+    torch.testing.assert_close(W_next, W)
+    torch.testing.assert_close(z, u + ln_u * lw[:, None] + lb[:, None], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU refusal")

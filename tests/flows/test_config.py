@@ -17,9 +17,14 @@ def test_presets_resolve_and_round_trip_through_json(name, tmp_path):
 
 def test_overrides_deep_merge_into_the_train_preset(tmp_path):
     cfg = PipelineConfig.from_preset(
-        "debug_tiny", run_root=tmp_path, train={"steps": 7}, mixer="attention", nproc=2
+        "debug_tiny",
+        run_root=tmp_path,
+        train={"steps": 7, "model": {"ops_backend": "autograd"}},
+        mixer="attention",
+        nproc=2,
     )
     train = cfg.train_config()
+    assert train.model.ops_backend == "autograd"
     assert (train.steps, train.batch_size, train.seq_len) == (7, 4, 32)
     assert train.model.mixer == "attention" and train.strategy == "fsdp"
     assert train.data == cfg.run_dir / "shards" and train.run_dir == cfg.run_dir / "train"

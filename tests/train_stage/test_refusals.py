@@ -37,6 +37,7 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "
         (("--resume", "/nonexistent/step_1"), "not a complete checkpoint directory"),
         (("--batch-size", "100000"), "one step needs 100000"),
         (("--curriculum", "16:2,bad"), "is not SEQ:STEPS"),
+        (("--ops-backend", "triton"), "model.ops_backend: ops backend 'triton' cannot run here: "),
     ],
 )
 def test_refusals_exit_2_with_a_clear_message_and_write_nothing(

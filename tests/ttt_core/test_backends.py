@@ -130,7 +130,7 @@ def _train_losses(config: ModelConfig, dtype: torch.dtype, steps: int = 5) -> li
     model = TTTLM(config).to(dtype).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, config.vocab_size, (1, 41), generator=gen)  # 40 tokens: not 16-aligned
+    ids = torch.randint(0, config.vocab_size, (1, 25), generator=gen)  # 24 tokens: not 16-aligned
     losses = []
     for _ in range(steps):
         loss = model(ids[:, :-1], labels=ids[:, 1:]).loss

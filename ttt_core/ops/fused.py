@@ -6,8 +6,9 @@ Per chunk (anchor W, rows Q, K, V (b, d), eta (b,), s = 2/b, M strictly lower-tr
     U = K W^T,  R = K + LN(U) - V,  G = LN'(U)^T (s R),  A = (Q K^T) * M * eta_col
     P = Q W^T - A G,  Z = Q + LN(P),  W_next = W - (eta G)^T K
 
-Forward walks the chunks once and keeps, per chunk, only the weight it read (`W`, (d, d) in the
-state dtype) and the two pre-LayerNorm activations `U` and `P` ((b, d) each). Backward walks the
+Forward walks the chunks once and keeps (when a gradient is needed), per chunk, only the weight
+it read (`W`, (d, d) in the state dtype) and the two pre-LayerNorm activations `U` and `P`
+((b, d) each). Backward walks the
 chunks in reverse carrying `dW` (the gradient of the chunk's end state) and recomputes the rest
 (LayerNorm statistics, `R`, `G`, `A`) from those, with the analytic first- and second-order
 gradients of the inner LayerNorm; nothing is differentiated by autograd. Precision follows
@@ -111,37 +112,41 @@ class FusedDualScan(torch.autograd.Function):
         n = -(-(first_pos + T) // b)
         pad = n * b - first_pos - T
         sd = state_dtype(W)
+        keep = any(ctx.needs_input_grad)  # what backward needs; inference keeps no per-chunk W
         with no_autocast(q.device):
             qc, kc, vc = (_chunk_major(x, b, first_pos, n) for x in (q, k, v))
             eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
-            W_seq = W.new_empty((n + 1, B * H, d, d), dtype=sd)  # W_seq[c]: the W chunk c reads
-            W_seq[0] = W.reshape(B * H, d, d)
-            U, G = W_seq.new_empty(n, B * H, b, d), W_seq.new_empty(n, B * H, b, d)
+            W_c = W.reshape(B * H, d, d).to(sd)
+            W_read = W_c.new_empty(n, B * H, d, d) if keep else None
+            U, P = (W_c.new_empty(n, B * H, b, d) if keep else [None] * n for _ in range(2))
+            z = W_c.new_empty(n, B * H, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
-            grad_at = W_seq[0] if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
-                k_c, v_c = kc[c], vc[c]
+                q_c, k_c, v_c, eta_cc = qc[c], kc[c], vc[c], eta_c[c]
+                if keep:
+                    W_read[c] = W_c
                 U[c] = fast_weight_product(k_c, grad_at)
                 r, x_hat, sigma = residual_from_u(U[c], k_c, v_c, ln_w, ln_b, eps)
-                G[c] = inner_ln_backward((2.0 / b) * r, x_hat, sigma, ln_w)
-                eta_g = (G[c] * eta_c[c, ..., None]).transpose(1, 2)
-                torch.baddbmm(W_seq[c], eta_g, k_c.to(sd), alpha=-1, out=W_seq[c + 1])
+                G = inner_ln_backward((2.0 / b) * r, x_hat, sigma, ln_w)
+                P[c] = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ G
+                z[c] = q_c.to(sd) + inner_ln(P[c], ln_w, ln_b, eps)[0]
+                W_next = torch.baddbmm(
+                    W_c, (G * eta_cc[..., None]).transpose(1, 2), k_c.to(sd), alpha=-1
+                )
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
-                    loss += chunk_inner_loss(r, k_c, v_c, W_seq[c + 1], ln_w, ln_b, eps, real)
+                    loss += chunk_inner_loss(r, k_c, v_c, W_next, ln_w, ln_b, eps, real)
                 last_grad_at = grad_at
-                grad_at = W_seq[c + 1]
-            # The outputs need no sequential work once every chunk's W is known.
-            P = fast_weight_product(qc, W_seq[:n]) - masked_scores(qc, kc, eta_c) @ G
-            z = qc.to(sd) + inner_ln(P, ln_w, ln_b, eps)[0]
+                W_c = grad_at = W_next
             z = _from_chunk_major(z, B, first_pos, T).to(q.dtype)
-        W_read = W_seq[:n]
-        ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P)
-        ctx.config = (b, eps, first_pos, W.dtype)
+        if keep:
+            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P)
+            ctx.config = (b, eps, first_pos, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
-        W_next = W_seq[n].reshape(B, H, d, d).clone()
+        W_next = W_c.reshape(B, H, d, d)
         return z, W_next, last_grad_at.reshape(B, H, d, d).clone(), stats
 
     @staticmethod
