@@ -109,7 +109,7 @@ def test_output_checks_notice_missing_or_corrupt_files(tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()
     (tok / "tokenizer.model").write_bytes(b"model")
-    from flows.fingerprint import file_sha256
+    from ttt_core.files import sha256_file as file_sha256
 
     (tok / "tokenizer.json").write_text(json.dumps({"hash": file_sha256(tok / "tokenizer.model")}))
     assert outputs.tokenizer_ok(tok)
