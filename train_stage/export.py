@@ -94,7 +94,8 @@ def export_model(
     checkpoint = Path(checkpoint) if checkpoint else latest
     if not (checkpoint / ".metadata").is_file():
         raise FileNotFoundError(f"{checkpoint}: not a complete checkpoint (no .metadata)")
-    tokenizer_src = config.data / read_manifest(config.data).tokenizer.dir
+    manifest = read_manifest(config.data)
+    tokenizer_src = config.data / manifest.tokenizer.dir
     inputs = {
         "run directory": run_dir,
         "checkpoint": checkpoint,
@@ -110,7 +111,7 @@ def export_model(
         if not force:
             raise FileExistsError(f"--out {out}: already exists; pass --force to replace it")
     tokenizer = load_tokenizer(tokenizer_src)  # before any work: a missing one is an error
-    expected = read_manifest(config.data).tokenizer.hash
+    expected = manifest.tokenizer.hash
     if tokenizer.hash != expected:
         raise ValueError(
             f"{tokenizer_src}: sha256 {tokenizer.hash[:12]} is not the tokenizer the shards were "

@@ -167,7 +167,7 @@ def atomic_directory(target: Path, *, replace: bool = False) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
     if target.exists() and not replace:
-        raise FileExistsError(f"{target}: already exists; pass --force to replace it")
+        raise FileExistsError(f"{target}: already exists and replacing it was not asked for")
     building, old = _staging_names(target)
     building.mkdir()
     try:

@@ -16,7 +16,13 @@ from .cache import CACHES, KVCache, TTTCache
 from .config import ModelConfig
 from .files import atomic_directory, verify_checksums
 from .mixer import MIXERS, TTTLinearMixer
-from .pretrained import WEIGHTS_FILE, read_config, read_weights, write_pretrained
+from .pretrained import (
+    WEIGHTS_FILE,
+    read_config,
+    read_weights,
+    refuse_legacy,
+    write_pretrained,
+)
 
 IGNORE_INDEX = -100
 
@@ -118,8 +124,9 @@ class TTTLM(nn.Module):
         saved). Every file `checksums.json` lists is verified first; a missing or changed file
         raises `ttt_core.files.IntegrityError` naming it."""
         directory = Path(directory)
-        config = read_config(directory)
+        refuse_legacy(directory)
         verify_checksums(directory)
+        config = read_config(directory)
         weights = read_weights(directory, device)
         if dtype is not None:
             weights = {k: v.to(dtype) for k, v in weights.items()}

@@ -60,15 +60,20 @@ def write_pretrained(model: nn.Module, directory: Path) -> None:
     (Path(directory) / CONFIG_FILE).write_text(text + "\n")
 
 
-def read_config(directory: Path) -> ModelConfig:
-    """The `ModelConfig` in `config.json`, with a one-line error naming the file when it is
-    missing, of another format version or invalid."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file() and (Path(directory) / LEGACY_CONFIG_FILE).is_file():
+def refuse_legacy(directory: Path) -> None:
+    """An export written before this format (no config.json, no checksums) gets the command
+    that rewrites it, rather than a complaint about a missing checksums.json."""
+    if not (directory / CONFIG_FILE).exists() and (directory / LEGACY_CONFIG_FILE).is_file():
         raise IntegrityError(
             f"{directory}: an export in the old format ({LEGACY_CONFIG_FILE}, no checksums); "
             + REEXPORT_HINT
         )
+
+
+def read_config(directory: Path) -> ModelConfig:
+    """The `ModelConfig` in `config.json`, with a one-line error naming the file when it is
+    missing, of another format version or invalid."""
+    path = Path(directory) / CONFIG_FILE
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as e:
