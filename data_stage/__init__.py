@@ -18,6 +18,7 @@ from data_stage.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
     TokenizerInfo,
+    copy_tokenizer,
     load_tokenizer,
 )
 from data_stage.tokenizer_train import train_tokenizer
@@ -41,6 +42,7 @@ __all__ = [
     "TokenizerInfo",
     "assign_splits",
     "build_shards",
+    "copy_tokenizer",
     "load_tokenizer",
     "read_manifest",
     "split_fraction",

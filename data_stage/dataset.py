@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from data_stage.errors import ShardError, TokenizerError
-from data_stage.files import sha256_file
 from data_stage.manifest import REBUILD_HINT, Manifest, ShardInfo, Split, read_manifest
 from data_stage.shard_writer import shard_schema
 from data_stage.tokenizer import load_tokenizer
+from ttt_core.files import sha256_file
 
 
 def _check_file(path: Path, shard: ShardInfo, sha256: bool) -> str | None:

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import ShardError
-from data_stage.files import atomic_write_bytes
 from data_stage.readers import CorpusStats
+from ttt_core.files import atomic_write_bytes
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from data_stage.files import fsync_and_replace, sha256_file, temp_path
 from data_stage.manifest import ShardInfo
+from ttt_core.files import fsync_and_replace, sha256_file, temp_path
 
 TOKEN_COLUMN = "tokens"
 

@@ -16,8 +16,8 @@ import sentencepiece as spm
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import TokenizerError
-from data_stage.files import atomic_write_bytes
 from data_stage.readers import CorpusStats
+from ttt_core.files import atomic_write_bytes
 
 MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
@@ -146,6 +146,17 @@ def write_tokenizer_dir(out: Path, model_bytes: bytes, info_bytes: bytes) -> Non
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / MODEL_FILE, model_bytes)
     atomic_write_bytes(out / INFO_FILE, info_bytes)
+
+
+def copy_tokenizer(source: Path | str, out: Path) -> SentencePieceTokenizer:
+    """Copy the tokenizer directory `source` to `out` (created) after checking it loads and its
+    hash matches; return it. A missing or damaged source raises `TokenizerError` naming it."""
+    source = Path(source)
+    if not source.is_dir():
+        raise TokenizerError(f"{source}: no such tokenizer directory; {RETRAIN_HINT}")
+    tokenizer = load_tokenizer(source)
+    write_tokenizer_dir(Path(out), tokenizer.model_bytes, info_json(read_tokenizer_info(source)))
+    return tokenizer
 
 
 def read_tokenizer_info(directory: Path) -> TokenizerInfo:

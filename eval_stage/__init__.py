@@ -17,7 +17,7 @@ from .config import (
 )
 from .errors import EvalInputError, SpeedupBelowThreshold
 from .latency import evaluate_latency
-from .models import default_out_dir, open_model, preset_models
+from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .niah import build_cases, evaluate_niah, greedy_answerer, score_cases
 from .perplexity import evaluate_perplexity
 from .position_loss import evaluate_position_loss
@@ -32,6 +32,7 @@ __all__ = [
     "EvalResult",
     "GenerateConfig",
     "LatencyConfig",
+    "LoadedModel",
     "NiahConfig",
     "PerplexityConfig",
     "PositionLossConfig",

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from data_stage import Tokenizer
-from train_stage.export import LoadedModel
 from ttt_core import generate
 
 from .config import GenerateConfig
 from .errors import EvalInputError
+from .models import LoadedModel
 
 TextSink = Callable[[str], None]
 

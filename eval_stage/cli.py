@@ -19,7 +19,6 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import DataStageError, validation_summary
-from train_stage.export import LoadedModel
 from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, latency, niah, perplexity, position_loss
@@ -34,7 +33,7 @@ from .config import (
 )
 from .device import resolve_device
 from .errors import EvalInputError, SpeedupBelowThreshold
-from .models import default_out_dir, open_model, preset_models
+from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .publish import publish
 from .results import EvalResult
 from .tracking import TrackingConfig

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from data_stage import DataStageError, ShardDataset
-from train_stage.export import LoadedModel
 
 from .errors import EvalInputError
+from .models import LoadedModel
 
 
 def open_val(directory: Path | str) -> ShardDataset:

@@ -16,11 +16,9 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from train_stage.export import LoadedModel
-
 from .config import LatencyConfig
 from .device import describe_device, model_device, synchronize, time_calls
-from .models import model_info, roles
+from .models import LoadedModel, model_info, roles
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "latency"

@@ -1,15 +1,18 @@
-"""The models an eval runs on: loaded from an export or a run directory, or built from a preset
-with random weights (latency only needs shapes). Also where results go by default."""
+"""The models an eval runs on: loaded from an export (a `TTTLM.save_pretrained` directory, the
+tokenizer beside it) or a run directory, or built from a preset with random weights (latency only
+needs shapes). Also where results go by default."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
-from train_stage.export import EXPORT_INFO, LoadedModel, load_model
+from data_stage import SentencePieceTokenizer, load_tokenizer
 from ttt_core import TTTLM, ModelConfig
+from ttt_core.pretrained import TOKENIZER_DIR, has_pretrained_files, is_pretrained, read_info
 
 from .errors import EvalInputError
 from .results import ModelInfo, Role
@@ -17,8 +20,38 @@ from .results import ModelInfo, Role
 PRESET_PREFIX = "preset:"
 
 
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation (eval mode) with its tokenizer and where it came from."""
+
+    model: TTTLM
+    config: ModelConfig
+    tokenizer: SentencePieceTokenizer | None
+    info: dict[str, Any] = field(default_factory=dict)  # step, tokens_seen, source, run_dir
+
+
+def load_export(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """An export directory: checksums verified, weights on `device`, its tokenizer if it has one."""
+    model = TTTLM.from_pretrained(path, device=device)
+    tokenizer_dir = path / TOKENIZER_DIR
+    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    info = {**read_info(path), "source": str(path)}
+    return LoadedModel(model=model, config=model.config, tokenizer=tokenizer, info=info)
+
+
+def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """The latest checkpoint of a train_stage run directory. The trainer's checkpoint layout is
+    train_stage's to read, so it is imported here, on this path only."""
+    from train_stage import load_run_model
+
+    run = load_run_model(path, device=device)
+    tokenizer = load_tokenizer(run.tokenizer_dir) if run.tokenizer_dir else None
+    return LoadedModel(model=run.model, config=run.model.config, tokenizer=tokenizer, info=run.info)
+
+
 def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedModel:
-    """`train_stage.export.load_model`, with a bad path or broken files as `EvalInputError`."""
+    """An export (`load_export`) or a run directory (`load_run`), in eval mode on `device`; a bad
+    path, a missing or damaged file, as `EvalInputError` naming it."""
     path = Path(path)
     if not path.is_dir():
         raise EvalInputError(
@@ -26,8 +59,8 @@ def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedMo
             "or a train_stage run directory"
         )
     try:
-        return load_model(path, device=device)
-    except (OSError, ValueError, SafetensorError) as e:
+        return load_export(path, device) if has_pretrained_files(path) else load_run(path, device)
+    except (OSError, ValueError) as e:
         raise EvalInputError(f"cannot load model {path}: {e}") from e
 
 
@@ -72,7 +105,7 @@ def default_out_dir(loaded: LoadedModel) -> Path | None:
     if source is None or str(source).startswith(PRESET_PREFIX):
         return None
     source = Path(source)
-    if (source / EXPORT_INFO).exists():
+    if is_pretrained(source):
         return source / "eval"
     run_dir = loaded.info.get("run_dir")
     return Path(run_dir) / "eval" / source.name if run_dir else None

@@ -24,14 +24,13 @@ from pydantic import BaseModel
 from torch import nn
 
 from data_stage import ShardDataset, Tokenizer, load_tokenizer
-from train_stage.export import LoadedModel
 from ttt_core import generate
 
 from .config import NiahConfig
 from .data import check_fits, open_val, read_stream, stream_length
 from .device import describe_device, model_device
 from .errors import EvalInputError
-from .models import model_info, roles
+from .models import LoadedModel, model_info, roles
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "niah"

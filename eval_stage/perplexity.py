@@ -15,13 +15,11 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from train_stage.export import LoadedModel
-
 from .config import PerplexityConfig
 from .data import check_fits, open_val, row_batches
 from .device import describe_device, model_device
 from .errors import EvalInputError
-from .models import model_info, roles
+from .models import LoadedModel, model_info, roles
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "perplexity"

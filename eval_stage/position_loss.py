@@ -17,13 +17,12 @@ from pydantic import BaseModel
 from torch import nn
 
 from data_stage import ShardDataset
-from train_stage.export import LoadedModel
 
 from .config import PositionLossConfig
 from .data import available_sequences, check_fits, long_sequences, open_val, stream_length
 from .device import describe_device, model_device
 from .errors import EvalInputError
-from .models import model_info, roles
+from .models import LoadedModel, model_info, roles
 from .perplexity import token_losses
 from .results import EvalResult, Role, metric_key, text_table
 

@@ -8,12 +8,13 @@ the plots (each eval module defines and validates its own row model).
 from __future__ import annotations
 
 import importlib.metadata
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ttt_core.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 EvalName = Literal["perplexity", "position-loss", "niah", "latency", "bench-dual-primal"]
@@ -89,9 +90,7 @@ def metric_key(eval_name: str, *parts: object) -> str:
 
 def write_json(result: EvalResult, path: Path) -> None:
     """Write `result` to `path` atomically (a temp file renamed over it)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(result.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, result.model_dump_json(indent=2) + "\n")
 
 
 def read_result(path: Path | str) -> EvalResult:

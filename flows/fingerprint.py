@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from data_stage import Corpus, CorpusConfig
+from ttt_core.files import directory_digest, sha256_file
 
 # User corpora up to this size are hashed byte by byte; larger ones by (path, size, mtime).
 HASH_CONTENT_BELOW = 64 << 20
@@ -27,14 +28,6 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def corpus_fingerprint(cfg: CorpusConfig) -> str:
     """The embedded corpus: its file list with sizes and mtimes plus the Python version. A user
     corpus: the bytes of every file when small, else paths, sizes and mtimes."""
@@ -44,7 +37,7 @@ def corpus_fingerprint(cfg: CorpusConfig) -> str:
     if not cfg.paths or sum(st.st_size for *_, st in stats) > HASH_CONTENT_BELOW:
         entries = [(i, p, st.st_size, st.st_mtime_ns) for i, p, st in stats]
     else:
-        entries = [(i, file_sha256(Path(p))) for i, p, _ in stats]
+        entries = [(i, sha256_file(Path(p))) for i, p, _ in stats]
     return digest(
         platform.python_version(), cfg.model_dump(mode="json", exclude_unset=True), entries
     )
@@ -57,9 +50,9 @@ def tokenizer_hash(tokenizer_dir: Path) -> str:
 
 def manifest_sha256(shard_dir: Path) -> str:
     """sha256 of `manifest.json`, which lists every shard's sha256 and the tokenizer hash."""
-    return file_sha256(Path(shard_dir) / "manifest.json")
+    return sha256_file(Path(shard_dir) / "manifest.json")
 
 
 def export_sha256(export_dir: Path) -> str:
-    """sha256 of the exported weights."""
-    return file_sha256(Path(export_dir) / "model.safetensors")
+    """Digest of everything in the export (weights, config, tokenizer): its checksums.json."""
+    return directory_digest(Path(export_dir))

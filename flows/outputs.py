@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from data_stage import read_manifest
-from flows.fingerprint import file_sha256
+from ttt_core import is_pretrained
+from ttt_core.files import sha256_file
 
 
 def tokenizer_ok(tokenizer_dir: Path) -> bool:
@@ -16,7 +17,7 @@ def tokenizer_ok(tokenizer_dir: Path) -> bool:
     if not (model.is_file() and info.is_file()):
         return False
     try:
-        return json.loads(info.read_text()).get("hash") == file_sha256(model)
+        return json.loads(info.read_text()).get("hash") == sha256_file(model)
     except ValueError:
         return False
 
@@ -48,7 +49,8 @@ def train_ok(train_dir: Path) -> bool:
 
 
 def export_ok(export_dir: Path) -> bool:
-    return all((export_dir / name).is_file() for name in ("model.safetensors", "export.json"))
+    """Every file of the model format is present (loading verifies their checksums)."""
+    return is_pretrained(export_dir)
 
 
 def results_ok(out_dir: Path, stems: Iterable[str]) -> bool:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
+from ttt_core.files import atomic_write_text
 
 RECORD_FILE, LOCK_FILE = "bringup.json", ".bringup.lock"
 Status = Literal["running", "completed", "failed"]
@@ -42,9 +43,7 @@ def write_record(record: BringupRecord) -> None:
     run_dir = record.config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     record = record.model_copy(update={"updated_at": time.time()})
-    tmp = run_dir / f".{RECORD_FILE}.tmp"
-    tmp.write_text(record.model_dump_json(indent=2))
-    os.replace(tmp, run_dir / RECORD_FILE)
+    atomic_write_text(run_dir / RECORD_FILE, record.model_dump_json(indent=2))
 
 
 def pid_alive(pid: int) -> bool:

@@ -46,9 +46,9 @@ from flows.torchrun import (
     wait_for_previous_launch,
 )
 from flows.tracking import system_metrics
+from train_stage import export_model
 from train_stage.config import TrainConfig
 from train_stage.distributed import torchrun_command
-from train_stage.export import export_model
 
 KEY_FILE, LAUNCH_FILE = ".flow_cache_key", ".launch"
 EVALUATORS = {
@@ -185,8 +185,9 @@ def train_task(
 
 @task(name="export", cache_policy=NO_CACHE)
 def export_task(run_dir: Path, out: Path) -> dict[str, Any]:
-    """Consolidated weights of the latest checkpoint (seconds; rerun every time)."""
-    path = export_model(run_dir, out)
+    """Consolidated weights of the latest checkpoint (seconds; rerun every time, replacing the
+    previous export whole)."""
+    path = export_model(run_dir, out, force=True)
     return {"dir": str(path), "sha256": export_sha256(path)}
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from ttt_core.files import atomic_write_text, fsync_dir
+
 # One process without a process group is a supported way to run; DCP need not warn about it.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninit")
 
@@ -31,21 +33,6 @@ TMP_PREFIX = ".tmp-"
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file, fsync, rename: readers see the old or the new content, never half."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _barrier() -> None:
@@ -83,7 +70,8 @@ class Checkpointer:
         self.keep_last = keep_last
         if _is_rank0():
             self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob(f"{TMP_PREFIX}*"):  # left by a crash mid-save
+            # left by a crash mid-save: a checkpoint dir, or the temp of the `latest` pointer
+            for stale in [*self.root.glob(f"{TMP_PREFIX}*"), *self.root.glob(".*.tmp")]:
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         _barrier()
 
@@ -99,6 +87,7 @@ class Checkpointer:
             if final.exists():  # a re-save of the same step after a resume
                 shutil.rmtree(final)
             os.replace(tmp, final)
+            fsync_dir(self.root)
             atomic_write_text(self.root / LATEST, final.name + "\n")
             self._purge()
         _barrier()

@@ -155,16 +155,20 @@ def export_main(argv: list[str]) -> int:
 
     p = _Parser(
         prog="python -m train_stage export",
-        description="Write a consolidated single-file model (safetensors) + config + "
-        "tokenizer from a run's checkpoint.",
+        description="Write a run's checkpoint as a model directory (TTTLM.save_pretrained: "
+        "config.json, model.safetensors) with its tokenizer, export.json and checksums.json, "
+        "atomically (a temp dir beside --out, renamed into place).",
     )
     p.add_argument("--run-dir", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="must not be, contain or lie inside "
+                   "the run dir, the checkpoint or the shard dir")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, help="default: the run's latest checkpoint")
+    p.add_argument("--force", action="store_true", help="replace an existing export at --out "
+                   "(whole, once the new one is complete)")  # fmt: skip
     args = p.parse_args(argv)
     try:
-        out = export_model(args.run_dir, args.out, args.checkpoint)
-    except (FileNotFoundError, ValueError) as e:
+        out = export_model(args.run_dir, args.out, args.checkpoint, force=args.force)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
         return refuse(str(e), True)
     print(f"exported {out}")
     return 0

@@ -1,44 +1,36 @@
-"""Consolidated model export, and loading a model from an export or a run directory.
+"""Export a run's checkpoint as a standalone model directory, and load a run's latest weights.
 
-An export directory holds `model.safetensors` (the full, unsharded weights), `model_config.json`
-(the `ModelConfig`), `tokenizer/` (a copy of the tokenizer the data was built with) and
-`export.json` (step, tokens seen, source checkpoint). It loads without torch.distributed.
+An export is a `TTTLM.save_pretrained` directory (`config.json`, `model.safetensors`) plus
+`tokenizer/` (the shards' tokenizer, copied by data_stage) and `export.json` (step, tokens seen,
+source checkpoint), all listed in its `checksums.json` and committed with one rename: a kill at
+any moment leaves the previous export or the new one, whole. It loads with
+`TTTLM.from_pretrained` (and `eval_stage.open_model`), without this package.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed.checkpoint as dcp
 
-from data_stage import SentencePieceTokenizer, load_tokenizer
+from data_stage import copy_tokenizer, load_tokenizer, read_manifest
 from ttt_core import TTTLM, ModelConfig
+from ttt_core.files import atomic_directory, recover_directory
+from ttt_core.pretrained import INFO_FILE, TOKENIZER_DIR, has_pretrained_files, write_pretrained
 
-from .checkpoint import atomic_write_text, latest_checkpoint, read_meta
+from .checkpoint import latest_checkpoint, read_meta
 from .config import TrainConfig
 
-EXPORT_FORMAT_VERSION = 1
-WEIGHTS, MODEL_CONFIG, EXPORT_INFO, TOKENIZER_DIR = (
-    "model.safetensors",
-    "model_config.json",
-    "export.json",
-    "tokenizer",
-)
 
-
-@dataclass
-class LoadedModel:
-    """A model ready for evaluation (eval mode) with its tokenizer and where it came from."""
+class RunModel(NamedTuple):
+    """The latest weights of a run directory, with where its tokenizer and weights came from."""
 
     model: TTTLM
-    config: ModelConfig
-    tokenizer: SentencePieceTokenizer | None
-    info: dict[str, Any] = field(default_factory=dict)  # step, tokens_seen, source, run_dir
+    tokenizer_dir: Path | None  # None when the run's shard directory no longer has one
+    info: dict[str, Any]  # step, tokens_seen, source (the checkpoint), run_dir, mlflow_run_id
 
 
 def load_checkpoint_weights(checkpoint: Path, config: ModelConfig) -> TTTLM:
@@ -60,35 +52,9 @@ def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, Path]:
     return TrainConfig.from_yaml(config_path), checkpoint
 
 
-def save_export(model: TTTLM, out: Path, tokenizer_dir: Path | None, info: dict[str, Any]) -> Path:
-    """Write `model` (unsharded, any source) as an export directory; `info` goes to export.json
-    next to the format version (step, tokens_seen, seq_len, source_checkpoint, ...)."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        weights.pop("lm_head.weight")  # the same tensor as embed.weight
-    save_file(weights, str(out / WEIGHTS))
-    atomic_write_text(out / MODEL_CONFIG, model.config.model_dump_json(indent=2))
-    if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
-        shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
-        shutil.copytree(tokenizer_dir, out / TOKENIZER_DIR)
-    atomic_write_text(
-        out / EXPORT_INFO, json.dumps({"format_version": EXPORT_FORMAT_VERSION, **info}, indent=2)
-    )
-    return out
-
-
-def export_model(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Path:
-    """Write the export of `checkpoint` (default: the run's latest) to `out`."""
-    run_dir = Path(run_dir)
-    config, latest = _run_checkpoint(run_dir)
-    checkpoint = Path(checkpoint) if checkpoint else latest
-    model = load_checkpoint_weights(checkpoint, config.model)
+def _provenance(run_dir: Path, checkpoint: Path, config: TrainConfig) -> dict[str, Any]:
     meta = read_meta(checkpoint)
-    info = {
+    return {
         "step": meta["step"],
         "tokens_seen": meta["tokens_seen"],
         "seq_len": config.max_seq_len,
@@ -96,48 +62,94 @@ def export_model(run_dir: Path, out: Path, checkpoint: Path | None = None) -> Pa
         "run_dir": str(run_dir.resolve()),
         "mlflow_run_id": meta.get("mlflow_run_id"),
     }
-    return save_export(model, out, config.data / TOKENIZER_DIR, info)
 
 
-def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load an export directory, or the latest checkpoint of a run directory, in eval mode."""
-    path = Path(path)
-    if (path / EXPORT_INFO).exists():
-        info = json.loads((path / EXPORT_INFO).read_text())
-        if info.get("format_version") != EXPORT_FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: export format {info.get('format_version')} is not "
-                f"{EXPORT_FORMAT_VERSION}; re-export with `python -m train_stage export`"
-            )
-        config = ModelConfig.model_validate_json((path / MODEL_CONFIG).read_text())
-        from safetensors.torch import load_file
+def _overlap(out: Path, inputs: dict[str, Path]) -> str | None:
+    """Why `out` may not be written: it is, contains or lies inside one of `inputs`."""
+    out = out.resolve()
+    for name, path in inputs.items():
+        path = path.resolve()
+        if out == path:
+            return f"it is the {name} ({path})"
+        if path in out.parents:
+            return f"it is inside the {name} ({path})"
+        if out in path.parents:
+            return f"it contains the {name} ({path})"
+    return None
 
-        model = TTTLM(config)
-        missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS)), strict=False)
-        allowed_missing = {"lm_head.weight"} if config.tie_embeddings else set()
-        if set(missing) - allowed_missing or unexpected:
-            raise ValueError(
-                f"{path / WEIGHTS}: weights do not fit the config "
-                f"(missing {missing}, unexpected {unexpected})"
-            )
-        tokenizer_dir = path / TOKENIZER_DIR
-        info["source"] = str(path)
-    elif (path / "config.yaml").exists():
-        train_config, checkpoint = _run_checkpoint(path)
-        config = train_config.model
-        model = load_checkpoint_weights(checkpoint, config)
-        tokenizer_dir = train_config.data / TOKENIZER_DIR
-        meta = read_meta(checkpoint)
-        info = {
-            "step": meta["step"],
-            "tokens_seen": meta["tokens_seen"],
-            "source": str(checkpoint),
-            "run_dir": str(path),
-            "mlflow_run_id": meta.get("mlflow_run_id"),
-        }
-    else:
-        raise FileNotFoundError(
-            f"{path}: neither an export (export.json) nor a run directory (config.yaml)"
+
+def export_model(
+    run_dir: Path, out: Path, checkpoint: Path | None = None, *, force: bool = False
+) -> Path:
+    """Write the export of `checkpoint` (default: the run's latest) to `out`, atomically.
+
+    Refused before anything is written (FileNotFoundError / FileExistsError / ValueError, one
+    line naming the path): a missing run, checkpoint, shard manifest or tokenizer; an `out` that
+    is, contains or lies inside the run dir, the checkpoint, the shard dir or the tokenizer; an
+    existing export unless `force` (which replaces it whole, the old one kept until the new one
+    is complete); an existing `out` that is not an export, even with `force`.
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    config, latest = _run_checkpoint(run_dir)
+    checkpoint = Path(checkpoint) if checkpoint else latest
+    if not (checkpoint / ".metadata").is_file():
+        raise FileNotFoundError(f"{checkpoint}: not a complete checkpoint (no .metadata)")
+    manifest = read_manifest(config.data)
+    tokenizer_src = config.data / manifest.tokenizer.dir
+    inputs = {
+        "run directory": run_dir,
+        "checkpoint": checkpoint,
+        "shard directory": config.data,
+        "tokenizer": tokenizer_src,
+    }
+    if reason := _overlap(out, inputs):
+        raise ValueError(f"--out {out}: {reason}; export somewhere else")
+    recover_directory(out)  # what a killed earlier export left
+    if out.exists():
+        if out.is_dir() and any(out.iterdir()) and not has_pretrained_files(out):
+            raise FileExistsError(f"--out {out}: exists and is not an export; choose another")
+        if not force:
+            raise FileExistsError(f"--out {out}: already exists; pass --force to replace it")
+    tokenizer = load_tokenizer(tokenizer_src)  # before any work: a missing one is an error
+    expected = manifest.tokenizer.hash
+    if tokenizer.hash != expected:
+        raise ValueError(
+            f"{tokenizer_src}: sha256 {tokenizer.hash[:12]} is not the tokenizer the shards were "
+            f"built with ({expected[:12]})"
         )
-    tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-    return LoadedModel(model=model.to(device).eval(), config=config, tokenizer=tokenizer, info=info)
+    model = load_checkpoint_weights(checkpoint, config.model)
+    return save_export(model, out, tokenizer_src, _provenance(run_dir, checkpoint, config), force)
+
+
+def save_export(
+    model: TTTLM, out: Path, tokenizer_dir: Path, info: dict[str, Any], force: bool = False
+) -> Path:
+    """Write `model` (unsharded, any source), a copy of `tokenizer_dir` and `info` as the export
+    directory `out`, in one atomic commit with checksums (`atomic_directory`)."""
+    with atomic_directory(Path(out), replace=force) as tmp:
+        write_pretrained(model, tmp)
+        copy_tokenizer(tokenizer_dir, tmp / TOKENIZER_DIR)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return Path(out)
+
+
+def load_run_model(run_dir: Path | str, device: str | torch.device = "cpu") -> RunModel:
+    """The latest checkpoint of a run directory as a plain TTTLM in eval mode on `device`."""
+    run_dir = Path(run_dir)
+    config, checkpoint = _run_checkpoint(run_dir)
+    model = load_checkpoint_weights(checkpoint, config.model).to(device).eval()
+    meta = read_meta(checkpoint)
+    info = {
+        "step": meta["step"],
+        "tokens_seen": meta["tokens_seen"],
+        "source": str(checkpoint),
+        "run_dir": str(run_dir),
+        "mlflow_run_id": meta.get("mlflow_run_id"),
+    }
+    try:
+        tokenizer_dir: Path | None = config.data / read_manifest(config.data).tokenizer.dir
+    except ValueError:  # the shards moved or were removed: evals that need ids say so
+        tokenizer_dir = None
+    if tokenizer_dir is not None and not tokenizer_dir.is_dir():
+        tokenizer_dir = None
+    return RunModel(model=model, tokenizer_dir=tokenizer_dir, info=info)

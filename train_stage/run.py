@@ -6,7 +6,8 @@ import sys
 import warnings
 from typing import Any
 
-from .checkpoint import atomic_write_text
+from ttt_core.files import atomic_write_text
+
 from .config import TrainConfig
 from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
 from .preflight import preflight

@@ -21,8 +21,9 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ttt_core import TTTLM
+from ttt_core.files import atomic_write_text
 
-from .checkpoint import Checkpointer, atomic_write_text, read_meta
+from .checkpoint import Checkpointer, read_meta
 from .config import TrainConfig
 from .data import TrainData
 from .distributed import DistEnv, all_reduce_mean, clip_gradients, wrap_model

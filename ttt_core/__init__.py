@@ -1,11 +1,37 @@
-"""TTT-Linear language model: config, ops, mixers, model, cache. Pure PyTorch, no I/O besides
-cache save/load."""
+"""TTT-Linear language model: config, ops, mixers, model, cache, and its on-disk format
+(`TTTLM.save_pretrained` / `from_pretrained`; the integrity helpers in `ttt_core.files`).
 
-from .cache import KVCache, TTTCache
-from .config import PRESETS, ModelConfig
-from .generate import GenerationResult, TokenStream, generate
-from .mixer import AttentionMixer, TTTLinearMixer
-from .model import TTTLM, ModelOutput
+Names are imported on first use, so `import ttt_core.files` (used by data_stage, which must not
+load torch) stays free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cache import KVCache, TTTCache
+    from .config import PRESETS, ModelConfig
+    from .generate import GenerationResult, TokenStream, generate
+    from .mixer import AttentionMixer, TTTLinearMixer
+    from .model import TTTLM, ModelOutput
+    from .pretrained import is_pretrained
+
+_WHERE = {
+    "KVCache": "cache",
+    "TTTCache": "cache",
+    "PRESETS": "config",
+    "ModelConfig": "config",
+    "GenerationResult": "generate",
+    "TokenStream": "generate",
+    "generate": "generate",
+    "AttentionMixer": "mixer",
+    "TTTLinearMixer": "mixer",
+    "TTTLM": "model",
+    "ModelOutput": "model",
+    "is_pretrained": "pretrained",
+}
 
 __all__ = [
     "PRESETS",
@@ -19,4 +45,19 @@ __all__ = [
     "TTTLinearMixer",
     "TokenStream",
     "generate",
+    "is_pretrained",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Bind every public name at the first use of any, so the function `generate` (not the
+    submodule of that name, which importing it binds here) is what `ttt_core.generate` means."""
+    if name not in _WHERE:
+        raise AttributeError(f"module 'ttt_core' has no attribute {name!r}")
+    for public, module in _WHERE.items():
+        globals()[public] = getattr(importlib.import_module(f".{module}", __name__), public)
+    return globals()[name]
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -5,6 +5,7 @@ with residuals -> RMSNorm -> LM head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -13,7 +14,15 @@ from torch import Tensor, nn
 
 from .cache import CACHES, KVCache, TTTCache
 from .config import ModelConfig
+from .files import atomic_directory, verify_checksums
 from .mixer import MIXERS, TTTLinearMixer
+from .pretrained import (
+    WEIGHTS_FILE,
+    read_config,
+    read_weights,
+    refuse_legacy,
+    write_pretrained,
+)
 
 IGNORE_INDEX = -100
 
@@ -94,6 +103,45 @@ class TTTLM(nn.Module):
                 nn.init.normal_(module.W0, std=0.02)
                 nn.init.ones_(module.ln_weight)
                 nn.init.zeros_(module.ln_bias)
+
+    def save_pretrained(self, directory: Path | str, *, overwrite: bool = False) -> Path:
+        """Write config.json + model.safetensors + checksums.json as one atomic directory
+        (`ttt_core.pretrained`). An existing `directory` is refused unless `overwrite`, which
+        replaces it whole once the new one is complete."""
+        with atomic_directory(Path(directory), replace=overwrite) as tmp:
+            write_pretrained(self, tmp)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: Path | str,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> TTTLM:
+        """Load a `save_pretrained` directory in eval mode, on `device`, in `dtype` (default: as
+        saved). Every file `checksums.json` lists is verified first; a missing or changed file
+        raises `ttt_core.files.IntegrityError` naming it."""
+        directory = Path(directory)
+        refuse_legacy(directory)
+        verify_checksums(directory)
+        config = read_config(directory)
+        weights = read_weights(directory, device)
+        if dtype is not None:
+            weights = {k: v.to(dtype) for k, v in weights.items()}
+        with torch.device("meta"):  # no memory or init time for weights about to be replaced
+            model = cls(config)
+        missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
+        allowed_missing = {"lm_head.weight"} if config.tie_embeddings else set()
+        if set(missing) - allowed_missing or unexpected:
+            raise ValueError(
+                f"{directory / WEIGHTS_FILE}: weights do not fit config.json "
+                f"(missing {sorted(missing)}, unexpected {sorted(unexpected)})"
+            )
+        if config.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        return model.eval()
 
     def new_cache(
         self,

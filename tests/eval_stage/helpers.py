@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from eval_stage.cli import main
-from train_stage.export import LoadedModel, save_export
+from eval_stage.models import LoadedModel
+from train_stage.export import save_export
 from ttt_core import TTTLM, ModelConfig, ModelOutput
 
 VOCAB = 400  # the tests' tokenizer
@@ -19,7 +20,7 @@ def tiny_model(mixer: str = "ttt_linear", seed: int = 0, vocab_size: int = VOCAB
     return TTTLM(ModelConfig.from_preset("debug_tiny", vocab_size=vocab_size, mixer=mixer)).eval()
 
 
-def write_export(model: TTTLM, out: Path, tokenizer_dir: Path | None, step: int = 7) -> Path:
+def write_export(model: TTTLM, out: Path, tokenizer_dir: Path, step: int = 7) -> Path:
     """An export directory as `python -m train_stage export` writes it."""
     info = {"step": step, "tokens_seen": 1000, "source_checkpoint": "none", "run_dir": str(out),
             "mlflow_run_id": None}  # fmt: skip

@@ -97,3 +97,29 @@ def test_corrupt_weights_are_bad_input(model_dir: Path, tmp_path: Path) -> None:
     (broken / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(EvalInputError, match="cannot load model"):
         open_model(broken)
+
+
+def test_a_flipped_byte_in_an_export_is_refused_naming_the_file(
+    model_dir: Path, shard_dir: Path, tmp_path: Path, capsys
+) -> None:
+    for name in ("model.safetensors", "tokenizer/tokenizer.model"):
+        broken = tmp_path / name.replace("/", "_")
+        shutil.copytree(model_dir, broken)
+        data = bytearray((broken / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (broken / name).write_bytes(bytes(data))
+        argv = ["perplexity", "--model", str(broken), "--data", str(shard_dir),
+                "--out", str(tmp_path / "out")]  # fmt: skip
+        assert run_cli(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{broken / name}: sha256" in err and err.count("\n") == 1
+        assert not (tmp_path / "out").exists()
+
+
+def test_evaluating_an_export_never_imports_the_trainer(model_dir: Path) -> None:
+    code = (
+        "import sys; from eval_stage import open_model; import eval_stage.cli; "
+        f"open_model({str(model_dir)!r}); sys.exit(any(m.startswith('train_stage') "
+        "for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

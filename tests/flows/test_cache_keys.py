@@ -5,11 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
 from flows import fingerprint
 from flows.config import PipelineConfig
 from flows.tasks import eval_key, shards_key, tokenizer_key, train_key
+from ttt_core import TTTLM, ModelConfig
 
 
 @pytest.fixture
@@ -92,8 +94,8 @@ def test_train_key_follows_manifest_and_recipe_not_mlflow(tmp_path):
 def test_eval_key_follows_the_exported_weights(tmp_path):
     cfg = PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
     export = tmp_path / "export"
-    export.mkdir()
-    (export / "model.safetensors").write_bytes(b"w1")
+    torch.manual_seed(0)
+    TTTLM(ModelConfig.from_preset("debug_tiny")).save_pretrained(export)
     params = {
         "name": "latency",
         "model_dir": export,
@@ -103,5 +105,5 @@ def test_eval_key_follows_the_exported_weights(tmp_path):
     }
     before = eval_key(None, params)
     assert eval_key(None, params) == before
-    (export / "model.safetensors").write_bytes(b"w2")
+    TTTLM(ModelConfig.from_preset("debug_tiny")).save_pretrained(export, overwrite=True)
     assert eval_key(None, params) != before

@@ -10,6 +10,8 @@ from flows import outputs
 from flows.bringup import STAGES, bringup, browsable, call_cached
 from flows.config import PipelineConfig
 from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
+from ttt_core import TTTLM, ModelConfig
+from ttt_core.files import sha256_file
 
 
 @pytest.fixture
@@ -109,9 +111,7 @@ def test_output_checks_notice_missing_or_corrupt_files(tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()
     (tok / "tokenizer.model").write_bytes(b"model")
-    from flows.fingerprint import file_sha256
-
-    (tok / "tokenizer.json").write_text(json.dumps({"hash": file_sha256(tok / "tokenizer.model")}))
+    (tok / "tokenizer.json").write_text(json.dumps({"hash": sha256_file(tok / "tokenizer.model")}))
     assert outputs.tokenizer_ok(tok)
     (tok / "tokenizer.model").write_bytes(b"other")
     assert not outputs.tokenizer_ok(tok)
@@ -128,6 +128,11 @@ def test_output_checks_notice_missing_or_corrupt_files(tmp_path):
     (train / "train_summary.json").write_text(json.dumps({**summary, "status": "stopped"}))
     assert not outputs.train_ok(train)
     assert not outputs.shards_ok(tmp_path / "nothing")
+
+    export = TTTLM(ModelConfig.from_preset("debug_tiny")).save_pretrained(tmp_path / "export")
+    assert outputs.export_ok(export)
+    (export / "model.safetensors").unlink()
+    assert not outputs.export_ok(export)
 
 
 def test_a_live_lock_refuses_a_second_runner_and_a_stale_one_is_ignored(tmp_path):
