@@ -85,8 +85,8 @@ class _Chunk(NamedTuple):
 
 
 class _ChunkGrads(NamedTuple):
-    """Gradients of one chunk: dW w.r.t. the weight its outputs read (the end state's gradient
-    included), d_grad_at w.r.t. the weight its inner gradients were taken at, LN params (H, d)."""
+    """Gradients of one chunk (LN params per (batch, head) row); d_grad_at w.r.t. the weight its
+    inner gradients were taken at, when that is not the weight it read (else it is in dW)."""
 
     dq: Tensor
     dk: Tensor
@@ -94,8 +94,7 @@ class _ChunkGrads(NamedTuple):
     deta: Tensor
     d_ln_w: Tensor
     d_ln_b: Tensor
-    dW: Tensor
-    d_grad_at: Tensor
+    d_grad_at: Tensor | None
 
 
 class FusedDualScan(torch.autograd.Function):
@@ -118,23 +117,26 @@ class FusedDualScan(torch.autograd.Function):
             eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
             W_c = W.reshape(B * H, d, d).to(sd)
-            W_read = W_c.new_empty(n, B * H, d, d) if keep else None
+            # W_seq[c] is the weight chunk c reads; each update is written straight into the next
+            # slot. Without a gradient to compute, one rolling weight is enough.
+            W_seq = W_c.new_empty(n + 1, B * H, d, d) if keep else None
+            if keep:
+                W_seq[0] = W_c
+                W_c = W_seq[0]
             U, P = (W_c.new_empty(n, B * H, b, d) if keep else [None] * n for _ in range(2))
             z = W_c.new_empty(n, B * H, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
                 q_c, k_c, v_c, eta_cc = qc[c], kc[c], vc[c], eta_c[c]
-                if keep:
-                    W_read[c] = W_c
                 U[c] = fast_weight_product(k_c, grad_at)
                 r, x_hat, sigma = residual_from_u(U[c], k_c, v_c, ln_w, ln_b, eps)
                 G = inner_ln_backward((2.0 / b) * r, x_hat, sigma, ln_w)
                 P[c] = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ G
                 z[c] = q_c.to(sd) + inner_ln(P[c], ln_w, ln_b, eps)[0]
-                W_next = torch.baddbmm(
-                    W_c, (G * eta_cc[..., None]).transpose(1, 2), k_c.to(sd), alpha=-1
-                )
+                eta_g = (G * eta_cc[..., None]).transpose(1, 2)
+                out = W_seq[c + 1] if keep else None
+                W_next = torch.baddbmm(W_c, eta_g, k_c.to(sd), alpha=-1, out=out)
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
                     loss += chunk_inner_loss(r, k_c, v_c, W_next, ln_w, ln_b, eps, real)
@@ -142,11 +144,12 @@ class FusedDualScan(torch.autograd.Function):
                 W_c = grad_at = W_next
             z = _from_chunk_major(z, B, first_pos, T).to(q.dtype)
         if keep:
+            W_read = W_seq[:n]
             ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P)
             ctx.config = (b, eps, first_pos, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
-        W_next = W_c.reshape(B, H, d, d)
+        W_next = W_c.reshape(B, H, d, d).clone() if keep else W_c.reshape(B, H, d, d)
         return z, W_next, last_grad_at.reshape(B, H, d, d).clone(), stats
 
     @staticmethod
@@ -163,24 +166,27 @@ class FusedDualScan(torch.autograd.Function):
             dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
             deta = torch.empty_like(eta_c)
             d_ln_w, d_ln_b = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
-            dW = _or_zeros(dW_end, W_read[0]).reshape(B * H, d, d).to(sd)
-            anchor_3d = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            # dW: the gradient of the weight the current chunk ends with, accumulated in place.
+            dW = _or_zeros(dW_end, W_read[0]).reshape(B * H, d, d).to(sd, copy=True)
             d_anchor = None
             for c in reversed(range(n)):
                 own_anchor = anchor is not None and c == 0
-                grad_at = anchor_3d if own_anchor else W_read[c]
+                grad_at = anchor.reshape(B * H, d, d).to(sd) if own_anchor else W_read[c]
                 chunk = _Chunk(qc[c], kc[c], vc[c], eta_c[c], W_read[c], grad_at, U[c], P[c])
-                g = _chunk_backward(chunk, dz_c[c], dW, ln_w, ln_b, eps, 2.0 / b)
+                g = _chunk_backward(chunk, dz_c[c], dW, ln_w, ln_b, eps, 2.0 / b, not own_anchor)
                 dq[c], dk[c], dv[c], deta[c] = g.dq, g.dk, g.dv, g.deta
                 d_ln_w += g.d_ln_w
                 d_ln_b += g.d_ln_b
-                d_grad_at = g.d_grad_at
-                if c == n - 1 and d_last_anchor is not None:
-                    d_grad_at = d_grad_at + d_last_anchor.reshape(B * H, d, d).to(sd)
                 if own_anchor:
-                    dW, d_anchor = g.dW, d_grad_at.reshape(B, H, d, d)
-                else:
-                    dW = g.dW + d_grad_at
+                    d_anchor = g.d_grad_at
+                if c == n - 1 and d_last_anchor is not None:  # the returned anchor's gradient
+                    last = d_last_anchor.reshape(B * H, d, d).to(sd)
+                    if own_anchor:
+                        d_anchor = d_anchor + last
+                    else:
+                        dW.add_(last)
+            if d_anchor is not None:
+                d_anchor = d_anchor.reshape(B, H, d, d)
         dq, dk, dv, deta = (_from_chunk_major(x, B, first_pos, T) for x in (dq, dk, dv, deta))
         return (
             dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), deta.to(eta.dtype),
@@ -215,9 +221,17 @@ def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _chunk_backward(
-    x: _Chunk, dz: Tensor, dW_next: Tensor, ln_w: Tensor, ln_b: Tensor, eps: float, scale: float
+    x: _Chunk,
+    dz: Tensor,
+    dW: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    eps: float,
+    scale: float,
+    grad_at_is_W: bool,
 ) -> _ChunkGrads:
-    """Gradients of one chunk given dz (BH, b, d) and the gradient of its end state dW_next."""
+    """Gradients of one chunk given dz (BH, b, d) and dW, the gradient of its end state, which
+    becomes in place the gradient of the weight it read (plus of `grad_at` when that is it)."""
     mask = strictly_lower(x.q.shape[-2], x.q.device)
     # Recompute what forward did not keep.
     ln_u, x_hat, sigma = inner_ln(x.U, ln_w, ln_b, eps)
@@ -236,12 +250,11 @@ def _chunk_backward(
     dS = dA * mask_eta
     deta = (dA * scores * mask).sum(1)
     dq = torch.baddbmm(torch.baddbmm(dz, dP, x.W), dS, x.k)
-    dW = torch.baddbmm(dW_next, dP.transpose(1, 2), x.q)
     # W_next = W - (eta G)^T K
-    g_dW = torch.bmm(g, dW_next)
+    g_dW = torch.bmm(g, dW)
     eta_col = x.eta[..., None]
     dg = torch.bmm((scores * mask_eta).transpose(1, 2), dP)
-    dg = dg.addcmul_(eta_col, torch.bmm(x.k, dW_next.transpose(1, 2))).neg_()
+    dg = dg.addcmul_(eta_col, torch.bmm(x.k, dW.transpose(1, 2))).neg_()
     deta = deta - (g_dW * x.k).sum(-1)
     # G = LN'(U)^T e, e = s (K + LN(U) - V), differentiated through e, x_hat and sigma
     dh, dx_hat, dsigma = _ln_backward_grads(dg, g, h, x_hat, sigma)
@@ -252,8 +265,14 @@ def _chunk_backward(
     # U = K grad_at^T; dK also collects -eta G dW_next, dS^T Q and dr
     dk = torch.baddbmm(dr.addcmul(eta_col, g_dW, value=-1), dU, x.grad_at)
     dk = torch.baddbmm(dk, dS.transpose(1, 2), x.q)
-    d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
-    return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, dW, d_grad_at)
+    # dW_next has been read: it now becomes the gradient of the weight this chunk read.
+    dW.baddbmm_(dP.transpose(1, 2), x.q)
+    d_grad_at = None
+    if grad_at_is_W:
+        dW.baddbmm_(dU.transpose(1, 2), x.k)
+    else:
+        d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
+    return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, d_grad_at)
 
 
 def _ln_stats(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
