@@ -13,59 +13,47 @@ from pathlib import Path
 
 import pytest
 
+from train_stage.config import TrainConfig
+from train_stage.preflight import ConfigError, preflight
+from ttt_core import ModelConfig
+
 from .conftest import losses, run_train, train_env
 
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--batch-size", "4")
 
 
-def test_resume_is_bitwise_exact_single_process(tiny_shards, tmp_path):
+def test_resume_is_bitwise_exact_single_process_even_with_operational_changes(
+    tiny_shards, tmp_path, capsys
+):
+    """The resumed half changes only operational fields (cadences, checkpointing through time):
+    it resumes, and the losses are those of the uninterrupted run, bit for bit."""
+    common = (*TINY, "--data", str(tiny_shards), "--steps", "16")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_train(
-        *TINY,
-        "--data",
-        str(tiny_shards),
-        "--run-dir",
-        str(whole),
-        "--steps",
-        "16",
-        "--save-every",
-        "8",
-    )
-    run_train(
-        *TINY,
-        "--data",
-        str(tiny_shards),
-        "--run-dir",
-        str(parts),
-        "--steps",
-        "16",
-        "--stop-at",
-        "8",
-        "--save-every",
-        "100",
-    )
+    run_train(*common, "--run-dir", str(whole), "--save-every", "8")
+    run_train(*common, "--run-dir", str(parts), "--stop-at", "8", "--save-every", "100")
     summary = json.loads((parts / "train_summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["resumed_from_step"]) == (
         "stopped",
         8,
         None,
     )
-    run_train(
-        *TINY,
-        "--data",
-        str(tiny_shards),
-        "--run-dir",
-        str(parts),
-        "--steps",
-        "16",
-        "--save-every",
-        "100",
-        "--resume",
-        "auto",
-    )
+    operational = ("--save-every", "3", "--keep-last", "1", "--stats-every", "1")
+    operational += ("--eval-every", "4", "--eval-batches", "2", "--checkpoint-n-chunks", "2")
+    result = run_train(*common, "--run-dir", str(parts), "--resume", "auto", *operational)
+    assert "changed training settings" not in result.stderr
     assert losses(parts) == losses(whole)
     assert len(losses(whole)) == 16
     assert json.loads((parts / "train_summary.json").read_text())["resumed_from_step"] == 8
+
+    # Identity decides what resuming this checkpoint means (checked in process: no training).
+    saved = TrainConfig.from_yaml(parts / "config.yaml")
+    model = saved.model.model_dump()
+    target = preflight(saved.model_copy(update={"lr": 1e-4}), world=1)
+    assert target == parts / "checkpoints" / "step_00000016"
+    assert "changed training settings (lr: 0.003 -> 0.0001)" in capsys.readouterr().err
+    other_model = saved.model_copy(update={"model": ModelConfig(**{**model, "eta_base": 0.5})})
+    with pytest.raises(ConfigError, match=r"different model config \(differs in eta_base\)"):
+        preflight(other_model, world=1)
 
 
 @pytest.mark.slow
