@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,18 @@ def shards_key(_context: Any, p: dict[str, Any]) -> str:
     return digest("shards", corpus_fingerprint(cfg.corpus), tokenizer_hash(cfg.tokenizer), settings)
 
 
+def train_run_key(cfg: TrainConfig, nproc: int) -> str:
+    """What makes a training run the same run: the data's content, the config's identity
+    (`TrainConfig.identity()`) and the world size (global batch, data partition). Operational
+    fields (save/log/eval cadence, checkpoint_n_chunks, paths, MLflow) are not in it."""
+    return digest("train", manifest_sha256(cfg.data), cfg.identity(), nproc)
+
+
 def train_key(_context: Any, p: dict[str, Any]) -> str:
+    """The run's key plus `stop_at`: a result stopped early must not stand in for one that ran
+    to the end, though both are the same run (which goes on from where it stopped)."""
     cfg: TrainConfig = p["cfg"]
-    settings = cfg.model_dump(mode="json", exclude={"mlflow"})  # tracking is not content
-    return digest("train", manifest_sha256(cfg.data), settings, p["nproc"])
+    return digest(train_run_key(cfg, p["nproc"]), cfg.stop_at)
 
 
 def bench_key(_context: Any, p: dict[str, Any]) -> str:
@@ -144,16 +153,7 @@ def train_task(
     run_dir = cfg.run_dir
     launch_file = run_dir / LAUNCH_FILE
     wait_for_previous_launch(launch_file, grace_s, logger.info)  # before anything moves
-    key = train_key(None, {"cfg": cfg, "nproc": nproc})
-    key_file = run_dir / KEY_FILE
-    stale = key_file.is_file() and key_file.read_text().strip() != key
-    if run_dir.exists() and (fresh or stale):
-        aside = run_dir.parent / ".replaced" / f"{run_dir.name}-{int(time.time())}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(run_dir), aside)
-        logger.info("moved the previous training run to %s", aside)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key + "\n")
+    claim_run_dir(run_dir, train_run_key(cfg, nproc), fresh, logger.info)
     config_path = run_dir / "train_config.yaml"
     config_path.write_text(cfg.to_yaml())
     args = ["--config", str(config_path), "--resume", "auto"]
@@ -181,6 +181,20 @@ def train_task(
     run_id_file = run_dir / "mlflow_run_id"
     mlflow_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
     return {"dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **summary}
+
+
+def claim_run_dir(run_dir: Path, key: str, fresh: bool, log: Callable[[str], None]) -> None:
+    """Make `run_dir` hold the run keyed `key`: a dir trained for another key (or any, when
+    `fresh`) is moved to `<parent>/.replaced/`; one trained for this key stays, to resume."""
+    key_file = run_dir / KEY_FILE
+    stale = key_file.is_file() and key_file.read_text().strip() != key
+    if run_dir.exists() and (fresh or stale):
+        aside = run_dir.parent / ".replaced" / f"{run_dir.name}-{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(run_dir), aside)
+        log(f"moved the previous training run to {aside}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key + "\n")
 
 
 @task(name="export", cache_policy=NO_CACHE)

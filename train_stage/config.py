@@ -7,12 +7,13 @@ with a recipe that fits it. The resolved config is written to `<run_dir>/config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ttt_core import ModelConfig
+from ttt_core.identity import IdentityConfig
 
 SUPPORTED_STRATEGIES = ("none", "fsdp")
 
@@ -42,11 +43,64 @@ class MlflowConfig(BaseModel):
     flush_every: int = Field(default=10, ge=1, description="Metric batches are sent every N steps.")
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(IdentityConfig):
     """One training run. `steps` counts optimizer steps (each of `grad_accum` micro-batches of
-    `batch_size` rows per rank). With a curriculum, `steps` is derived from its stages."""
+    `batch_size` rows per rank). With a curriculum, `steps` is derived from its stages.
+
+    Identity (`identity()`) is what decides the training trajectory (with the data's content
+    and the world size, which live outside this config); operational fields decide where the
+    run lives, how it is watched and saved, and on what it runs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "model",  # its own identity only: checkpoint_n_chunks/decode_mode are operational
+            # the schedule spans `steps`; batch, length, optimizer and seed pick every update
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "seq_len",
+            "lr",
+            "min_lr_ratio",
+            "warmup_steps",
+            "weight_decay",
+            "betas",
+            "grad_clip",
+            "seed",
+            "curriculum",
+            # bf16 autocast changes the numbers the weights are made of
+            "precision",
+        }
+    )
+    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            # a label; what it expands to is in the fields above
+            "preset",
+            # paths: the data's content is identified by its manifest (flows keys on its
+            # sha256, preflight checks the vocabulary), the run dir is where the run lives
+            "data",
+            "run_dir",
+            # where this invocation ends, not where the schedule ends
+            "stop_at",
+            # the same data-parallel math sharded differently; checkpoints reshard across them
+            "strategy",
+            # where it runs (precision is the numeric choice)
+            "device",
+            # how to start: continue, refuse to, or from which checkpoint
+            "resume",
+            # saving, evaluation and logging cadences: they read the state, never change it
+            # (evaluation reads fixed validation rows and draws no random numbers)
+            "save_every",
+            "keep_last",
+            "eval_every",
+            "eval_batches",
+            "log_every",
+            "stats_every",
+            "verify_data",
+            "mlflow",
+        }
+    )
 
     preset: str | None = None
     model: ModelConfig

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from data_stage import DataStageError, ShardDataset, read_manifest, verify_shards
+from data_stage.errors import validation_summary
 from ttt_core.ops import resolve_backend
 
 from .checkpoint import CHECKPOINTS, latest_checkpoint, read_meta
 from .config import TrainConfig
-from .distributed import resolve_device
+from .distributed import resolve_device, world_from_env
 
 
 class ConfigError(ValueError):
@@ -91,11 +95,30 @@ def _resume_target(cfg: TrainConfig) -> Path | None:
         return None
     if not (target / ".metadata").exists():
         raise ConfigError(f"--resume {target}: not a complete checkpoint directory")
-    saved = read_meta(target)["config"]["model"]
-    if saved != cfg.model.model_dump(mode="json"):
-        differing = sorted(k for k in saved if saved[k] != cfg.model.model_dump(mode="json").get(k))
+    _check_same_run(cfg, target)
+    return target
+
+
+def _check_same_run(cfg: TrainConfig, target: Path) -> None:
+    """Refuse a checkpoint of other weights (model identity); say which training settings
+    changed (trajectory identity: the run goes on, but is no longer one uninterrupted run).
+    Operational fields (cadences, checkpoint_n_chunks, strategy, ...) may change freely."""
+    try:
+        differences = cfg.identity_differences(read_meta(target)["config"])
+    except ValidationError as e:
+        raise ConfigError(
+            f"checkpoint {target}: its recorded config is not valid in this version: "
+            f"{validation_summary(e)}"
+        ) from e
+    model = sorted(name.removeprefix("model.") for name in differences if name.startswith("model."))
+    if model:
         raise ConfigError(
             f"checkpoint {target} was trained with a different model config "
-            f"(differs in {', '.join(differing)}); resume with the same model or a new --run-dir"
+            f"(differs in {', '.join(model)}); resume with the same model or a new --run-dir"
         )
-    return target
+    if differences and world_from_env()[0] == 0:
+        changed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in differences.items())
+        print(
+            f"[train] warning: resuming {target.name} with changed training settings ({changed})",
+            file=sys.stderr,
+        )

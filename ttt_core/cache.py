@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from .config import ModelConfig
 from .state import FastWeightState, KVState
 
 CACHE_FORMAT_VERSION = 1
@@ -62,7 +63,10 @@ class _Cache:
             raise ValueError("stack needs at least one cache")
         first = caches[0]
         for other in caches[1:]:
-            if other.config != first.config or other.decode_mode != first.decode_mode:
+            same_model = other.config == first.config or not _identity_differences(
+                first.config, other.config
+            )
+            if other.decode_mode != first.decode_mode or not same_model:
                 raise ValueError("stack: caches come from different models or decode modes")
         layers = [cls._stack_layer([c.layers[i] for c in caches]) for i in range(len(first.layers))]
         offsets = torch.cat([c.offsets for c in caches])
@@ -113,15 +117,11 @@ class _Cache:
                 f"{path}: holds a {header['kind']} cache (format {header['format_version']}); "
                 f"{cls.__name__} loads {cls.kind} caches (format {CACHE_FORMAT_VERSION})"
             )
-        differing = sorted(
-            k
-            for k in set(header["config"]) | set(config)
-            if k not in STATE_NEUTRAL_FIELDS and header["config"].get(k) != config.get(k)
-        )
+        differing = _identity_differences(config, header["config"])
         if differing:
             diffs = ", ".join(
-                f"{k}: cache {header['config'].get(k)!r} vs model {config.get(k)!r}"
-                for k in differing
+                f"{k}: cache {cached!r} vs model {current!r}"
+                for k, (current, cached) in differing.items()
             )
             raise ValueError(f"{path}: cache was made by a different model config ({diffs})")
         layers = [
@@ -138,8 +138,11 @@ class _Cache:
         )
 
 
-# Config fields that do not change what a cached state means.
-STATE_NEUTRAL_FIELDS = frozenset({"checkpoint_n_chunks", "decode_mode", "ops_backend"})
+def _identity_differences(config: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Where two dumped model configs differ in identity (`ModelConfig.IDENTITY_FIELDS`): only
+    those change what a cached state means; operational fields (decode mode, checkpointing
+    through time) do not."""
+    return ModelConfig.model_validate(config).identity_differences(other)
 
 
 @dataclass

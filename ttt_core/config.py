@@ -6,9 +6,11 @@ parameter count is computed from the config alone, without allocating a single t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from .identity import IdentityConfig
 
 from .ops.backends import OpsBackend
 
@@ -16,10 +18,49 @@ Mixer = Literal["ttt_linear", "attention"]
 DecodeMode = Literal["online", "chunked"]
 
 
-class ModelConfig(BaseModel):
-    """Shape and inner-loop settings of a `TTTLM`. Frozen: derive variants with `model_copy`."""
+class ModelConfig(IdentityConfig):
+    """Shape and inner-loop settings of a `TTTLM`. Frozen: derive variants with `model_copy`.
+
+    Identity (`identity()`) is what the weights mean: shapes, the inner loop's math and the
+    initialisation. Operational fields choose how the same function is computed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            # shapes: another value is another parameter set
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "mlp_hidden",
+            "mixer",
+            "tie_embeddings",
+            # the function the weights are trained for: chunk b sets the anchored GD and its
+            # 2/b scale, eta the inner step, the eps and RoPE base enter every forward
+            "chunk_size",
+            "eta_base",
+            "eta_per_head",
+            "ln_eps",
+            "norm_eps",
+            "rope_theta",
+            # the weights at step 0 of a run
+            "init_std",
+        }
+    )
+    OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            # recomputation in backward trades memory for time; outputs and gradients are
+            # identical (tests/ttt_core/test_model.py), so raising it to fit memory resumes
+            "checkpoint_n_chunks",
+            # how decode advances a cache; training and prefill do not read it, and a saved
+            # cache carries its own mode
+            "decode_mode",
+            # which kernel computes the dual form: same results (tests/ttt_core/test_backends.py),
+            # other speed and memory
+            "ops_backend",
+        }
+    )
 
     vocab_size: int = Field(ge=2, description="Tokenizer vocabulary size.")
     d_model: int = Field(ge=1, description="Residual stream width D.")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from flows.config import PipelineConfig
 
@@ -34,6 +36,49 @@ def training_pids(marker: str) -> dict[str, list[int]]:
         if "train_stage" in text and marker in text:
             pids["launcher" if "torch.distributed.run" in text else "workers"].append(pid)
     return pids
+
+
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie (it has exited, only its parent has not reaped it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def latest_step(run_dir: Path) -> int:
+    """The step of the checkpoint `checkpoints/latest` names (0 when there is none)."""
+    pointer = run_dir / "checkpoints" / "latest"
+    return int(pointer.read_text().strip().split("_")[1]) if pointer.is_file() else 0
+
+
+class Kill(NamedTuple):
+    """What a kill placed by `kill_after_step` left, read from disk after its ranks exited."""
+
+    sent_at_step: int  # the last step logged when SIGKILL was sent: the trainer was at or past it
+    last_logged: int  # the last step the killed ranks logged
+    checkpoint: int  # the step `latest` named once they had exited: where a resume must start
+
+
+def kill_after_step(
+    run_dir: Path, step: int, victim: Callable[[dict[str, list[int]]], list[int]]
+) -> Kill:
+    """Once the run in `run_dir` logs `step`, SIGKILL the pids `victim(training_pids)` picks,
+    wait for the ranks alive then to exit and read what they left. The kill is placed on an
+    observed event, never on elapsed time, and the result holds at any machine speed; a next
+    attempt cannot have saved yet (it waits for these ranks, then loads and trains first)."""
+    metrics = run_dir / "metrics.jsonl"
+    wait_for(lambda: last_step(metrics) >= step, 240, f"training to pass step {step}")
+    pids = training_pids(str(run_dir))
+    targets = victim(pids)
+    sent_at = last_step(metrics)
+    for pid in targets:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: all(exited(p) for p in pids["workers"]), 240, "the killed ranks to exit")
+    kill = Kill(sent_at, last_step(metrics), latest_step(run_dir))
+    print(f"kill placed after step {step}: {kill}")
+    return kill
 
 
 def parent_pid(pid: int) -> int:

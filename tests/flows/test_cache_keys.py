@@ -10,7 +10,14 @@ import torch
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
 from flows import fingerprint
 from flows.config import PipelineConfig
-from flows.tasks import eval_key, shards_key, tokenizer_key, train_key
+from flows.tasks import (
+    claim_run_dir,
+    eval_key,
+    shards_key,
+    tokenizer_key,
+    train_key,
+    train_run_key,
+)
 from ttt_core import TTTLM, ModelConfig
 
 
@@ -72,23 +79,66 @@ def test_shards_key_follows_the_tokenizer_hash_not_the_worker_count(corpus, tmp_
     assert key(workers=1) != before
 
 
-def test_train_key_follows_manifest_and_recipe_not_mlflow(tmp_path):
+OPERATIONAL_CHANGES = {
+    "save_every": 3,
+    "log_every": 2,
+    "eval_every": 4,
+    "eval_batches": 9,
+    "keep_last": 1,
+    "stats_every": 0,
+    "verify_data": False,
+    "strategy": "fsdp",
+}
+
+
+@pytest.fixture
+def train_cfg(tmp_path):
     cfg = PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
     shards = cfg.stage_dir("shards")
     shards.mkdir(parents=True)
     (shards / "manifest.json").write_text('{"v": 1}')
-    train = cfg.train_config()
+    return cfg.train_config()
 
+
+def test_train_key_follows_manifest_identity_and_world_not_operational_fields(train_cfg):
     def key(c, nproc=1):
         return train_key(None, {"cfg": c, "nproc": nproc})
 
-    before = key(train)
-    tracked = train.model_copy(update={"mlflow": train.mlflow.model_copy(update={"run_name": "x"})})
-    assert key(tracked) == before
-    assert key(train.model_copy(update={"steps": 21})) != before
-    assert key(train, nproc=2) != before
-    (shards / "manifest.json").write_text('{"v": 2}')
-    assert key(train) != before
+    before = key(train_cfg)
+    operational = train_cfg.model_copy(
+        update={
+            **OPERATIONAL_CHANGES,
+            "mlflow": train_cfg.mlflow.model_copy(update={"run_name": "x"}),
+            "model": train_cfg.model.model_copy(update={"checkpoint_n_chunks": 2}),
+        }
+    )
+    assert key(operational) == before
+    assert key(train_cfg.model_copy(update={"steps": 21})) != before
+    assert key(train_cfg.model_copy(update={"lr": 1e-4})) != before
+    eta = train_cfg.model.model_copy(update={"eta_base": 0.1})
+    assert key(train_cfg.model_copy(update={"model": eta})) != before
+    assert key(train_cfg, nproc=2) != before
+    # stop_at ends an invocation early: another cached result, the same run
+    stopped = train_cfg.model_copy(update={"stop_at": 5})
+    assert key(stopped) != before
+    assert train_run_key(stopped, 1) == train_run_key(train_cfg, 1)
+    (train_cfg.data / "manifest.json").write_text('{"v": 2}')
+    assert key(train_cfg) != before
+
+
+def test_a_run_dir_is_kept_for_operational_changes_and_moved_aside_for_identity(train_cfg):
+    run_dir = train_cfg.run_dir
+    moved = []
+    claim_run_dir(run_dir, train_run_key(train_cfg, 1), False, moved.append)
+    (run_dir / "checkpoints").mkdir()  # what a partial run leaves
+    operational = train_cfg.model_copy(update=OPERATIONAL_CHANGES)
+    claim_run_dir(run_dir, train_run_key(operational, 1), False, moved.append)
+    assert (run_dir / "checkpoints").is_dir() and moved == []  # resumed, not retrained
+    other = train_cfg.model_copy(update={"seed": 1})
+    claim_run_dir(run_dir, train_run_key(other, 1), False, moved.append)
+    assert not (run_dir / "checkpoints").exists() and len(moved) == 1
+    (replaced,) = (run_dir.parent / ".replaced").iterdir()
+    assert (replaced / "checkpoints").is_dir()
 
 
 def test_eval_key_follows_the_exported_weights(tmp_path):

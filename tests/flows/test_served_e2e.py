@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ from flows.config import PipelineConfig
 from flows.record import read_record
 from flows.up import free_port, services
 from tests.flows.helpers import (
-    last_step,
+    Kill,
+    kill_after_step,
     parent_pid,
     training_pids,
     uninterrupted_final_loss,
@@ -176,16 +176,17 @@ def restartable(run_root: Path) -> PipelineConfig:
     )
 
 
-def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> None:
-    """Once training is past step 15, SIGKILL `victim(torchrun launcher pid)`."""
-    metrics = cfg.stage_dir("train") / "metrics.jsonl"
-    wait_for(lambda: last_step(metrics) >= 15, 240, "training to pass step 15")
-    launcher = training_pids(str(cfg.run_root))["launcher"]
-    assert len(launcher) == 1
-    os.kill(victim(launcher[0]), signal.SIGKILL)
+def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> Kill:
+    """Once training has logged step 15, SIGKILL `victim(torchrun launcher pid)`."""
+
+    def launcher_victim(pids: dict[str, list[int]]) -> list[int]:
+        assert len(pids["launcher"]) == 1, pids
+        return [victim(pids["launcher"][0])]
+
+    return kill_after_step(cfg.stage_dir("train"), 15, launcher_victim)
 
 
-def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int) -> dict:
+def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int, kill: Kill) -> dict:
     """The bring-up completed in two attempts with the loss of an uninterrupted run, and the
     killed attempt's MLflow runs are closed."""
     record = read_record(cfg.run_dir)
@@ -193,9 +194,11 @@ def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int) -> dict:
     assert record.restart_count == restart_count
     train = record.outputs["train"]
     assert train["steps"] == 40
-    # killed at step >= 15: the kernel's SIGTERM (parent guard) made the orphaned rank save
-    # where it was, so the restart resumed from there, not from the periodic step-10 checkpoint
-    assert 15 <= train["resumed_from_step"] < 20
+    # The kernel's SIGTERM (parent guard) made the orphaned ranks save where they were when the
+    # kill landed (at or past the step seen when it was sent), not only at the periodic
+    # step-10 checkpoints; the restart resumed from exactly that checkpoint.
+    assert kill.checkpoint == kill.last_logged >= kill.sent_at_step >= 15
+    assert train["resumed_from_step"] == kill.checkpoint
     assert train["final_loss"] == uninterrupted_final_loss(cfg, cfg.run_root / "reference")
 
     client = MlflowClient(str(cfg.mlflow_tracking_uri))
@@ -229,7 +232,7 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
     run_root, env = served
     cfg = restartable(run_root)
     run_deployment(cfg, env)
-    kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
+    kill = kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
     api = env["PREFECT_API_URL"]
     states = wait_for(
         lambda: (s := flow_run_states(api, "bringup")).get(1) in (["Completed"], ["Failed"]) and s,
@@ -237,7 +240,7 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
         "the restarted bring-up to finish",
     )
     assert states == {0: ["Crashed"], 1: ["Completed"]}
-    assert_resumed_exactly(cfg, restart_count=1)
+    assert_resumed_exactly(cfg, restart_count=1, kill=kill)
 
 
 @pytest.mark.slow
@@ -253,7 +256,7 @@ def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(stack):
                "--run-root", str(run_root)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
     flow = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
-        kill_mid_training(cfg, lambda _launcher: flow.pid)
+        kill = kill_mid_training(cfg, lambda _launcher: flow.pid)
     finally:
         flow.kill()
         flow.wait()
@@ -263,6 +266,6 @@ def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(stack):
         300,
         "the scheduled resume to finish the bring-up",
     )
-    assert_resumed_exactly(cfg, restart_count=1)
+    assert_resumed_exactly(cfg, restart_count=1, kill=kill)
     resumes = flow_run_states(api, "resume")
     assert "Completed" in resumes[0]

@@ -104,7 +104,6 @@ def test_export_loads_without_distributed_and_matches_the_checkpoint(tiny_shards
         "--strategy",
         "fsdp",
         nproc=2,
-        check=False,
     )
     result = subprocess.run(
         [

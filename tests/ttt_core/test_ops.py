@@ -1,4 +1,4 @@
-"""The spec's required numerical checks for the TTT-Linear ops (shared/docs/ttt_linear_spec.md)."""
+"""The required numerical checks for the TTT-Linear ops (docs/ttt_linear.md)."""
 
 from __future__ import annotations
 

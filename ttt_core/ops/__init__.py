@@ -1,4 +1,5 @@
 """TTT-Linear ops: one signature, several implementations, compared pairwise by the tests.
+The semantics they implement, and the test pinning each property: `docs/ttt_linear.md`.
 
 - `ttt_linear_primal_anchored`: the sequential reference (materialises every W_t).
 - `ttt_linear_dual` / `dual_scan`: the chunked dual form used for training and prefill, with a

@@ -1,7 +1,7 @@
 """Pieces shared by every TTT-Linear op: input checks, the inner LayerNorm and its analytic
 backward, and dtype rules.
 
-Conventions (see `shared/docs/ttt_linear_spec.md`): `q, k, v (B, H, T, d)`, `eta (B, H, T)`,
+Conventions (see `docs/ttt_linear.md`): `q, k, v (B, H, T, d)`, `eta (B, H, T)`,
 fast weight `W (B, H, d, d)` acting on row vectors as `z @ W^T`, LN parameters `(H, d)`.
 """
 
