@@ -11,7 +11,6 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from .identity import IdentityConfig
-
 from .ops.backends import OpsBackend
 
 Mixer = Literal["ttt_linear", "attention"]
