@@ -18,6 +18,7 @@ the state dtype.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -70,18 +71,40 @@ def fused_dual_scan(
     )
 
 
+class _InnerGrad(NamedTuple):
+    """A chunk's inner-loss gradient factors at its anchor and the LayerNorm quantities that
+    made them, state dtype: g, e = s (K + LN(U) - V), h = ln_w * e, x_hat (BH, b, d); sigma
+    (BH, b, 1)."""
+
+    g: Tensor
+    e: Tensor
+    h: Tensor
+    x_hat: Tensor
+    sigma: Tensor
+
+
+def _inner_grad_from_u(
+    u: Tensor, k: Tensor, v: Tensor, ln_w: Tensor, ln_b: Tensor, eps: float, scale: float
+) -> tuple[_InnerGrad, Tensor]:
+    """The chunk's `G` from its pre-LN activations `u = K grad_at^T`, and the residual r."""
+    r, x_hat, sigma = residual_from_u(u, k, v, ln_w, ln_b, eps)
+    e = scale * r
+    g = inner_ln_backward(e, x_hat, sigma, ln_w)
+    return _InnerGrad(g, e, ln_w[:, None] * e, x_hat, sigma), r
+
+
 class _Chunk(NamedTuple):
-    """One chunk's forward quantities, state dtype: rows (B, H, b, d), eta (B, H, b), weights
-    (B, H, d, d). `grad_at` is the weight the inner gradients were taken at (the anchor)."""
+    """One chunk's forward quantities, state dtype: rows (BH, b, d), eta (BH, b), weights
+    (BH, d, d). `grad_at` is the weight the inner gradients were taken at (the anchor); `inner`
+    the recomputed inner gradient."""
 
     q: Tensor
     k: Tensor
-    v: Tensor
     eta: Tensor
     W: Tensor
     grad_at: Tensor
-    U: Tensor
     P: Tensor
+    inner: _InnerGrad
 
 
 class _ChunkGrads(NamedTuple):
@@ -97,13 +120,20 @@ class _ChunkGrads(NamedTuple):
     d_grad_at: Tensor | None
 
 
+def stored_weight_stride(n_chunks: int) -> int:
+    """Forward stores the weight of every `stride`-th chunk, backward replays the updates in
+    between: ceil(sqrt(n)) keeps about 2 sqrt(n) (d, d) weights alive instead of n, for one
+    extra (d, b) x (b, d) product per chunk."""
+    return max(1, math.ceil(math.sqrt(n_chunks)))
+
+
 class FusedDualScan(torch.autograd.Function):
     """(q, k, v, eta, W, anchor | None, ln_weight, ln_bias, b, eps, first_pos, with_inner_loss)
     -> (z (B, H, T, d), W_next, the weight the last chunk's gradients were taken at, inner-loss
     stats (3,) or an empty tensor).
 
-    Internally batch and heads are one dimension and chunks lead, so that every per-chunk tensor
-    is contiguous and weight updates are single fused `baddbmm` calls."""
+    Internally batch and heads are one dimension and tokens are (chunk, slot): per-chunk tensors
+    are strided views (BH, b, d), weights (BH, d, d), and weight updates single `baddbmm` calls."""
 
     @staticmethod
     def forward(ctx, q, k, v, eta, W, anchor, ln_weight, ln_bias, b, eps, first_pos, with_loss):
@@ -112,102 +142,133 @@ class FusedDualScan(torch.autograd.Function):
         pad = n * b - first_pos - T
         sd = state_dtype(W)
         keep = any(ctx.needs_input_grad)  # what backward needs; inference keeps no per-chunk W
+        stride = stored_weight_stride(n)
         with no_autocast(q.device):
-            qc, kc, vc = (_chunk_major(x, b, first_pos, n) for x in (q, k, v))
-            eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
+            qc, kc, vc = (_chunked(x, b, first_pos, n) for x in (q, k, v))
+            eta_c = _chunked(eta.to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
             W_c = W.reshape(B * H, d, d).to(sd)
-            # W_seq[c] is the weight chunk c reads; each update is written straight into the next
-            # slot. Without a gradient to compute, one rolling weight is enough.
-            W_seq = W_c.new_empty(n + 1, B * H, d, d) if keep else None
-            if keep:
-                W_seq[0] = W_c
-                W_c = W_seq[0]
-            U, P = (W_c.new_empty(n, B * H, b, d) if keep else [None] * n for _ in range(2))
-            z = W_c.new_empty(n, B * H, b, d)
+            W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
+            U, P = (W_c.new_empty(B * H, n, b, d) if keep else None for _ in range(2))
+            z = W_c.new_empty(B * H, n, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
-                q_c, k_c, v_c, eta_cc = qc[c], kc[c], vc[c], eta_c[c]
-                U[c] = fast_weight_product(k_c, grad_at)
-                r, x_hat, sigma = residual_from_u(U[c], k_c, v_c, ln_w, ln_b, eps)
-                G = inner_ln_backward((2.0 / b) * r, x_hat, sigma, ln_w)
-                P[c] = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ G
-                z[c] = q_c.to(sd) + inner_ln(P[c], ln_w, ln_b, eps)[0]
-                eta_g = (G * eta_cc[..., None]).transpose(1, 2)
-                out = W_seq[c + 1] if keep else None
-                W_next = torch.baddbmm(W_c, eta_g, k_c.to(sd), alpha=-1, out=out)
+                q_c, k_c, v_c, eta_cc = qc[:, c], kc[:, c], vc[:, c], eta_c[:, c]
+                if keep and c % stride == 0:
+                    W_saved[c // stride] = W_c
+                u = fast_weight_product(k_c, grad_at)
+                inner, r = _inner_grad_from_u(u, k_c, v_c, ln_w, ln_b, eps, 2.0 / b)
+                p = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ inner.g
+                z[:, c] = q_c.to(sd) + inner_ln(p, ln_w, ln_b, eps)[0]
+                if keep:
+                    U[:, c], P[:, c] = u, p
+                W_next = _updated(W_c, inner.g, eta_cc, k_c)
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
                     loss += chunk_inner_loss(r, k_c, v_c, W_next, ln_w, ln_b, eps, real)
                 last_grad_at = grad_at
                 W_c = grad_at = W_next
-            z = _from_chunk_major(z, B, first_pos, T).to(q.dtype)
+            z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
-            W_read = W_seq[:n]
-            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P)
-            ctx.config = (b, eps, first_pos, W.dtype)
+            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, U, P)
+            ctx.config = (b, eps, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
-        W_next = W_c.reshape(B, H, d, d).clone() if keep else W_c.reshape(B, H, d, d)
+        W_next = W_c.reshape(B, H, d, d)
         return z, W_next, last_grad_at.reshape(B, H, d, d).clone(), stats
 
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
-        q, k, v, eta, anchor, ln_weight, ln_bias, W_read, U, P = ctx.saved_tensors
-        b, eps, first_pos, W_dtype = ctx.config
+        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, U, P = ctx.saved_tensors
+        b, eps, first_pos, stride, W_dtype = ctx.config
         B, H, T, d = q.shape
-        n, sd = U.shape[0], W_read.dtype
+        n, sd = U.shape[1], W_saved.dtype
         with no_autocast(q.device):
-            qc, kc, vc = (_chunk_major(x.to(sd), b, first_pos, n) for x in (q, k, v))
-            eta_c = _chunk_major(eta.to(sd), b, first_pos, n)
-            dz_c = _chunk_major(_or_zeros(dz, q).to(sd), b, first_pos, n)
+            qc, kc, vc = (_chunked(x.to(sd), b, first_pos, n) for x in (q, k, v))
+            eta_c = _chunked(eta.to(sd), b, first_pos, n)
+            dz_c = _chunked(_or_zeros(dz, q).to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
-            dq, dk, dv = torch.empty_like(qc), torch.empty_like(kc), torch.empty_like(vc)
-            deta = torch.empty_like(eta_c)
+            dq, dk, dv = (U.new_empty(B * H, n, b, d) for _ in range(3))
+            deta = U.new_empty(B * H, n, b)
             d_ln_w, d_ln_b = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
-            dW = _or_zeros(dW_end, W_read[0]).reshape(B * H, d, d).to(sd, copy=True)
+            dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
+            anchor_rows = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             d_anchor = None
-            for c in reversed(range(n)):
-                own_anchor = anchor is not None and c == 0
-                grad_at = anchor.reshape(B * H, d, d).to(sd) if own_anchor else W_read[c]
-                chunk = _Chunk(qc[c], kc[c], vc[c], eta_c[c], W_read[c], grad_at, U[c], P[c])
-                g = _chunk_backward(chunk, dz_c[c], dW, ln_w, ln_b, eps, 2.0 / b, not own_anchor)
-                dq[c], dk[c], dv[c], deta[c] = g.dq, g.dk, g.dv, g.deta
-                d_ln_w += g.d_ln_w
-                d_ln_b += g.d_ln_b
-                if own_anchor:
-                    d_anchor = g.d_grad_at
-                if c == n - 1 and d_last_anchor is not None:  # the returned anchor's gradient
-                    last = d_last_anchor.reshape(B * H, d, d).to(sd)
+            for start in reversed(range(0, n, stride)):
+                chunks = range(start, min(start + stride, n))
+                segment = _replay(
+                    W_saved[start // stride], chunks, U, kc, vc, eta_c, ln_w, ln_b, eps, 2.0 / b
+                )
+                for c in reversed(chunks):
+                    W_c, inner = segment[c - start]
+                    own_anchor = anchor_rows is not None and c == 0
+                    grad_at = anchor_rows if own_anchor else W_c
+                    chunk = _Chunk(qc[:, c], kc[:, c], eta_c[:, c], W_c, grad_at, P[:, c], inner)
+                    g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
+                    dq[:, c], dk[:, c], dv[:, c], deta[:, c] = g.dq, g.dk, g.dv, g.deta
+                    d_ln_w += g.d_ln_w
+                    d_ln_b += g.d_ln_b
                     if own_anchor:
-                        d_anchor = d_anchor + last
-                    else:
-                        dW.add_(last)
-            if d_anchor is not None:
-                d_anchor = d_anchor.reshape(B, H, d, d)
-        dq, dk, dv, deta = (_from_chunk_major(x, B, first_pos, T) for x in (dq, dk, dv, deta))
+                        d_anchor = g.d_grad_at
+                    if c == n - 1 and d_last_anchor is not None:  # the returned anchor's gradient
+                        last = d_last_anchor.reshape(B * H, d, d).to(sd)
+                        if own_anchor:
+                            d_anchor = d_anchor + last
+                        else:
+                            dW.add_(last)
+        dq, dk, dv, deta = (_unchunked(x, B, first_pos, T) for x in (dq, dk, dv, deta))
         return (
             dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), deta.to(eta.dtype),
             dW.reshape(B, H, d, d).to(W_dtype),
-            None if d_anchor is None else d_anchor.to(anchor.dtype),
+            None if d_anchor is None else d_anchor.reshape(B, H, d, d).to(anchor.dtype),
             d_ln_w.view(B, H, d).sum(0).to(ln_weight.dtype),
             d_ln_b.view(B, H, d).sum(0).to(ln_bias.dtype),
             None, None, None, None,
         )  # fmt: skip
 
 
-def _chunk_major(x: Tensor, chunk_size: int, first_pos: int, n_chunks: int) -> Tensor:
-    """(B, H, T[, d]) -> (n_chunks, B * H, chunk_size[, d]), contiguous, padded as `to_chunks`."""
-    x = to_chunks(x, chunk_size, first_pos, n_chunks).movedim(2, 0)
-    return x.reshape(n_chunks, -1, *x.shape[3:])
+def _replay(
+    W_start: Tensor,
+    chunks: range,
+    U: Tensor,
+    kc: Tensor,
+    vc: Tensor,
+    eta_c: Tensor,
+    ln_w: Tensor,
+    ln_b: Tensor,
+    eps: float,
+    scale: float,
+) -> list[tuple[Tensor, _InnerGrad]]:
+    """[(W read by chunk c, its inner gradient) for c in `chunks`], from the stored weight of the
+    first: the inner gradients come from the saved `U` (no product with W), each next weight
+    from one update, exactly as forward made them."""
+    out, W_c = [], W_start
+    for c in chunks:
+        inner = _inner_grad_from_u(U[:, c], kc[:, c], vc[:, c], ln_w, ln_b, eps, scale)[0]
+        out.append((W_c, inner))
+        if c != chunks[-1]:
+            W_c = _updated(W_c, inner.g, eta_c[:, c], kc[:, c])
+    return out
 
 
-def _from_chunk_major(x: Tensor, batch: int, first_pos: int, length: int) -> Tensor:
-    """Inverse of `_chunk_major`: (n, B * H, b[, d]) -> (B, H, length[, d])."""
-    x = x.movedim(0, 1).unflatten(0, (batch, -1))
-    return from_chunks(x, first_pos, length)
+def _updated(W: Tensor, g: Tensor, eta: Tensor, k: Tensor) -> Tensor:
+    """`W - (eta g)^T k` in one fused product: W (BH, d, d), g and k (BH, b, d), eta (BH, b)."""
+    return torch.baddbmm(W, (g * eta[..., None]).transpose(1, 2), k.to(W.dtype), alpha=-1)
+
+
+def _chunked(x: Tensor, chunk_size: int, first_pos: int, n_chunks: int) -> Tensor:
+    """(B, H, T[, d]) -> (B * H, n_chunks, chunk_size[, d]), padded as `to_chunks` (a view of x
+    when no padding is needed)."""
+    if first_pos == 0 and x.shape[2] == n_chunks * chunk_size:
+        return x.reshape(-1, n_chunks, chunk_size, *x.shape[3:])
+    return to_chunks(x, chunk_size, first_pos, n_chunks).flatten(0, 1)
+
+
+def _unchunked(x: Tensor, batch: int, first_pos: int, length: int) -> Tensor:
+    """Inverse of `_chunked`: (B * H, n, b[, d]) -> (B, H, length[, d]), a view."""
+    return from_chunks(x.unflatten(0, (batch, -1)), first_pos, length)
 
 
 def _per_row(param: Tensor, batch: int) -> Tensor:
@@ -225,7 +286,6 @@ def _chunk_backward(
     dz: Tensor,
     dW: Tensor,
     ln_w: Tensor,
-    ln_b: Tensor,
     eps: float,
     scale: float,
     grad_at_is_W: bool,
@@ -233,11 +293,7 @@ def _chunk_backward(
     """Gradients of one chunk given dz (BH, b, d) and dW, the gradient of its end state, which
     becomes in place the gradient of the weight it read (plus of `grad_at` when that is it)."""
     mask = strictly_lower(x.q.shape[-2], x.q.device)
-    # Recompute what forward did not keep.
-    ln_u, x_hat, sigma = inner_ln(x.U, ln_w, ln_b, eps)
-    e = scale * (x.k + ln_u - x.v)
-    h = ln_w[:, None] * e
-    g = inner_ln_backward(e, x_hat, sigma, ln_w)
+    g, e, h, x_hat, sigma = x.inner
     x_hat_p, sigma_p = _ln_stats(x.P, eps)
     scores = torch.bmm(x.q, x.k.transpose(1, 2))
     mask_eta = mask * x.eta[:, None, :]
