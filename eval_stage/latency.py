@@ -64,7 +64,7 @@ def measure_context(
     prefill_s = statistics.median(prefill_times)
     return LatencyRow(
         role=role,
-        mixer=model.config.mixer,
+        mixer=model.config.mixer_name,
         context=context,
         prefill_s=prefill_s,
         prefill_tokens_per_s=context / prefill_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_stage import DataStageError, ShardDataset, read_manifest, verify_shards
+from ttt_core import ModelConfig
 
 from .checkpoint import CHECKPOINTS, latest_checkpoint, read_meta
 from .config import TrainConfig
@@ -85,9 +86,11 @@ def _resume_target(cfg: TrainConfig) -> Path | None:
         return None
     if not (target / ".metadata").exists():
         raise ConfigError(f"--resume {target}: not a complete checkpoint directory")
-    saved = read_meta(target)["config"]["model"]
-    if saved != cfg.model.model_dump(mode="json"):
-        differing = sorted(k for k in saved if saved[k] != cfg.model.model_dump(mode="json").get(k))
+    # Validated again, a checkpoint from before a field was added holds that field's default.
+    saved = ModelConfig.model_validate(read_meta(target)["config"]["model"]).model_dump(mode="json")
+    ours = cfg.model.model_dump(mode="json")
+    if saved != ours:
+        differing = sorted(k for k in saved.keys() | ours.keys() if saved.get(k) != ours.get(k))
         raise ConfigError(
             f"checkpoint {target} was trained with a different model config "
             f"(differs in {', '.join(differing)}); resume with the same model or a new --run-dir"
