@@ -171,13 +171,13 @@ class KVState:
     def query_mask(self, n_new: int) -> Tensor | None:
         """Slots the last `n_new` tokens may attend to (bool, True = attend): (B, 1, T, S) for
         ragged rows, (T, S) for aligned rows, None for one token in aligned rows (every slot)."""
+        if n_new == 1 and not self.ragged:
+            return None
         device = self.lengths.device
         slots = torch.arange(self.extent, device=device)
         if self.ragged:
             query_slots = (self.lengths - n_new)[:, None] + torch.arange(n_new, device=device)
             return slots <= query_slots[:, None, :, None]
-        if n_new == 1:
-            return None
         return slots <= (self.extent - n_new + torch.arange(n_new, device=device))[:, None]
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> KVState:
