@@ -293,8 +293,9 @@ def test_stream_yields_the_same_tokens_as_a_call():
     assert torch.equal(stream.result.tokens, torch.stack(steps, dim=1))
 
 
-def test_rows_stop_at_eos_and_keep_their_state():
-    model = tiny_model()
+@pytest.mark.parametrize("stack", ["ttt_linear", "hybrid"])
+def test_rows_stop_at_eos_and_keep_their_state(stack):
+    model = tiny_model(**STACKS[stack])
     prompt = random_ids(2, 6)
     free = generate(model, prompt, 10)
     eos = int(free.tokens[0, 2])  # row 0 will stop at its third token
@@ -303,10 +304,12 @@ def test_rows_stop_at_eos_and_keep_their_state():
     assert n0 == int((free.tokens[0] == eos).nonzero()[0]) + 1
     assert (stopped.tokens[0, n0:] == eos).all()
     alone = generate(model, prompt[:1], n0)
-    frozen = stopped.cache.select([0]).layers[0].W
-    torch.testing.assert_close(frozen, alone.cache.layers[0].W, rtol=1e-4, atol=1e-5)
-    assert (frozen - free.cache.select([0]).layers[0].W).abs().max() > 1e-4
+    assert_states_close(stopped.cache.select([0]), alone.cache)
+    frozen = stopped.cache.select([0]).layers[-1].W
+    assert (frozen - free.cache.select([0]).layers[-1].W).abs().max() > 1e-4
     assert int(stopped.cache.offsets[0]) == 6 + n0
+    if stack == "hybrid":  # the frozen row's keys stop where it ended; the other row's go on
+        assert stopped.cache.layers[0].lengths.tolist() == [6 + n0, 6 + 10]
 
 
 def test_bad_sampling_arguments_are_refused():
