@@ -93,19 +93,19 @@ def test_multi_turn_equals_one_pass(stack):
 
 
 def assert_states_close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> None:
-    """One row's layer states of two caches; KV slots past the row's length are not compared
-    (a batch of ragged rows holds free slots there)."""
+    """The layer states of two caches; KV slots past a row's length are not compared (a batch
+    of ragged rows holds free slots there)."""
     for mine, theirs in zip(a.layers, b.layers, strict=True):
         if hasattr(mine, "lengths"):
-            n = int(mine.lengths[0])
-            assert int(theirs.lengths[0]) == n
-            for name in ("k", "v"):
-                torch.testing.assert_close(
-                    getattr(mine, name)[:, :, :n],
-                    getattr(theirs, name)[:, :, :n],
-                    rtol=rtol,
-                    atol=atol,
-                )
+            assert torch.equal(mine.lengths, theirs.lengths)
+            for row, n in enumerate(mine.lengths.tolist()):
+                for name in ("k", "v"):
+                    torch.testing.assert_close(
+                        getattr(mine, name)[row, :, :n],
+                        getattr(theirs, name)[row, :, :n],
+                        rtol=rtol,
+                        atol=atol,
+                    )
         else:
             for name, t in mine.tensors().items():
                 torch.testing.assert_close(t, theirs.tensors()[name], rtol=rtol, atol=atol)
