@@ -67,11 +67,12 @@ class ModelConfig(BaseModel):
 
     @property
     def mixer_name(self) -> str:
-        """The mixer, or for a hybrid its runs bottom to top (`attention*2+ttt_linear*2`)."""
+        """The mixer, or for a hybrid its runs bottom to top (`2xattention+2xttt_linear`; the
+        characters are safe in a folder name)."""
         runs = [(m, len(list(group))) for m, group in groupby(self.mixers)]
         if len(runs) == 1:
             return runs[0][0]
-        return "+".join(m if n == 1 else f"{m}*{n}" for m, n in runs)
+        return "+".join(m if n == 1 else f"{n}x{m}" for m, n in runs)
 
     @property
     def head_dim(self) -> int:

@@ -52,7 +52,7 @@ def test_layer_mixers_override_mixer_and_need_one_entry_per_layer():
         "debug_tiny", n_layers=4, layer_mixers=["attention", "attention", "none", "ttt_linear"]
     )
     assert config.mixers == ("attention", "attention", "none", "ttt_linear")
-    assert config.mixer_name == "attention*2+none+ttt_linear"
+    assert config.mixer_name == "2xattention+none+ttt_linear"
     assert ModelConfig.from_preset("debug_tiny", mixer="none").mixers == ("none", "none")
     assert ModelConfig.from_preset("debug_tiny", layer_mixers=["none"] * 2).mixer_name == "none"
     with pytest.raises(pydantic.ValidationError, match="layer_mixers has 3 entries but n_layers"):
