@@ -30,6 +30,8 @@ STATE_NEUTRAL_FIELDS = frozenset({"checkpoint_n_chunks", "decode_mode"})
 
 @dataclass
 class Cache:
+    """Per-layer states, row offsets and decode mode of a batch of sequences (module docstring)."""
+
     layers: list[Any]
     offsets: Tensor
     decode_mode: str
