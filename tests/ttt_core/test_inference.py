@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from ttt_core import TTTLM, Cache, KVCache, ModelConfig, TTTCache, generate
 from ttt_core import mixer as mixer_module
@@ -258,6 +261,10 @@ def test_cache_from_another_config_is_refused(tmp_path):
     hybrid = ModelConfig.from_preset("debug_tiny", **STACKS["hybrid"]).model_dump()
     with pytest.raises(ValueError, match=r"layer_mixers: cache None vs model \['attention'"):
         Cache.load(tmp_path / "c.safetensors", hybrid)
+    header = {"format_version": 1, "kind": "ttt_linear"}  # the format of per-mixer caches
+    save_file({"offsets": torch.zeros(1)}, tmp_path / "v1", metadata={"header": json.dumps(header)})
+    with pytest.raises(ValueError, match=r"v1: cache format 1; this version loads format 2"):
+        Cache.load(tmp_path / "v1", model.config.model_dump())
 
 
 def test_ttt_cache_size_is_constant_while_kv_cache_grows():
