@@ -4,7 +4,7 @@ For each model and context length c: prefill c random ids into a fresh cache (me
 `repeats` wall times; the first context is also run once untimed, as warm-up), then `warmup`
 untimed and `decode_tokens` timed single-token `model.decode` calls from that cache; the decode
 latency is the median per token. A TTT model's decode cost should not grow with c; attention's
-does (its KV cache grows with every token).
+does (attention reads a KV store that holds every token so far).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class LatencyRow(BaseModel):
     prefill_s: float  # median wall seconds to prefill `context` tokens
     prefill_tokens_per_s: float
     decode_ms: float  # median wall milliseconds per decoded token after `context` tokens
-    cache_bytes: int  # cache size after the prefill and the decoded tokens
+    cache_bytes: int  # bytes the cache has allocated after the prefill and the decoded tokens
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def measure_context(
     prefill_s = statistics.median(prefill_times)
     return LatencyRow(
         role=role,
-        mixer=model.config.mixer,
+        mixer=model.config.mixer_name,
         context=context,
         prefill_s=prefill_s,
         prefill_tokens_per_s=context / prefill_s,

@@ -92,7 +92,7 @@ def model_info(loaded: LoadedModel, role: Role) -> ModelInfo:
         mlflow_run_id=info.get("mlflow_run_id"),
         step=info.get("step"),
         tokens_seen=info.get("tokens_seen"),
-        mixer=loaded.config.mixer,
+        mixer=loaded.config.mixer_name,
         num_params=loaded.config.num_params(),
         config=loaded.config.model_dump(mode="json"),
     )

@@ -27,6 +27,7 @@ from eval_stage import (
     PositionLossConfig,
 )
 from train_stage.config import TrainConfig, deep_merge
+from ttt_core.config import Mixer, ModelConfig
 
 EvalName = Literal["perplexity", "position_loss", "niah", "latency"]
 ALL_EVALS: tuple[EvalName, ...] = ("perplexity", "position_loss", "niah", "latency")
@@ -46,8 +47,10 @@ class PipelineConfig(BaseModel):
     preset: str | None = None
     name: str = Field("bringup", min_length=1, description="MLflow experiment")
     run_root: Path = Path("runs")
-    run_name: str | None = Field(None, description="None: '<preset>-<mixer>'")
-    mixer: Literal["ttt_linear", "attention"] = "ttt_linear"
+    run_name: str | None = Field(
+        None, description="None: '<preset>-<mixer>' (a hybrid: its `mixer_name`)"
+    )
+    mixer: Mixer = "ttt_linear"
     baseline: str | None = Field(
         None, description="run_name of a completed attention bring-up under run_root to compare"
     )
@@ -80,7 +83,8 @@ class PipelineConfig(BaseModel):
         root = self.run_root.expanduser().resolve()
         object.__setattr__(self, "run_root", root)
         if self.run_name is None:
-            object.__setattr__(self, "run_name", f"{self.preset or 'custom'}-{self.mixer}")
+            mixer = ModelConfig.model_validate(self._train_dict()["model"]).mixer_name
+            object.__setattr__(self, "run_name", f"{self.preset or 'custom'}-{mixer}")
         if "/" in self.run_name or self.run_name.startswith("."):
             raise ValueError(f"run_name {self.run_name!r} must be a plain folder name")
         if self.mlflow_tracking_uri is None:
@@ -142,16 +146,19 @@ class PipelineConfig(BaseModel):
             val_fraction=self.val_fraction,
         )
 
+    def _train_dict(self) -> dict[str, Any]:
+        """The train preset with `train` and `mixer` merged in, as plain data."""
+        merged = deep_merge(TrainConfig.preset_dict(self.train_preset), self.train)
+        return deep_merge(merged, {"model": {"mixer": self.mixer}})
+
     def train_config(self, data: Path | None = None) -> TrainConfig:
         """The resolved TrainConfig (MLflow settings are passed as flags by the train task)."""
-        base = TrainConfig.preset_dict(self.train_preset)
         fixed = {
             "data": str(data if data is not None else self.stage_dir("shards")),
             "run_dir": str(self.stage_dir("train")),
-            "model": {"mixer": self.mixer},
             "strategy": "fsdp" if self.nproc > 1 else "none",
         }
-        return TrainConfig.model_validate(deep_merge(deep_merge(base, self.train), fixed))
+        return TrainConfig.model_validate(deep_merge(self._train_dict(), fixed))
 
     def eval_config(self, name: EvalName) -> BaseModel:
         if name == "latency":

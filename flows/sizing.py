@@ -44,10 +44,9 @@ def estimate(preset: str, n_gpus: int, batch: int, seq_len: int) -> MemoryEstima
     kept_inputs = cfg.n_layers * tokens * cfg.d_model * 2
     recompute = RECOMPUTE_BYTES_PER_TOKEN_PER_DIM * tokens * cfg.d_model
     segment = cfg.chunk_size * max(cfg.checkpoint_n_chunks, 1)
-    fast_weights = 0
-    if cfg.mixer == "ttt_linear":
-        per_state = batch * cfg.n_heads * cfg.head_dim**2 * 4
-        fast_weights = cfg.n_layers * per_state * math.ceil(seq_len / segment)
+    per_state = batch * cfg.n_heads * cfg.head_dim**2 * 4
+    ttt_layers = cfg.mixers.count("ttt_linear")
+    fast_weights = ttt_layers * per_state * math.ceil(seq_len / segment)
     return MemoryEstimate(
         preset=preset,
         params=params,

@@ -11,14 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .cache import KVCache, TTTCache
+    from .cache import Cache, KVCache, TTTCache
     from .config import PRESETS, ModelConfig
     from .generate import GenerationResult, TokenStream, generate
-    from .mixer import AttentionMixer, TTTLinearMixer
+    from .mixer import AttentionMixer, NoMixer, TTTLinearMixer
     from .model import TTTLM, ModelOutput
     from .pretrained import is_pretrained
 
 _WHERE = {
+    "Cache": "cache",
     "KVCache": "cache",
     "TTTCache": "cache",
     "PRESETS": "config",
@@ -27,6 +28,7 @@ _WHERE = {
     "TokenStream": "generate",
     "generate": "generate",
     "AttentionMixer": "mixer",
+    "NoMixer": "mixer",
     "TTTLinearMixer": "mixer",
     "TTTLM": "model",
     "ModelOutput": "model",
@@ -37,10 +39,12 @@ __all__ = [
     "PRESETS",
     "TTTLM",
     "AttentionMixer",
+    "Cache",
     "GenerationResult",
     "KVCache",
     "ModelConfig",
     "ModelOutput",
+    "NoMixer",
     "TTTCache",
     "TTTLinearMixer",
     "TokenStream",

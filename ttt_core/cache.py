@@ -1,9 +1,10 @@
-"""Inference caches: `TTTCache` (fast weights) and `KVCache` (attention), one interface.
+"""The inference cache: one `Cache` type for every stack, pure or hybrid.
 
-Layout: `layers[i]` is the state of layer i (batch first in every tensor), `offsets` (B,) int64
-is how many tokens each row has consumed (RoPE positions continue from it), `decode_mode` says
-how `model.decode` advances a TTT state. Every row owns its storage; `split`/`stack` move rows
-between caches so many users can be served in one batch.
+Layout: `layers[i]` is the state of layer i, whatever its mixer needs (`FastWeightState` for
+TTT, `KVState` for attention, `EmptyState` for none; batch first in every tensor), `offsets`
+(B,) int64 is how many tokens each row has consumed (RoPE positions continue from it),
+`decode_mode` says how `model.decode` advances a TTT state. Every row owns its storage;
+`split`/`stack` move rows between caches so many users can be served in one batch.
 """
 
 from __future__ import annotations
@@ -11,53 +12,57 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .state import FastWeightState, KVState
+from .state import EmptyState, FastWeightState, KVState
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
+
+# The state class of each mixer's layers.
+STATES: dict[str, Any] = {"ttt_linear": FastWeightState, "attention": KVState, "none": EmptyState}
 
 
 @dataclass
-class _Cache:
+class Cache:
+    """Per-layer states, row offsets and decode mode of a batch of sequences (module docstring)."""
+
     layers: list[Any]
     offsets: Tensor
     decode_mode: str
     config: dict[str, Any]  # the ModelConfig (as a dict) of the model that made the cache
-    kind: ClassVar[str]
 
     @property
     def batch_size(self) -> int:
         return int(self.offsets.shape[0])
 
-    def _map_rows(self, fn) -> _Cache:
+    def _map_rows(self, fn) -> Cache:
         return replace(self, layers=[s.map(fn) for s in self.layers], offsets=fn(self.offsets))
 
-    def select(self, rows: Tensor | list[int]) -> _Cache:
+    def select(self, rows: Tensor | list[int]) -> Cache:
         """A new cache holding `rows` (indices; repeats allowed), each row's state copied."""
         index = torch.as_tensor(rows, dtype=torch.long, device=self.offsets.device)
         return self._map_rows(lambda t: t.index_select(0, index.to(t.device)))
 
-    def reorder(self, index: Tensor | list[int]) -> _Cache:
+    def reorder(self, index: Tensor | list[int]) -> Cache:
         """Beam search: row i of the result is row `index[i]` of this cache."""
         return self.select(index)
 
-    def clone(self) -> _Cache:
+    def clone(self) -> Cache:
         return self._map_rows(torch.clone)
 
-    def to(self, device: torch.device | str) -> _Cache:
+    def to(self, device: torch.device | str) -> Cache:
         return self._map_rows(lambda t: t.to(device))
 
-    def split(self) -> list[_Cache]:
+    def split(self) -> list[Cache]:
         """One cache per row (each with its own storage)."""
         return [self.select([i]) for i in range(self.batch_size)]
 
     @classmethod
-    def stack(cls, caches: list[_Cache]) -> _Cache:
+    def stack(cls, caches: list[Cache]) -> Cache:
         """Concatenate caches along the batch (rows may be at different positions)."""
         if not caches:
             raise ValueError("stack needs at least one cache")
@@ -68,26 +73,29 @@ class _Cache:
             )
             if other.decode_mode != first.decode_mode or not same_model:
                 raise ValueError("stack: caches come from different models or decode modes")
-        layers = [cls._stack_layer([c.layers[i] for c in caches]) for i in range(len(first.layers))]
+        layers = [
+            type(states[0]).stack(states)
+            for states in zip(*(c.layers for c in caches), strict=True)
+        ]
         offsets = torch.cat([c.offsets for c in caches])
         return replace(first, layers=layers, offsets=offsets)
 
-    def where_rows(self, active: Tensor, frozen: _Cache) -> _Cache:
-        """Row i from this cache where `active[i]`, else from `frozen` (rows that stopped
-        generating keep the state they had)."""
+    def where_rows(self, active: Tensor, frozen: Cache) -> Cache:
+        """Row i from this cache where `active[i]`, else from `frozen`, the cache this one was
+        decoded from (rows that stopped generating keep the state they had). Consumes this
+        cache: use the result in its place."""
         layers = [
-            self._where_layer(active, new, old)
-            for new, old in zip(self.layers, frozen.layers, strict=True)
+            new.where_rows(active, old) for new, old in zip(self.layers, frozen.layers, strict=True)
         ]
         offsets = torch.where(active, self.offsets, frozen.offsets)
         return replace(self, layers=layers, offsets=offsets)
 
     def nbytes(self) -> int:
-        """Bytes held by the cache's tensors (the memory generation keeps per batch)."""
-        return sum(t.numel() * t.element_size() for s in self.layers for t in s.tensors().values())
+        """Bytes the cache's tensors hold allocated (a KV store's whole capacity)."""
+        return sum(s.nbytes() for s in self.layers) + self.offsets.numel() * 8
 
     def save(self, path: str | Path) -> None:
-        """One safetensors file: every tensor plus a JSON header (kind, mode, config)."""
+        """One safetensors file: every tensor plus a JSON header (layer mixers, mode, config)."""
         from safetensors.torch import save_file
 
         tensors = {"offsets": self.offsets.contiguous()}
@@ -96,26 +104,25 @@ class _Cache:
                 tensors[f"layers.{i}.{name}"] = t.contiguous()
         header = {
             "format_version": CACHE_FORMAT_VERSION,
-            "kind": self.kind,
+            "layer_mixers": [_mixer_of(s) for s in self.layers],
             "decode_mode": self.decode_mode,
-            "n_layers": len(self.layers),
             "config": self.config,
         }
         save_file(tensors, str(path), metadata={"header": json.dumps(header, sort_keys=True)})
 
     @classmethod
-    def load(cls, path: str | Path, config: dict[str, Any], device: str = "cpu") -> _Cache:
+    def load(cls, path: str | Path, config: dict[str, Any], device: str = "cpu") -> Cache:
         """Load a saved cache for a model whose config (as a dict) is `config`; a cache made by
-        another config, or of the other kind, is refused naming what differs."""
+        another config is refused naming what differs."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device=device) as f:
             header = json.loads(f.metadata()["header"])
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-        if header["format_version"] != CACHE_FORMAT_VERSION or header["kind"] != cls.kind:
+        if header.get("format_version") != CACHE_FORMAT_VERSION:
             raise ValueError(
-                f"{path}: holds a {header['kind']} cache (format {header['format_version']}); "
-                f"{cls.__name__} loads {cls.kind} caches (format {CACHE_FORMAT_VERSION})"
+                f"{path}: cache format {header.get('format_version')}; this version loads format "
+                f"{CACHE_FORMAT_VERSION} (prefill again to rebuild it)"
             )
         differing = _identity_differences(config, header["config"])
         if differing:
@@ -125,10 +132,10 @@ class _Cache:
             )
             raise ValueError(f"{path}: cache was made by a different model config ({diffs})")
         layers = [
-            cls._layer_from(
+            STATES[mixer].from_tensors(
                 {k.split(".", 2)[2]: t for k, t in tensors.items() if k.startswith(f"layers.{i}.")}
             )
-            for i in range(header["n_layers"])
+            for i, mixer in enumerate(header["layer_mixers"])
         ]
         return cls(
             layers=layers,
@@ -145,62 +152,10 @@ def _identity_differences(config: dict[str, Any], other: dict[str, Any]) -> dict
     return ModelConfig.model_validate(config).identity_differences(other)
 
 
-@dataclass
-class TTTCache(_Cache):
-    """Per layer a `FastWeightState` (W, and in chunked decode the chunk anchor)."""
-
-    kind: ClassVar[str] = "ttt_linear"
-
-    @staticmethod
-    def _stack_layer(states: list[FastWeightState]) -> FastWeightState:
-        anchors = [s.anchor for s in states]
-        return FastWeightState(
-            W=torch.cat([s.W for s in states]),
-            anchor=None if anchors[0] is None else torch.cat(anchors),
-        )
-
-    @staticmethod
-    def _where_layer(active: Tensor, new: FastWeightState, old: FastWeightState) -> FastWeightState:
-        rows = active[:, None, None, None]
-        return FastWeightState(
-            W=torch.where(rows, new.W, old.W),
-            anchor=None if new.anchor is None else torch.where(rows, new.anchor, old.anchor),
-        )
-
-    @staticmethod
-    def _layer_from(tensors: dict[str, Tensor]) -> FastWeightState:
-        return FastWeightState(**tensors)
+def _mixer_of(state: Any) -> str:
+    return next(mixer for mixer, state_type in STATES.items() if isinstance(state, state_type))
 
 
-@dataclass
-class KVCache(_Cache):
-    """Per layer a `KVState`; rows of different lengths are right-padded with valid = False."""
-
-    kind: ClassVar[str] = "attention"
-
-    @staticmethod
-    def _stack_layer(states: list[KVState]) -> KVState:
-        length = max(s.length for s in states)
-        padded = [s.padded_to(length) for s in states]
-        return KVState(
-            k=torch.cat([s.k for s in padded]),
-            v=torch.cat([s.v for s in padded]),
-            valid=torch.cat([s.valid for s in padded]),
-        )
-
-    @staticmethod
-    def _where_layer(active: Tensor, new: KVState, old: KVState) -> KVState:
-        old = old.padded_to(new.length)
-        rows = active[:, None, None, None]
-        return KVState(
-            k=torch.where(rows, new.k, old.k),
-            v=torch.where(rows, new.v, old.v),
-            valid=torch.where(active[:, None], new.valid, old.valid),
-        )
-
-    @staticmethod
-    def _layer_from(tensors: dict[str, Tensor]) -> KVState:
-        return KVState(**tensors)
-
-
-CACHES: dict[str, type[_Cache]] = {"ttt_linear": TTTCache, "attention": KVCache}
+# The names of the per-mixer caches this type replaces; callers may keep using them.
+TTTCache = Cache
+KVCache = Cache

@@ -1,11 +1,15 @@
 """`ModelConfig`: the validated description of one TTT-Linear (or attention baseline) LM.
 
+The token mixer of every layer is `mixer`, or per layer `layer_mixers` (hybrid stacks, e.g. TTT
+in the top layers only). `"none"` is the no-context control: a block without token mixing.
+
 Presets are looked up by name (`ModelConfig.from_preset("small_cpu", n_layers=2)`), and the
 parameter count is computed from the config alone, without allocating a single tensor.
 """
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -13,7 +17,7 @@ from pydantic import ConfigDict, Field, model_validator
 from .identity import IdentityConfig
 from .ops.backends import OpsBackend
 
-Mixer = Literal["ttt_linear", "attention"]
+Mixer = Literal["ttt_linear", "attention", "none"]
 DecodeMode = Literal["online", "chunked"]
 
 
@@ -34,6 +38,7 @@ class ModelConfig(IdentityConfig):
             "n_heads",
             "mlp_hidden",
             "mixer",
+            "layer_mixers",
             "tie_embeddings",
             # the function the weights are trained for: chunk b sets the anchored GD and its
             # 2/b scale, eta the inner step, the eps and RoPE base enter every forward
@@ -67,6 +72,9 @@ class ModelConfig(IdentityConfig):
     n_heads: int = Field(ge=1, description="Heads H; head size d = D / H.")
     mlp_hidden: int = Field(ge=1, description="SwiGLU intermediate width.")
     mixer: Mixer = "ttt_linear"
+    layer_mixers: tuple[Mixer, ...] | None = Field(
+        default=None, description="One mixer per layer (a hybrid stack); overrides `mixer`."
+    )
     chunk_size: int = Field(default=16, ge=1, description="TTT mini-batch size b.")
     eta_base: float = Field(default=0.01, gt=0, description="Inner learning-rate scale.")
     eta_per_head: bool = Field(default=True, description="One gated eta per head (else scalar).")
@@ -94,7 +102,26 @@ class ModelConfig(IdentityConfig):
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim = d_model / n_heads = {self.head_dim} must be even (RoPE)")
+        if self.layer_mixers is not None and len(self.layer_mixers) != self.n_layers:
+            raise ValueError(
+                f"layer_mixers has {len(self.layer_mixers)} entries but n_layers is "
+                f"{self.n_layers}: give one mixer per layer"
+            )
         return self
+
+    @property
+    def mixers(self) -> tuple[Mixer, ...]:
+        """The mixer of each layer, bottom to top."""
+        return self.layer_mixers or (self.mixer,) * self.n_layers
+
+    @property
+    def mixer_name(self) -> str:
+        """The mixer, or for a hybrid its runs bottom to top (`2xattention+2xttt_linear`; the
+        characters are safe in a folder name)."""
+        runs = [(m, len(list(group))) for m, group in groupby(self.mixers)]
+        if len(runs) == 1:
+            return runs[0][0]
+        return "+".join(m if n == 1 else f"{n}x{m}" for m, n in runs)
 
     @property
     def head_dim(self) -> int:
@@ -109,16 +136,22 @@ class ModelConfig(IdentityConfig):
 
     def num_params(self) -> int:
         """Exact trainable-parameter count of `TTTLM(self)`, computed from shapes only."""
-        D, H, d = self.d_model, self.n_heads, self.head_dim
-        if self.mixer == "ttt_linear":
-            eta_out = H if self.eta_per_head else 1
-            # Q, K, V, O projections + eta gate + W0 + inner LN weight and bias
-            mixer = 4 * D * D + eta_out * D + H * d * d + 2 * H * d
-        else:
-            mixer = 4 * D * D
-        block = mixer + 3 * D * self.mlp_hidden + 2 * D  # SwiGLU + two RMSNorm weights
+        D = self.d_model
+        blocks = sum(self._mixer_params(m) for m in self.mixers)
+        blocks += self.n_layers * (3 * D * self.mlp_hidden + D)  # SwiGLU + its RMSNorm weight
         embeddings = self.vocab_size * D * (1 if self.tie_embeddings else 2)
-        return self.n_layers * block + embeddings + D  # + final RMSNorm
+        return blocks + embeddings + D  # + final RMSNorm
+
+    def _mixer_params(self, mixer: Mixer) -> int:
+        """Parameters of one layer's mixer sublayer, its RMSNorm included."""
+        D, H, d = self.d_model, self.n_heads, self.head_dim
+        if mixer == "none":
+            return 0  # no mixer and no norm in front of it
+        if mixer == "attention":
+            return 4 * D * D + D  # Q, K, V, O projections + RMSNorm
+        eta_out = H if self.eta_per_head else 1
+        # Q, K, V, O projections + eta gate + W0 + inner LN weight and bias + RMSNorm
+        return 4 * D * D + eta_out * D + H * d * d + 2 * H * d + D
 
 
 # Nominal sizes (in parameters at a 32k vocabulary) that presets are checked against.

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from .cache import Cache
 from .model import TTTLM
 
 
@@ -22,7 +23,7 @@ from .model import TTTLM
 class GenerationResult:
     tokens: Tensor  # (B, n) generated ids; after a row's eos the row is filled with eos_id
     lengths: Tensor  # (B,) generated tokens per row, eos included
-    cache: object  # TTTCache | KVCache after prompt + generated tokens
+    cache: Cache  # after prompt + generated tokens
 
 
 class TokenStream:
@@ -171,10 +172,12 @@ def _decode_loop(
         tokens.append(token)
         yield token
         out = model.decode(token[:, None], cache)
-        # Rows that already ended keep their state: the filler token never reaches it.
-        cache = out.cache.where_rows(active, cache)
         logits = out.logits[:, -1]
-        if eos_id is not None:
+        if eos_id is None:  # no row can have ended
+            cache = out.cache
+        else:
+            # Rows that already ended keep their state: the filler token never reaches it.
+            cache = out.cache.where_rows(active, cache)
             finished |= token == eos_id
             if bool(finished.all()):
                 break

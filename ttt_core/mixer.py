@@ -1,8 +1,10 @@
-"""Sequence mixers with one interface: `TTTLinearMixer` and the `AttentionMixer` baseline.
+"""Sequence mixers with one interface: `TTTLinearMixer`, the `AttentionMixer` baseline and
+`NoMixer`, the no-context control.
 
-Both take the normed block input x (B, T, D) and absolute token positions (B, T), and return a
+All take the normed block input x (B, T, D) and absolute token positions (B, T), and return a
 `MixerOutput`. `forward` is prefill/training (the TTT dual form); `decode` consumes tokens one
-at a time from a state (online or chunked GD for TTT; a KV cache for attention).
+at a time from a state (online or chunked GD for TTT; a KV cache for attention; nothing for
+`NoMixer`).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from .config import ModelConfig
 from .ops import DualResult, dual_scan, ttt_linear_chunked_step, ttt_linear_online
 from .ops.common import state_dtype
 from .rope import apply_rope
-from .state import FastWeightState, KVState
+from .state import EmptyState, FastWeightState, KVState
 
 
 class MixerOutput(NamedTuple):
     y: Tensor  # (B, T, D)
-    state: FastWeightState | KVState
+    state: FastWeightState | KVState | EmptyState | None  # None: attention without a state
     stats: dict[str, Tensor] | None  # TTT only, when asked for
 
 
@@ -199,10 +201,8 @@ class AttentionMixer(nn.Module):
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False) for _ in range(4))
 
     def init_state(self, batch: int, *, cold: bool = False, chunked: bool = False) -> KVState:
-        """An empty KV cache; it grows by one (k, v) per token. Attention decoding is exact in
-        either decode mode (`chunked` changes nothing); there is no learned state to zero."""
-        if cold:
-            raise ValueError("a cold (zero) initial state is a TTT ablation; attention has none")
+        """An empty KV cache. Decoding is exact in either decode mode and there is no learned
+        state, so `chunked` and `cold` change nothing (a model without TTT layers refuses cold)."""
         return KVState.empty(batch, self.config.n_heads, self.config.head_dim, self.wq.weight)
 
     def forward(
@@ -213,32 +213,50 @@ class AttentionMixer(nn.Module):
         *,
         return_stats: bool = False,
     ) -> MixerOutput:
-        """Attend over the cached keys (where valid) and causally over the new tokens."""
+        """Attend causally over the state's tokens and the new ones; the new keys/values are
+        written into the state's store (returned state; None without a state)."""
         H, theta = self.config.n_heads, self.config.rope_theta
         q, k, v = (_split_heads(proj(x), H) for proj in (self.wq, self.wk, self.wv))
         q, k = apply_rope(q, positions, theta), apply_rope(k, positions, theta)
-        B, T = positions.shape
-        new_valid = torch.ones(B, T, dtype=torch.bool, device=x.device)
-        if state is None or state.k.shape[2] == 0:
+        T = x.shape[1]
+        if state is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            new_state = KVState(k=k, v=v, valid=new_valid)
+            return MixerOutput(self.wo(_merge_heads(out)), None, None)
+        state = state.append(k, v)
+        keys, values = state.k.to(q.dtype), state.v.to(q.dtype)  # (B, H, S, d)
+        if state.extent == T and not state.ragged:  # nothing before: plain causal attention
+            out = F.scaled_dot_product_attention(q, keys, values, is_causal=True)
         else:
-            new_state = KVState(
-                k=torch.cat([state.k, k.to(state.k.dtype)], dim=2),
-                v=torch.cat([state.v, v.to(state.v.dtype)], dim=2),
-                valid=torch.cat([state.valid, new_valid], dim=1),
-            )
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = torch.cat(
-                [state.valid[:, None, :].expand(B, T, -1), causal.expand(B, T, T)], dim=2
-            )  # (B, T, L + T)
-            out = F.scaled_dot_product_attention(
-                q, new_state.k.to(q.dtype), new_state.v.to(q.dtype), attn_mask=mask[:, None]
-            )
-        return MixerOutput(self.wo(_merge_heads(out)), new_state, None)
+            mask = state.query_mask(T)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return MixerOutput(self.wo(_merge_heads(out)), state, None)
 
     def decode(self, x: Tensor, positions: Tensor, state: KVState) -> MixerOutput:
         """Decoding with a KV cache is prefill with a cache; the same code path."""
+        return self.forward(x, positions, state)
+
+
+class NoMixer(nn.Module):
+    """The no-context control: the mixer sublayer adds nothing, so each position's output
+    depends on its own token only. No parameters (the block drops the norm in front too)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+
+    def init_state(self, batch: int, *, cold: bool = False, chunked: bool = False) -> EmptyState:
+        return EmptyState()
+
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        state: EmptyState | None = None,
+        *,
+        return_stats: bool = False,
+    ) -> MixerOutput:
+        return MixerOutput(torch.zeros_like(x), EmptyState(), None)
+
+    def decode(self, x: Tensor, positions: Tensor, state: EmptyState) -> MixerOutput:
         return self.forward(x, positions, state)
 
 
@@ -253,4 +271,8 @@ def _common_start(positions: Tensor) -> int:
     return int(start[0])
 
 
-MIXERS: dict[str, type[nn.Module]] = {"ttt_linear": TTTLinearMixer, "attention": AttentionMixer}
+MIXERS: dict[str, type[nn.Module]] = {
+    "ttt_linear": TTTLinearMixer,
+    "attention": AttentionMixer,
+    "none": NoMixer,
+}

@@ -1,6 +1,7 @@
 """`TTTLM`: a Llama-style language model whose attention is a TTT-Linear mixer (or, for the
-baseline, causal attention): embeddings -> n_layers x [RMSNorm -> mixer, RMSNorm -> SwiGLU]
-with residuals -> RMSNorm -> LM head."""
+baselines, causal attention or no mixer at all; or a per-layer mix of them):
+embeddings -> n_layers x [RMSNorm -> mixer, RMSNorm -> SwiGLU] with residuals -> RMSNorm ->
+LM head."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import CACHES, KVCache, TTTCache
-from .config import ModelConfig
+from .cache import Cache
+from .config import Mixer, ModelConfig
 from .files import atomic_directory, verify_checksums
 from .mixer import MIXERS, TTTLinearMixer
 from .pretrained import (
@@ -54,10 +55,12 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, mixer: Mixer):
         super().__init__()
-        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = MIXERS[config.mixer](config)
+        # Without a mixer a norm in front of it would be a parameter that never gets a gradient.
+        no_mixer = mixer == "none"
+        self.mixer_norm = nn.Identity() if no_mixer else RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXERS[mixer](config)
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
@@ -75,8 +78,9 @@ class Block(nn.Module):
 class ModelOutput:
     logits: Tensor  # (B, T, V)
     loss: Tensor | None = None  # mean next-token cross entropy over labelled positions
-    cache: TTTCache | KVCache | None = None
-    stats: list[dict[str, Tensor]] | None = None  # per layer, TTT only, on request
+    cache: Cache | None = None
+    # On request, per layer: TTT fast-weight stats ({} for other layers); None without TTT layers.
+    stats: list[dict[str, Tensor]] | None = None
 
 
 class TTTLM(nn.Module):
@@ -84,7 +88,7 @@ class TTTLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.blocks = nn.ModuleList(Block(config, mixer) for mixer in config.mixers)
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -149,17 +153,20 @@ class TTTLM(nn.Module):
         *,
         decode_mode: Literal["online", "chunked"] | None = None,
         init: Literal["learned", "zeros"] = "learned",
-    ) -> TTTCache | KVCache:
+    ) -> Cache:
         """An empty cache for `batch` rows. TTT state starts from the learned W0 (cloned per row)
         or, as an ablation, from zeros; `decode_mode` defaults to the config's."""
+        if init == "zeros" and "ttt_linear" not in self.config.mixers:
+            raise ValueError(
+                "init='zeros' is a TTT ablation (W0 = 0); this model has no ttt_linear layer"
+            )
         mode = decode_mode or self.config.decode_mode
         layers = [
             block.mixer.init_state(batch, cold=init == "zeros", chunked=mode == "chunked")
             for block in self.blocks
         ]
         offsets = torch.zeros(batch, dtype=torch.long, device=self.embed.weight.device)
-        cache_cls = CACHES[self.config.mixer]
-        return cache_cls(
+        return Cache(
             layers=layers, offsets=offsets, decode_mode=mode, config=self.config.model_dump()
         )
 
@@ -205,7 +212,7 @@ class TTTLM(nn.Module):
         logits = self.lm_head(self.norm(x))
         new_cache = None
         if cache is not None:
-            new_cache = type(cache)(
+            new_cache = Cache(
                 layers=states, offsets=start + T, decode_mode=cache.decode_mode, config=cache.config
             )
         loss = None
@@ -213,9 +220,8 @@ class TTTLM(nn.Module):
             loss = F.cross_entropy(
                 logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
             )
-        return ModelOutput(
-            logits=logits,
-            loss=loss,
-            cache=new_cache,
-            stats=stats if return_stats and self.config.mixer == "ttt_linear" else None,
-        )
+        if not return_stats or "ttt_linear" not in self.config.mixers:
+            stats = None
+        else:
+            stats = [layer or {} for layer in stats]
+        return ModelOutput(logits=logits, loss=loss, cache=new_cache, stats=stats)

@@ -1,33 +1,39 @@
-"""Per-layer recurrent state of the two mixers. Batch is the first dim of every tensor."""
+"""Per-layer inference state of each mixer, and the per-layer half of cache surgery.
+
+Batch is the first dim of every tensor. Every state offers what the cache builds on: `map` (a
+row-wise function applied to every tensor: select, clone, to), `stack` (concatenate rows),
+`where_rows` (keep some rows of an earlier state), `tensors`/`from_tensors` (save, load) and
+`nbytes`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from itertools import count
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 
 @dataclass
 class _TensorFields:
-    """Apply one function to every tensor field (skipping None); the basis of cache surgery."""
+    """A state that is nothing but its tensor fields (None skipped): surgery maps over them."""
 
     def map(self, fn: Callable[[Tensor], Tensor]):
-        return replace(
-            self,
-            **{
-                f.name: fn(getattr(self, f.name))
-                for f in fields(self)
-                if getattr(self, f.name) is not None
-            },
-        )
+        return replace(self, **{name: fn(t) for name, t in self.tensors().items()})
 
     def tensors(self) -> dict[str, Tensor]:
         return {
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
         }
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]):
+        return cls(**tensors)
 
 
 @dataclass
@@ -47,32 +53,196 @@ class FastWeightState(_TensorFields):
         """Sum of `eta_s g_s k_s^T` over the current chunk's tokens so far (chunked decode)."""
         return None if self.anchor is None else self.anchor - self.W
 
+    @staticmethod
+    def stack(states: list[FastWeightState]) -> FastWeightState:
+        anchors = [s.anchor for s in states]
+        return FastWeightState(
+            W=torch.cat([s.W for s in states]),
+            anchor=None if anchors[0] is None else torch.cat(anchors),
+        )
+
+    def where_rows(self, active: Tensor, old: FastWeightState) -> FastWeightState:
+        rows = active[:, None, None, None]
+        return FastWeightState(
+            W=torch.where(rows, self.W, old.W),
+            anchor=None if self.anchor is None else torch.where(rows, self.anchor, old.anchor),
+        )
+
 
 @dataclass
-class KVState(_TensorFields):
-    """Attention state of one layer: keys/values (B, H, L, d) and valid (B, L) (False = padding)."""
+class EmptyState(_TensorFields):
+    """State of a layer without token mixing (the no-context control): nothing."""
 
-    k: Tensor
-    v: Tensor
-    valid: Tensor
+    @staticmethod
+    def stack(states: list[EmptyState]) -> EmptyState:
+        return EmptyState()
+
+    def where_rows(self, active: Tensor, old: EmptyState) -> EmptyState:
+        return self
+
+
+class _KVStore:
+    """Keys and values (B, H, capacity, d) shared by the `KVState`s that view them.
+
+    `version` names the one state that may write into free slots in place (the latest made from
+    this store); `lineage` is shared by every store that continues the same sequences (copies
+    made to grow or to branch), so `where_rows` can check its argument.
+    """
+
+    _lineages = count()
+
+    def __init__(self, k: Tensor, v: Tensor, lineage: int | None = None):
+        self.k, self.v = k, v
+        self.version = 0
+        self.lineage = next(self._lineages) if lineage is None else lineage
 
     @property
-    def length(self) -> int:
+    def capacity(self) -> int:
         return self.k.shape[2]
 
-    def padded_to(self, length: int) -> KVState:
-        """Right-pad the time axis to `length` with invalid (masked) slots."""
-        extra = length - self.length
-        return KVState(
-            k=F.pad(self.k, (0, 0, 0, extra)),
-            v=F.pad(self.v, (0, 0, 0, extra)),
-            valid=F.pad(self.valid, (0, extra), value=False),
-        )
+    def copy(self, capacity: int, used: int) -> _KVStore:
+        """A store of `capacity` slots holding this one's first `used` (the rest zeros: masked
+        slots must be finite, since softmax weight 0 times NaN is NaN)."""
+        B, H, _, d = self.k.shape
+        k, v = (t.new_zeros(B, H, capacity, d) for t in (self.k, self.v))
+        k[:, :, :used] = self.k[:, :, :used]
+        v[:, :, :used] = self.v[:, :, :used]
+        return _KVStore(k, v, self.lineage)
+
+
+class KVState:
+    """Attention state of one layer, gpt-fast style: keys and values live in a preallocated
+    store, new ones are written into free slots in place, and the store doubles when full.
+
+    Row b's tokens are slots [0, lengths[b]) (lengths: (B,) int64). `extent` (a Python int,
+    >= every length) is how many slots attention reads; rows are `ragged` when their lengths
+    may differ, and only then does attention need a per-row mask.
+    Copy-on-write keeps every state valid: only the latest state made from a store writes into
+    it; an older one (a cache decoded from twice, a branch) first copies its slots.
+    """
+
+    def __init__(self, store: _KVStore, lengths: Tensor, extent: int, ragged: bool):
+        self._store, self.lengths, self.extent, self.ragged = store, lengths, extent, ragged
+        self._version = store.version
+        self._consumed = False
 
     @staticmethod
     def empty(batch: int, heads: int, head_dim: int, like: Tensor) -> KVState:
-        return KVState(
-            k=like.new_zeros(batch, heads, 0, head_dim),
-            v=like.new_zeros(batch, heads, 0, head_dim),
-            valid=torch.zeros(batch, 0, dtype=torch.bool, device=like.device),
-        )
+        """No tokens and no slots yet; the first write allocates what it needs."""
+        k, v = (like.new_zeros(batch, heads, 0, head_dim) for _ in range(2))
+        lengths = torch.zeros(batch, dtype=torch.long, device=like.device)
+        return KVState(_KVStore(k, v), lengths, extent=0, ragged=False)
+
+    @property
+    def k(self) -> Tensor:
+        """(B, H, extent, d): a view of the slots attention reads."""
+        return self._store.k[:, :, : self.extent]
+
+    @property
+    def v(self) -> Tensor:
+        return self._store.v[:, :, : self.extent]
+
+    @property
+    def capacity(self) -> int:
+        return self._store.capacity
+
+    def append(self, k: Tensor, v: Tensor) -> KVState:
+        """This state with T more tokens per row (k, v: (B, H, T, d)) in the slots after each
+        row's length; in place when this is the store's latest state and it has room."""
+        self._check_live()
+        T = k.shape[2]
+        extent = self.extent + T
+        store = self._store
+        if extent > store.capacity:
+            store = store.copy(max(extent, 2 * store.capacity), self.extent)
+        elif store.version != self._version:  # a later state writes here: branch off
+            store = store.copy(store.capacity, self.extent)
+        if self.ragged:
+            slots = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T)
+            rows = torch.arange(k.shape[0], device=k.device)[:, None]
+            store.k[rows, :, slots] = k.transpose(1, 2).to(store.k.dtype)  # (B, T, H, d)
+            store.v[rows, :, slots] = v.transpose(1, 2).to(store.v.dtype)
+        else:
+            store.k[:, :, self.extent : extent] = k
+            store.v[:, :, self.extent : extent] = v
+        store.version += 1
+        return KVState(store, self.lengths + T, extent, self.ragged)
+
+    def query_mask(self, n_new: int) -> Tensor | None:
+        """Slots the last `n_new` tokens may attend to (bool, True = attend): (B, 1, T, S) for
+        ragged rows, (T, S) for aligned rows, None for one token in aligned rows (every slot)."""
+        if n_new == 1 and not self.ragged:
+            return None
+        device = self.lengths.device
+        slots = torch.arange(self.extent, device=device)
+        if self.ragged:
+            query_slots = (self.lengths - n_new)[:, None] + torch.arange(n_new, device=device)
+            return slots <= query_slots[:, None, :, None]
+        return slots <= (self.extent - n_new + torch.arange(n_new, device=device))[:, None]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> KVState:
+        """`fn` applied to every row-first tensor (the whole capacity): a new store."""
+        self._check_live()
+        store = _KVStore(fn(self._store.k), fn(self._store.v))
+        return KVState(store, fn(self.lengths), self.extent, self.ragged)
+
+    @staticmethod
+    def stack(states: list[KVState]) -> KVState:
+        """Rows of every state, in a store as large as the largest."""
+        for s in states:
+            s._check_live()
+        extent = max(s.extent for s in states)
+        first = states[0]._store
+        B = sum(s.lengths.shape[0] for s in states)
+        H, _, d = first.k.shape[1:]
+        capacity = max(s.capacity for s in states)
+        k, v = (t.new_zeros(B, H, capacity, d) for t in (first.k, first.v))
+        row = 0
+        for s in states:
+            n = s.lengths.shape[0]
+            k[row : row + n, :, : s.extent] = s.k
+            v[row : row + n, :, : s.extent] = s.v
+            row += n
+        lengths = torch.cat([s.lengths for s in states])
+        return KVState(_KVStore(k, v), lengths, extent, _is_ragged(lengths, extent))
+
+    def where_rows(self, active: Tensor, old: KVState) -> KVState:
+        """Row i of this state where `active[i]`, else of `old`, the state this one was decoded
+        from: every row's slots stay where they are, only the lengths of rows not active go
+        back. Consumes this state (the result may overwrite what its frozen rows added)."""
+        self._check_live()
+        if old._store.lineage != self._store.lineage:
+            raise ValueError("where_rows: the frozen cache must be the one this was decoded from")
+        lengths = torch.where(active, self.lengths, old.lengths)
+        ragged = self.ragged or not bool(active.all())
+        result = KVState(self._store, lengths, self.extent, ragged)
+        result._version = self._version
+        self._consumed = True
+        return result
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The used slots and the lengths (what a saved cache holds)."""
+        self._check_live()
+        return {"k": self.k, "v": self.v, "lengths": self.lengths}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, Tensor]) -> KVState:
+        k, v, lengths = tensors["k"], tensors["v"], tensors["lengths"]
+        extent = k.shape[2]
+        return KVState(_KVStore(k, v), lengths, extent, _is_ragged(lengths, extent))
+
+    def nbytes(self) -> int:
+        """Bytes allocated: the whole capacity, used or not, and the lengths."""
+        held = (self._store.k, self._store.v, self.lengths)
+        return sum(t.numel() * t.element_size() for t in held)
+
+    def _check_live(self) -> None:
+        if self._consumed:
+            raise RuntimeError(
+                "this KV state was consumed by where_rows; use the cache where_rows returned"
+            )
+
+
+def _is_ragged(lengths: Tensor, extent: int) -> bool:
+    """Whether some row's length is not `extent` (then attention needs a per-row mask)."""
+    return bool((lengths != extent).any())

@@ -31,6 +31,16 @@ def test_overrides_deep_merge_into_the_train_preset(tmp_path):
     assert cfg.run_name == "debug_tiny-attention"
 
 
+def test_a_hybrid_stack_is_named_by_its_layers(tmp_path):
+    layers = ["attention", "ttt_linear"]
+    cfg = PipelineConfig.from_preset(
+        "debug_tiny", run_root=tmp_path, train={"model": {"layer_mixers": layers}}
+    )
+    assert cfg.train_config().model.mixers == tuple(layers)
+    assert cfg.run_name == "debug_tiny-attention+ttt_linear"
+    assert PipelineConfig.from_preset("debug_tiny", mixer="none").run_name == "debug_tiny-none"
+
+
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [

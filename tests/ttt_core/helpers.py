@@ -31,3 +31,12 @@ def random_op_inputs(
     ln_weight = (1 + 0.1 * randn(H, d)).to(dtype)
     ln_bias = (0.1 * randn(H, d)).to(dtype)
     return q, k, v, eta, W, ln_weight, ln_bias
+
+
+# Model overrides for every kind of stack the model builds: the pure mixers and a hybrid.
+STACKS: dict[str, dict] = {
+    "ttt_linear": dict(mixer="ttt_linear"),
+    "attention": dict(mixer="attention"),
+    "none": dict(mixer="none"),
+    "hybrid": dict(layer_mixers=("attention", "ttt_linear")),
+}

@@ -35,12 +35,30 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "none", "hybrid"])
 def test_num_params_matches_the_module_on_meta(name, mixer):
-    config = ModelConfig.from_preset(name, mixer=mixer)
+    config = ModelConfig.from_preset(name, mixer=mixer if mixer != "hybrid" else "ttt_linear")
+    if mixer == "hybrid":  # attention at the bottom, TTT on top, one layer without a mixer
+        n = config.n_layers
+        layers = ("attention",) * (n // 2) + ("none",) + ("ttt_linear",) * (n - n // 2 - 1)
+        config = config.model_copy(update={"layer_mixers": layers})
     with torch.device("meta"):
         model = TTTLM(config)
     assert sum(p.numel() for p in model.parameters()) == config.num_params()
+
+
+def test_layer_mixers_override_mixer_and_need_one_entry_per_layer():
+    config = ModelConfig.from_preset(
+        "debug_tiny", n_layers=4, layer_mixers=["attention", "attention", "none", "ttt_linear"]
+    )
+    assert config.mixers == ("attention", "attention", "none", "ttt_linear")
+    assert config.mixer_name == "2xattention+none+ttt_linear"
+    assert ModelConfig.from_preset("debug_tiny", mixer="none").mixers == ("none", "none")
+    assert ModelConfig.from_preset("debug_tiny", layer_mixers=["none"] * 2).mixer_name == "none"
+    with pytest.raises(pydantic.ValidationError, match="layer_mixers has 3 entries but n_layers"):
+        ModelConfig.from_preset("debug_tiny", layer_mixers=["attention"] * 3)
+    with pytest.raises(pydantic.ValidationError, match="layer_mixers"):
+        ModelConfig.from_preset("debug_tiny", layer_mixers=["attention", "mamba"])
 
 
 @pytest.mark.parametrize(("name", "nominal"), sorted(NOMINAL_PARAMS.items()))

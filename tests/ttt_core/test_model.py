@@ -7,7 +7,7 @@ import torch
 
 from ttt_core import TTTLM, ModelConfig
 
-MIXERS = ["ttt_linear", "attention"]
+from .helpers import STACKS
 
 
 def tiny_model(seed: int = 0, **overrides) -> TTTLM:
@@ -47,9 +47,9 @@ def test_loss_is_mean_cross_entropy_over_labelled_positions():
     torch.testing.assert_close(out.loss, -picked.mean())
 
 
-@pytest.mark.parametrize("mixer", MIXERS)
-def test_prefill_with_cache_continues_the_sequence(mixer):
-    model = tiny_model(mixer=mixer).eval()
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_prefill_with_cache_continues_the_sequence(stack):
+    model = tiny_model(**STACKS[stack]).eval()
     ids = random_ids(2, 40)
     with torch.no_grad():
         whole = model(ids, use_cache=True)
@@ -62,6 +62,32 @@ def test_prefill_with_cache_continues_the_sequence(mixer):
         for name, t in a.tensors().items():
             torch.testing.assert_close(t, b.tensors()[name], rtol=1e-5, atol=1e-6)
     assert second.cache.offsets.tolist() == [40, 40]
+
+
+def test_the_no_context_control_sees_only_the_token_at_each_position():
+    model = tiny_model(mixer="none").double().eval()
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        logits = model(ids).logits
+        for t in range(ids.shape[1]):  # each position alone, at position 0, gives the same
+            alone = model(ids[:, t : t + 1]).logits[:, 0]
+            torch.testing.assert_close(alone, logits[:, t], rtol=0, atol=1e-12)
+        for s in (0, 5, 11):  # changing token s changes the logits at s and nowhere else
+            changed = ids.clone()
+            changed[:, s] = (changed[:, s] + 1) % 512
+            other = model(changed).logits
+            others = [t for t in range(ids.shape[1]) if t != s]
+            torch.testing.assert_close(other[:, others], logits[:, others], rtol=0, atol=1e-12)
+            assert (other[:, s] - logits[:, s]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("stack", ["none", "hybrid"])
+def test_every_parameter_learns(stack):
+    model = tiny_model(**STACKS[stack])
+    ids = random_ids(2, 20)
+    model(ids[:, :-1], labels=ids[:, 1:]).loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
 
 
 def test_init_state_rows_do_not_share_storage():
@@ -133,6 +159,13 @@ def test_stats_report_fast_weights_and_inner_loss():
     assert model(random_ids(2, 32)).stats is None
 
 
+def test_stats_of_a_hybrid_come_from_its_ttt_layers_only():
+    model = tiny_model(**STACKS["hybrid"])
+    out = model(random_ids(2, 32), return_stats=True)
+    assert out.stats[0] == {} and "inner_loss_updated" in out.stats[1]
+    assert tiny_model(mixer="attention")(random_ids(2, 8), return_stats=True).stats is None
+
+
 def test_fast_weights_stay_fp32_under_bf16_autocast():
     model = tiny_model().eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -145,3 +178,7 @@ def test_cold_zero_init_differs_from_learned_w0():
     model = tiny_model()
     assert torch.count_nonzero(model.new_cache(1, init="zeros").layers[0].W) == 0
     assert torch.count_nonzero(model.new_cache(1).layers[0].W) > 0
+    hybrid = tiny_model(**STACKS["hybrid"])
+    assert torch.count_nonzero(hybrid.new_cache(1, init="zeros").layers[1].W) == 0
+    with pytest.raises(ValueError, match="no ttt_linear layer"):
+        tiny_model(mixer="attention").new_cache(1, init="zeros")
