@@ -104,6 +104,7 @@ class _Chunk(NamedTuple):
     W: Tensor
     grad_at: Tensor
     P: Tensor
+    scores: Tensor  # Q K^T (BH, b, b)
     inner: _InnerGrad
 
 
@@ -153,13 +154,14 @@ class FusedDualScan(torch.autograd.Function):
             z = W_c.new_empty(B * H, n, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            A = masked_scores(qc, kc, eta_c)  # (BH, n, b, b): needs no W, one batched product
             for c in range(n):
                 q_c, k_c, v_c, eta_cc = qc[:, c], kc[:, c], vc[:, c], eta_c[:, c]
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
                 u = fast_weight_product(k_c, grad_at)
                 inner, r = _inner_grad_from_u(u, k_c, v_c, ln_w, ln_b, eps, 2.0 / b)
-                p = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ inner.g
+                p = fast_weight_product(q_c, W_c) - A[:, c] @ inner.g
                 z[:, c] = q_c.to(sd) + inner_ln(p, ln_w, ln_b, eps)[0]
                 if keep:
                     U[:, c], P[:, c] = u, p
@@ -195,6 +197,7 @@ class FusedDualScan(torch.autograd.Function):
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
             dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
             anchor_rows = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
+            scores = qc @ kc.transpose(-1, -2)  # (BH, n, b, b) Q K^T of every chunk
             d_anchor = None
             for start in reversed(range(0, n, stride)):
                 chunks = range(start, min(start + stride, n))
@@ -205,7 +208,9 @@ class FusedDualScan(torch.autograd.Function):
                     W_c, inner = segment[c - start]
                     own_anchor = anchor_rows is not None and c == 0
                     grad_at = anchor_rows if own_anchor else W_c
-                    chunk = _Chunk(qc[:, c], kc[:, c], eta_c[:, c], W_c, grad_at, P[:, c], inner)
+                    chunk = _Chunk(
+                        qc[:, c], kc[:, c], eta_c[:, c], W_c, grad_at, P[:, c], scores[:, c], inner
+                    )
                     g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
                     dq[:, c], dk[:, c], dv[:, c], deta[:, c] = g.dq, g.dk, g.dv, g.deta
                     d_ln_w += g.d_ln_w
@@ -295,7 +300,7 @@ def _chunk_backward(
     mask = strictly_lower(x.q.shape[-2], x.q.device)
     g, e, h, x_hat, sigma = x.inner
     x_hat_p, sigma_p = _ln_stats(x.P, eps)
-    scores = torch.bmm(x.q, x.k.transpose(1, 2))
+    scores = x.scores
     mask_eta = mask * x.eta[:, None, :]
     # Z = Q + LN(P)
     d_ln_w = (dz * x_hat_p).sum(1)
