@@ -9,13 +9,11 @@ at a time from a state (online or chunked GD for TTT; a KV cache for attention; 
 
 from __future__ import annotations
 
-from functools import partial
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
 from .ops import DualResult, dual_scan, ttt_linear_chunked_step, ttt_linear_online
@@ -134,47 +132,15 @@ class TTTLinearMixer(nn.Module):
         first_pos: int,
         with_inner_loss: bool,
     ) -> DualResult:
-        """The dual form over the sequence, in checkpointed segments of `checkpoint_n_chunks`
-        chunks when training, so only segment-boundary W are kept for backward."""
+        """The dual form over the sequence; when training, backward keeps the state of every
+        `checkpoint_n_chunks`-th chunk only (checkpointing through time, see `dual_scan`)."""
         cfg = self.config
-        scan = partial(
-            dual_scan,
-            ln_weight=self.ln_weight,
-            ln_bias=self.ln_bias,
-            chunk_size=cfg.chunk_size,
-            eps=cfg.ln_eps,
-            with_inner_loss=with_inner_loss,
-            backend=cfg.ops_backend,
-        )
-        segment = cfg.checkpoint_n_chunks * cfg.chunk_size
-        if segment == 0 or not (self.training and torch.is_grad_enabled()):
-            return scan(q, k, v, eta, state.W, first_pos=first_pos, anchor=state.anchor)
-        T = q.shape[2]
-        W, anchor, pos, start = state.W, state.anchor, first_pos, 0
-        parts: list[DualResult] = []
-        while start < T:
-            n = min(T - start, segment - pos)
-            window = slice(start, start + n)
-            part = checkpoint(
-                scan,
-                q[:, :, window],
-                k[:, :, window],
-                v[:, :, window],
-                eta[:, :, window],
-                W,
-                first_pos=pos,
-                anchor=anchor,
-                use_reentrant=False,
-            )
-            parts.append(part)
-            W, anchor, pos, start = part.W, None, 0, start + n
-        inner = [p.inner_loss for p in parts] if with_inner_loss else None
-        return DualResult(
-            z=torch.cat([p.z for p in parts], dim=2),
-            W=parts[-1].W,
-            anchor=parts[-1].anchor,
-            inner_loss=torch.stack(inner).sum(0) if inner else None,
-        )
+        return dual_scan(
+            q, k, v, eta, state.W, self.ln_weight, self.ln_bias,
+            chunk_size=cfg.chunk_size, eps=cfg.ln_eps, first_pos=first_pos, anchor=state.anchor,
+            with_inner_loss=with_inner_loss, backend=cfg.ops_backend,
+            checkpoint_chunks=cfg.checkpoint_n_chunks if self.training else 0,
+        )  # fmt: skip
 
     @staticmethod
     @torch.no_grad()

@@ -112,11 +112,13 @@ def test_rows_of_a_batch_match_rows_alone():
             torch.testing.assert_close(alone, batch[row : row + 1], rtol=1e-5, atol=1e-5)
 
 
-def test_checkpoint_through_time_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("backend", ["autograd", "fused"])
+def test_checkpoint_through_time_gives_the_same_loss_and_gradients(backend):
+    """autograd recomputes segments under torch.utils.checkpoint; fused replays its updates."""
     ids = random_ids(2, 45)
     results = []
     for n_chunks in (0, 2):
-        model = tiny_model(checkpoint_n_chunks=n_chunks)
+        model = tiny_model(checkpoint_n_chunks=n_chunks, ops_backend=backend)
         loss = model(ids[:, :-1], labels=ids[:, 1:]).loss
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -16,10 +16,12 @@ on the fused backend instead.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal, get_args
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .dual import DualResult, autograd_dual_scan
 from .fused import fused_dual_scan
@@ -70,22 +72,70 @@ def dual_scan(
     anchor: Tensor | None = None,
     with_inner_loss: bool = False,
     backend: OpsBackend = "auto",
+    checkpoint_chunks: int = 0,
 ) -> DualResult:
     """The dual form over q, k, v (B, H, T, d), eta (B, H, T) from fast weight W (B, H, d, d).
 
     first_pos: position in its chunk of the first token (0 <= first_pos < chunk_size); anchor:
     the chunk's anchor when the caller already applied some of its updates (W = anchor - running
-    sum). Returns `DualResult` (z in q's dtype, W and anchor in the state dtype)."""
+    sum). checkpoint_chunks: checkpointing through time — backward keeps the state of every
+    `checkpoint_chunks`-th chunk and recomputes the rest (the fused backend by replaying its
+    updates, the others under `torch.utils.checkpoint` in segments); 0: the backend's default
+    (fused keeps every ~sqrt(n)-th, the others every chunk). Results do not depend on it.
+    Returns `DualResult` (z in q's dtype, W and anchor in the state dtype)."""
+    if checkpoint_chunks < 0:
+        raise ValueError(f"checkpoint_chunks must be >= 0, got {checkpoint_chunks}")
     chosen = resolve_backend(backend, q.device, q.shape[-1], chunk_size)
-    args = (q, k, v, eta, W, ln_weight, ln_bias)
-    kwargs = dict(chunk_size=chunk_size, eps=eps, first_pos=first_pos, anchor=anchor)
-    if chosen == "autograd":
-        return autograd_dual_scan(*args, **kwargs, with_inner_loss=with_inner_loss)
-    plain = first_pos == 0 and anchor is None and q.shape[2] % chunk_size == 0
-    if chosen == "triton" and plain and not with_inner_loss:
-        z, W_next = _triton(*args, chunk_size=chunk_size, eps=eps)
+    options = dict(chunk_size=chunk_size, eps=eps, with_inner_loss=with_inner_loss)
+    if chosen == "fused":
+        return fused_dual_scan(
+            q, k, v, eta, W, ln_weight, ln_bias, **options, first_pos=first_pos, anchor=anchor,
+            weight_stride=checkpoint_chunks or None,
+        )  # fmt: skip
+    scan = partial(_scan_with, chosen, ln_weight=ln_weight, ln_bias=ln_bias, **options)
+    if checkpoint_chunks == 0 or not torch.is_grad_enabled():
+        return scan(q, k, v, eta, W, first_pos=first_pos, anchor=anchor)
+    return _checkpointed(scan, q, k, v, eta, W, first_pos, anchor, checkpoint_chunks * chunk_size)
+
+
+def _scan_with(backend: str, q, k, v, eta, W, *, first_pos, anchor, **options) -> DualResult:
+    """One scan on `backend` ("autograd" or "triton"; see the module docstring for the calls
+    the Triton kernels hand to the fused backend)."""
+    if backend == "autograd":
+        return autograd_dual_scan(q, k, v, eta, W, first_pos=first_pos, anchor=anchor, **options)
+    b = options["chunk_size"]
+    plain = first_pos == 0 and anchor is None and q.shape[2] % b == 0
+    if plain and not options["with_inner_loss"]:
+        z, W_next = _triton(q, k, v, eta, W, options["ln_weight"], options["ln_bias"],
+                            chunk_size=b, eps=options["eps"])  # fmt: skip
         return DualResult(z, W_next, W_next, None)
-    return fused_dual_scan(*args, **kwargs, with_inner_loss=with_inner_loss)
+    return fused_dual_scan(q, k, v, eta, W, first_pos=first_pos, anchor=anchor, **options)
+
+
+def _checkpointed(
+    scan, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, W: Tensor, first_pos: int,
+    anchor: Tensor | None, segment: int,
+) -> DualResult:  # fmt: skip
+    """`scan` over the sequence in segments of `segment` tokens (the first one ends on the chunk
+    grid), each under `torch.utils.checkpoint`, so backward keeps only segment-boundary W."""
+    T = q.shape[2]
+    pos, start, parts = first_pos, 0, []
+    while start < T:
+        n = min(T - start, segment - pos)
+        window = slice(start, start + n)
+        part = checkpoint(
+            scan, q[:, :, window], k[:, :, window], v[:, :, window], eta[:, :, window], W,
+            first_pos=pos, anchor=anchor, use_reentrant=False,
+        )  # fmt: skip
+        parts.append(part)
+        W, anchor, pos, start = part.W, None, 0, start + n
+    stats = [p.inner_loss for p in parts if p.inner_loss is not None]
+    return DualResult(
+        z=torch.cat([p.z for p in parts], dim=2),
+        W=parts[-1].W,
+        anchor=parts[-1].anchor,
+        inner_loss=torch.stack(stats).sum(0) if stats else None,
+    )
 
 
 def ttt_linear_dual(

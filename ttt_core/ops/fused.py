@@ -56,16 +56,23 @@ def fused_dual_scan(
     first_pos: int = 0,
     anchor: Tensor | None = None,
     with_inner_loss: bool = False,
+    weight_stride: int | None = None,
 ) -> DualResult:
     """`autograd_dual_scan`'s arguments and result, computed by `FusedDualScan`.
 
     Differentiable w.r.t. q, k, v, eta, W, anchor, ln_weight and ln_bias through z, W and anchor.
+    weight_stride: forward keeps the weight of every `weight_stride`-th chunk for backward, which
+    replays the updates in between (checkpointing through time; results do not depend on it).
+    None: ceil(sqrt(n_chunks)), about 2 sqrt(n) weights alive instead of n.
     """
     check_scan_args(q, k, v, eta, W, ln_weight, ln_bias, chunk_size, first_pos)
+    if weight_stride is not None and weight_stride < 1:
+        raise ValueError(f"weight_stride must be >= 1, got {weight_stride}")
     pad = -(first_pos + q.shape[2]) % chunk_size
     z, W_next, last_anchor, stats = FusedDualScan.apply(
-        q, k, v, eta, W, anchor, ln_weight, ln_bias, chunk_size, eps, first_pos, with_inner_loss
-    )
+        q, k, v, eta, W, anchor, ln_weight, ln_bias, chunk_size, eps, first_pos, with_inner_loss,
+        weight_stride,
+    )  # fmt: skip
     return DualResult(
         z, W_next, W_next if pad == 0 else last_anchor, stats if with_inner_loss else None
     )
@@ -121,7 +128,7 @@ class _ChunkGrads(NamedTuple):
     d_grad_at: Tensor | None
 
 
-def stored_weight_stride(n_chunks: int) -> int:
+def default_weight_stride(n_chunks: int) -> int:
     """Forward stores the weight of every `stride`-th chunk, backward replays the updates in
     between: ceil(sqrt(n)) keeps about 2 sqrt(n) (d, d) weights alive instead of n, for one
     extra (d, b) x (b, d) product per chunk."""
@@ -129,21 +136,23 @@ def stored_weight_stride(n_chunks: int) -> int:
 
 
 class FusedDualScan(torch.autograd.Function):
-    """(q, k, v, eta, W, anchor | None, ln_weight, ln_bias, b, eps, first_pos, with_inner_loss)
-    -> (z (B, H, T, d), W_next, the weight the last chunk's gradients were taken at, inner-loss
+    """(q, k, v, eta, W, anchor | None, ln_weight, ln_bias, b, eps, first_pos, with_inner_loss,
+    weight_stride | None) -> (z (B, H, T, d), W_next, the weight the last chunk's gradients were taken at, inner-loss
     stats (3,) or an empty tensor).
 
     Internally batch and heads are one dimension and tokens are (chunk, slot): per-chunk tensors
     are strided views (BH, b, d), weights (BH, d, d), and weight updates single `baddbmm` calls."""
 
     @staticmethod
-    def forward(ctx, q, k, v, eta, W, anchor, ln_weight, ln_bias, b, eps, first_pos, with_loss):
+    def forward(
+        ctx, q, k, v, eta, W, anchor, ln_weight, ln_bias, b, eps, first_pos, with_loss, stride
+    ):
         B, H, T, d = q.shape
         n = -(-(first_pos + T) // b)
         pad = n * b - first_pos - T
         sd = state_dtype(W)
         keep = any(ctx.needs_input_grad)  # what backward needs; inference keeps no per-chunk W
-        stride = stored_weight_stride(n)
+        stride = min(stride or default_weight_stride(n), n)
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x, b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
@@ -154,14 +163,13 @@ class FusedDualScan(torch.autograd.Function):
             z = W_c.new_empty(B * H, n, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
-            A = masked_scores(qc, kc, eta_c)  # (BH, n, b, b): needs no W, one batched product
             for c in range(n):
-                q_c, k_c, v_c, eta_cc = qc[:, c], kc[:, c], vc[:, c], eta_c[:, c]
+                q_c, k_c, v_c, eta_cc = (x[:, c].contiguous() for x in (qc, kc, vc, eta_c))
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
                 u = fast_weight_product(k_c, grad_at)
                 inner, r = _inner_grad_from_u(u, k_c, v_c, ln_w, ln_b, eps, 2.0 / b)
-                p = fast_weight_product(q_c, W_c) - A[:, c] @ inner.g
+                p = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ inner.g
                 z[:, c] = q_c.to(sd) + inner_ln(p, ln_w, ln_b, eps)[0]
                 if keep:
                     U[:, c], P[:, c] = u, p
@@ -197,7 +205,6 @@ class FusedDualScan(torch.autograd.Function):
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
             dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
             anchor_rows = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
-            scores = qc @ kc.transpose(-1, -2)  # (BH, n, b, b) Q K^T of every chunk
             d_anchor = None
             for start in reversed(range(0, n, stride)):
                 chunks = range(start, min(start + stride, n))
@@ -208,9 +215,9 @@ class FusedDualScan(torch.autograd.Function):
                     W_c, inner = segment[c - start]
                     own_anchor = anchor_rows is not None and c == 0
                     grad_at = anchor_rows if own_anchor else W_c
-                    chunk = _Chunk(
-                        qc[:, c], kc[:, c], eta_c[:, c], W_c, grad_at, P[:, c], scores[:, c], inner
-                    )
+                    q_c, k_c = qc[:, c].contiguous(), kc[:, c].contiguous()
+                    scores = torch.bmm(q_c, k_c.transpose(1, 2))
+                    chunk = _Chunk(q_c, k_c, eta_c[:, c], W_c, grad_at, P[:, c], scores, inner)
                     g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
                     dq[:, c], dk[:, c], dv[:, c], deta[:, c] = g.dq, g.dk, g.dv, g.deta
                     d_ln_w += g.d_ln_w
@@ -230,7 +237,7 @@ class FusedDualScan(torch.autograd.Function):
             None if d_anchor is None else d_anchor.reshape(B, H, d, d).to(anchor.dtype),
             d_ln_w.view(B, H, d).sum(0).to(ln_weight.dtype),
             d_ln_b.view(B, H, d).sum(0).to(ln_bias.dtype),
-            None, None, None, None,
+            None, None, None, None, None,
         )  # fmt: skip
 
 
