@@ -3,9 +3,9 @@
 transformers' cache layers hold growing key/value tensors; a TTT layer holds a fixed-size fast
 weight. So this cache keeps no transformers layers: it carries one project cache (`state`: per
 layer state, `offsets`, `decode_mode`) and implements the batch surgery generation needs
-(`reorder_cache` for beam search, `batch_repeat_interleave` / `batch_select_indices` for
-`num_return_sequences` and contrastive search) with the project cache's `select`. The model
-replaces `state` as it consumes tokens, as transformers' caches update in place.
+(`reorder_cache` for beam search, `batch_repeat_interleave` for `num_return_sequences`,
+`batch_select_indices`) with the project cache's `select`. The model replaces `state` as it
+consumes tokens, as transformers' caches update in place.
 """
 
 from __future__ import annotations

@@ -139,7 +139,9 @@ class TTTLinearForCausalLM(PreTrainedModel, GenerationMixin):
     ) -> Path:
         """The project's format (`TTTLM.save_pretrained`: config.json with `model_type`,
         model.safetensors, checksums.json), written atomically; an existing directory is
-        refused unless `overwrite`. transformers' saving options are refused."""
+        refused unless `overwrite`. transformers' saving options are refused. The saved
+        `decode_mode` is the wrapped TTTLM's (a `from_ttt(..., decode_mode=)` override is not
+        written; pass it again to `from_pretrained`)."""
         if kwargs:
             raise TypeError(f"save_pretrained: unsupported options {sorted(kwargs)}")
         return self.model.save_pretrained(save_directory, overwrite=overwrite)
