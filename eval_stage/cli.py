@@ -21,12 +21,13 @@ from pydantic import BaseModel, ValidationError
 from data_stage.errors import DataStageError, validation_summary
 from ttt_core.ops import OPS_BACKENDS
 
-from . import bench, latency, niah, perplexity, position_loss
+from . import bench, harness, latency, niah, perplexity, position_loss
 from .chat import chat, generate_text
 from .config import (
     BenchConfig,
     GenerateConfig,
     LatencyConfig,
+    LmEvalConfig,
     NiahConfig,
     PerplexityConfig,
     PositionLossConfig,
@@ -49,6 +50,7 @@ SUMMARIES = {
     "niah": niah.summarize,
     "latency": latency.summarize,
     "bench-dual-primal": bench.summarize,
+    "lm-eval": harness.summarize,
 }
 
 
@@ -116,6 +118,16 @@ def _cmd_position_loss(args: argparse.Namespace) -> int:
 def _cmd_niah(args: argparse.Namespace) -> int:
     config = _config(args, NiahConfig)
     return _run_model_eval(args, config, niah.evaluate_niah)
+
+
+def _cmd_lm_eval(args: argparse.Namespace) -> int:
+    config = _config(args, LmEvalConfig)
+    model, baseline = _models(args)
+    out = _out_dir(args, model)
+    # The built-in task's documents are kept beside the result.
+    config = config.model_copy(update={"task_files": out / "lm_eval_tasks"})
+    _finish(args, harness.evaluate_lm_eval(model, config, baseline), out)
+    return 0
 
 
 def _cmd_latency(args: argparse.Namespace) -> int:
@@ -215,6 +227,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
     p.set_defaults(run=_cmd_niah)
+
+    p = sub.add_parser("lm-eval", help="lm-evaluation-harness on local tasks (offline)")
+    _add_model_flags(p)
+    _add_output_flags(p)
+    p.add_argument("--data", type=Path, required=True,
+                   help="shard directory (tokenizer; val split for ttt_cloze)")  # fmt: skip
+    p.add_argument("--tasks", nargs="+", help="task names (default: ttt_cloze)")
+    p.add_argument("--task-dir", type=Path, help="folder of lm-eval task YAML files")
+    p.add_argument("--docs", type=int, help="ttt_cloze documents (64)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=int, help="documents per task")
+    p.set_defaults(run=_cmd_lm_eval)
 
     p = sub.add_parser("latency", help="prefill tokens/s and decode ms/token vs context")
     _add_model_flags(p, required=False)

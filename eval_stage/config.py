@@ -90,6 +90,22 @@ class NiahConfig(_Config):
         return _strictly_increasing(v, info.field_name)
 
 
+class LmEvalConfig(_Config):
+    """lm-evaluation-harness on local tasks: the built-in `ttt_cloze` (from the val split of
+    `data`) and the YAML tasks in `task_dir`."""
+
+    data: Path = Field(description="shard directory: its tokenizer and val split")
+    tasks: list[str] = Field(default_factory=lambda: ["ttt_cloze"], min_length=1)
+    task_dir: Path | None = Field(None, description="folder of lm-eval task YAML files")
+    task_files: Path | None = Field(
+        None, description="where ttt_cloze's documents and YAML go (None: a temporary folder)"
+    )
+    docs: int = Field(64, ge=1, description="ttt_cloze documents (one per val row)")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    limit: int | None = Field(None, ge=1, description="documents per task (None: all)")
+
+
 class LatencyConfig(_Config):
     """Prefill throughput and per-token decode latency (batch 1) against context length."""
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ttt_core.files import atomic_write_text
 
 SCHEMA_VERSION = 1
-EvalName = Literal["perplexity", "position-loss", "niah", "latency", "bench-dual-primal"]
+EvalName = Literal["perplexity", "position-loss", "niah", "latency", "bench-dual-primal", "lm-eval"]
 Role = Literal["model", "baseline"]
 
 

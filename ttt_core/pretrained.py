@@ -1,6 +1,7 @@
 """The on-disk format of a `TTTLM` (`TTTLM.save_pretrained` / `TTTLM.from_pretrained`).
 
-A pretrained directory holds `config.json` (`{"format_version", "model": ModelConfig}`),
+A pretrained directory holds `config.json` (`{"model_type", "format_version", "model":
+ModelConfig}`; `model_type` is what transformers' `AutoConfig` dispatches on, see `ttt_core.hf`),
 `model.safetensors` (every weight, full and unsharded; with tied embeddings only `embed.weight`)
 and `checksums.json` (sha256 of every file in the directory, see `ttt_core.files`). An exporter
 may add, in the same commit and covered by the same checksums, `tokenizer/` (the tokenizer the
@@ -22,6 +23,7 @@ from .config import ModelConfig
 from .files import CHECKSUMS_FILE, IntegrityError
 
 FORMAT_VERSION = 1
+MODEL_TYPE = "ttt_linear"  # transformers' name for this format (`ttt_core.hf.TTTLinearConfig`)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FILES = (CONFIG_FILE, WEIGHTS_FILE, CHECKSUMS_FILE)
@@ -55,7 +57,12 @@ def write_pretrained(model: nn.Module, directory: Path) -> None:
         weights.pop("lm_head.weight")  # the same tensor as embed.weight; safetensors refuses both
     save_file(weights, str(Path(directory) / WEIGHTS_FILE))
     text = json.dumps(
-        {"format_version": FORMAT_VERSION, "model": config.model_dump(mode="json")}, indent=2
+        {
+            "model_type": MODEL_TYPE,
+            "format_version": FORMAT_VERSION,
+            "model": config.model_dump(mode="json"),
+        },
+        indent=2,
     )
     (Path(directory) / CONFIG_FILE).write_text(text + "\n")
 

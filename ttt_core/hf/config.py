@@ -1,0 +1,55 @@
+"""`TTTLinearConfig`: a transformers config holding one `ModelConfig`.
+
+Its fields mirror the project's `config.json` (`{"format_version", "model": ModelConfig}` plus
+`model_type`), so `AutoConfig.from_pretrained(export_dir)` reads an export unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from ..config import ModelConfig
+from ..pretrained import FORMAT_VERSION, MODEL_TYPE
+
+
+class TTTLinearConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    format_version: int = FORMAT_VERSION
+    model: dict[str, Any] | None = None  # a dumped ModelConfig
+    use_cache: bool = True
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"TTTLinearConfig.format_version: {self.format_version!r}, this ttt_core reads "
+                f"{FORMAT_VERSION}"
+            )
+        if self.model is None:
+            raise ValueError("TTTLinearConfig.model: missing (a ModelConfig as a dict)")
+        # Validate (and fill defaults) now, so a bad field fails here and not at model build.
+        self.model = ModelConfig.model_validate(self.model).model_dump(mode="json")
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig, **kwargs: Any) -> TTTLinearConfig:
+        return cls(model=config.model_dump(mode="json"), **kwargs)
+
+    def model_config(self) -> ModelConfig:
+        """The `ModelConfig` this config holds."""
+        return ModelConfig.model_validate(self.model)
+
+    # What generic transformers code (generation, lm-eval) looks up on a config.
+    @property
+    def vocab_size(self) -> int:
+        return self.model["vocab_size"]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model["d_model"]
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.model["n_layers"]
