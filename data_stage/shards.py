@@ -21,13 +21,15 @@ from data_stage.config import ShardConfig
 from data_stage.corpus import Corpus
 from data_stage.encode import encode_chunks
 from data_stage.errors import CorpusError, ShardError
+from data_stage.faults import NoSpaceError, is_no_space
+from data_stage.files import fsync_and_replace, temp_path
 from data_stage.manifest import (
     MANIFEST_FILE,
     Manifest,
     SplitInfo,
     TokenizerRef,
+    manifest_bytes,
     read_manifest,
-    write_manifest,
 )
 from data_stage.packing import RowPacker
 from data_stage.readers import CorpusStats
@@ -35,10 +37,10 @@ from data_stage.shard_writer import SplitWriter, shard_layout
 from data_stage.split import assign_splits, split_fraction
 from data_stage.tokenizer import (
     INFO_FILE,
+    MODEL_FILE,
     SentencePieceTokenizer,
     info_json,
     load_tokenizer,
-    write_tokenizer_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -77,8 +79,10 @@ def _encode_splits(
     writers: dict[str, SplitWriter],
     batch_rows: int,
     total_bytes: int,
+    done: list[int],
 ) -> dict[str, SplitInfo]:
-    """Encode every document, route it to its split's packer, return per-split counts."""
+    """Encode every document, route it to its split's packer, return per-split counts.
+    `done[0]` counts the text bytes encoded so far (for an estimate when the disk fills)."""
     row_len = cfg.seq_len + 1
     packers = {s: RowPacker(row_len, batch_rows, writers[s].write) for s in SPLITS}
     documents = dict.fromkeys(SPLITS, 0)
@@ -103,6 +107,7 @@ def _encode_splits(
                 documents[split] += 1
                 tokens[split] += len(doc_tokens)
             progress.update(size)
+            done[0] += size
             rate = (tokens["train"] + tokens["val"]) / max(time.perf_counter() - start, 1e-9)
             progress.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
     infos = {}
@@ -142,16 +147,45 @@ def _commit(
     manifest: Manifest,
     tokenizer_files: tuple[bytes, bytes],
 ) -> None:
-    """Replace a previous build in `out` with this one; the manifest is the commit point."""
-    stale = _old_shard_files(out)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    write_tokenizer_dir(out / manifest.tokenizer.dir, *tokenizer_files)
-    for writer in writers.values():
-        writer.commit()
-    write_manifest(out, manifest)
+    """Replace a previous build in `out` with this one; the manifest is the commit point.
+
+    Everything that takes space (tokenizer copy, manifest) is written under temp names before
+    the previous build is touched, so a full disk fails while that build is still whole; what
+    follows is renames only."""
+    tok_dir = out / manifest.tokenizer.dir
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    model_bytes, info_bytes = tokenizer_files
+    staged = [
+        (tok_dir / MODEL_FILE, model_bytes),
+        (tok_dir / INFO_FILE, info_bytes),
+        (out / MANIFEST_FILE, manifest_bytes(manifest)),
+    ]
+    try:
+        for final, data in staged:
+            temp_path(final).write_bytes(data)
+        stale = _old_shard_files(out)
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        for final, _ in staged[:2]:
+            fsync_and_replace(temp_path(final), final)
+        for writer in writers.values():
+            writer.commit()
+        fsync_and_replace(temp_path(out / MANIFEST_FILE), out / MANIFEST_FILE)
+    finally:
+        for final, _ in staged:
+            temp_path(final).unlink(missing_ok=True)
     current = {shard.file for s in SPLITS for shard in manifest.split(s).shards}
     for name in stale - current:
         (out / name).unlink(missing_ok=True)
+
+
+def _needed_bytes(
+    writers: dict[str, SplitWriter], text_done: int, text_total: int, tokenizer_bytes: int
+) -> float:
+    """Estimated bytes of the whole build: what was written, scaled to the whole corpus (or,
+    before the first shard bytes, 4-byte ids at ~3 bytes of text per token)."""
+    written = sum(w.written_bytes() for w in writers.values())
+    shards = written * text_total / text_done if text_done and written else text_total * 4 / 3
+    return shards + 2 * tokenizer_bytes
 
 
 def _scan(corpus: Corpus, val_fraction: float) -> tuple[np.ndarray, CorpusStats]:
@@ -177,8 +211,11 @@ def build_shards(cfg: ShardConfig) -> Manifest:
     created = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     writers = {s: SplitWriter(cfg.out, s, row_len, shard_rows) for s in SPLITS}
+    done = [0]
     try:
-        splits = _encode_splits(corpus, is_val, tokenizer, cfg, writers, batch_rows, scanned.bytes)
+        splits = _encode_splits(
+            corpus, is_val, tokenizer, cfg, writers, batch_rows, scanned.bytes, done
+        )
         if corpus.stats != scanned:
             raise CorpusError(
                 "corpus changed while building (contents differ from the first pass); rerun"
@@ -207,11 +244,14 @@ def build_shards(cfg: ShardConfig) -> Manifest:
         _commit(
             cfg.out, writers, manifest, (tokenizer.model_bytes, _tokenizer_json(cfg, tokenizer))
         )
-    except BaseException:
+    except BaseException as e:
+        needed = _needed_bytes(writers, done[0], scanned.bytes, len(tokenizer.model_bytes))
         for writer in writers.values():
             writer.discard()
         if created and not any(cfg.out.iterdir()):
             cfg.out.rmdir()
+        if is_no_space(e):
+            raise NoSpaceError(cfg.out, needed, "free space and rerun") from e
         raise
     if cfg.val_fraction > 0 and manifest.val.rows == 0:
         log.warning(

@@ -12,18 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from data_stage import DataStageError, ShardDataset
+from data_stage import DataStageError, ShardDataset, verify_shards
 from train_stage.export import LoadedModel
 
 from .errors import EvalInputError
 
 
-def open_val(directory: Path | str) -> ShardDataset:
-    """The val split of `directory`; refused when unreadable or empty."""
+def open_val(directory: Path | str, verify: bool = True) -> ShardDataset:
+    """The val split of `directory`; refused when unreadable or empty, and with `verify` when
+    its shards fail `verify_shards` (sha256, row length and ids against the tokenizer)."""
     try:
         ds = ShardDataset(directory, "val")
+        problems = verify_shards(directory, splits=("val",)) if verify else []
     except DataStageError as e:
         raise EvalInputError(f"validation data: {e}") from e
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EvalInputError(
+            f"validation data fails verification: {problems[0]}{more}; --no-verify-data skips "
+            "the check"
+        )
     if len(ds) == 0:
         raise EvalInputError(
             f"{directory}: the val split has no rows; rebuild the shards with a larger "
