@@ -197,6 +197,22 @@ def latest_checkpoint(run_dir: Path, say: Callable[[str], None] = _stderr) -> Pa
     return choice.checkpoint
 
 
+def repoint_latest(run_dir: Path, checkpoint: Path) -> bool:
+    """Make `latest` name `checkpoint` (a run resuming from it after skipping a damaged newer
+    one, or a damaged pointer); True when the pointer changed."""
+    root = Path(run_dir) / CHECKPOINTS
+    if Path(checkpoint).parent.resolve() != root.resolve():
+        return False  # --resume PATH into another run: this run's pointer moves at its first save
+    pointer = root / LATEST
+    try:
+        if pointer.read_text().strip() == Path(checkpoint).name:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(pointer, Path(checkpoint).name + "\n")
+    return True
+
+
 def clean_stale_temps(run_dir: Path) -> list[Path]:
     """Remove what an interrupted save or write left (`.tmp-*` in the run dir and its
     checkpoints dir); only the run dir's lock holder may call this. Returns what was removed."""

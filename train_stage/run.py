@@ -6,7 +6,7 @@ import sys
 import warnings
 from typing import Any
 
-from .checkpoint import atomic_write_text, clean_stale_temps
+from .checkpoint import atomic_write_text, clean_stale_temps, repoint_latest
 from .config import TrainConfig
 from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
 from .preflight import StartPlan, preflight
@@ -60,6 +60,8 @@ def _train(cfg: TrainConfig, plan: StartPlan) -> int:
         if env.is_main:
             atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
             trainer.metrics.truncate_after(trainer.step)
+            if plan.checkpoint is not None and repoint_latest(cfg.run_dir, plan.checkpoint):
+                print(f"[train] latest now names {plan.checkpoint.name}", file=sys.stderr)
             print(
                 f"[train] resolved config (also in {cfg.run_dir / 'config.yaml'}):\n"
                 f"{cfg.to_yaml()}",
