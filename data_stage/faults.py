@@ -26,8 +26,21 @@ ENVIRONMENT_ERRNOS = frozenset(
 _MB = 1_000_000
 
 
+def _no_space_in(error: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in `error`'s chain of causes (a serializer may fail because its
+    write did, e.g. torch.save inside a checkpoint), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in NO_SPACE_ERRNOS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def is_no_space(error: BaseException) -> bool:
-    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+    return _no_space_in(error) is not None
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -72,13 +85,15 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def environment_fault(error: OSError) -> str | None:
-    """The one-line description of an environment failure, or None for any other OSError."""
+def environment_fault(error: BaseException) -> str | None:
+    """The one-line description of an environment failure (no space left, also as the cause of
+    another error; an OSError of the machine), or None for anything else."""
     if isinstance(error, NoSpaceError):
         return str(error)
-    if error.errno in NO_SPACE_ERRNOS:
-        return str(NoSpaceError(error.filename or ".", None))
-    if error.errno in ENVIRONMENT_ERRNOS:
+    no_space = _no_space_in(error)
+    if no_space is not None:
+        return str(NoSpaceError(no_space.filename or ".", None, "free space and rerun"))
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS:
         where = f"{error.filename}: " if error.filename else ""
         return f"{where}{error.strerror or error}"
     return None
@@ -103,15 +118,16 @@ def run_cli(
 
     try:
         return body()
-    except OSError as e:
+    except refusals as e:
         fault = environment_fault(e)
         if fault is not None:
             say(fault)
             return EXIT_ENVIRONMENT
-        if not isinstance(e, refusals):
+        say(f"{label}: {describe(e)}")
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        fault = environment_fault(e)
+        if fault is None:
             raise
-        say(f"{label}: {describe(e)}")
-        return EXIT_BAD_INPUT
-    except refusals as e:
-        say(f"{label}: {describe(e)}")
-        return EXIT_BAD_INPUT
+        say(fault)
+        return EXIT_ENVIRONMENT

@@ -99,10 +99,6 @@ class SplitWriter:
         for tmp, info in zip(self._temps, self.shards, strict=True):
             fsync_and_replace(tmp, self.directory / info.file)
 
-    def written_bytes(self) -> int:
-        """Bytes of the temp files so far (what this split has put on disk)."""
-        return sum(tmp.stat().st_size for tmp in self._temps if tmp.exists())
-
     def discard(self) -> None:
         """Remove every temp file, even when closing the open one fails (a full disk cannot
         take the file's footer): the unlinks are what frees the space."""

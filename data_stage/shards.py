@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,21 @@ SPLITS = ("train", "val")
 _CHUNK_BYTES = 256 * 1024  # text per task sent to a worker
 
 
+@dataclass
+class _Done:
+    """How far encoding got: text bytes read and tokens produced."""
+
+    text_bytes: int = 0
+    tokens: int = 0
+
+    def needed_bytes(self, text_total: int) -> float:
+        """Estimated bytes of all shards: 4-byte ids, tokens scaled to the whole corpus (before
+        the first chunk, ~3 bytes of text per token)."""
+        if self.text_bytes and self.tokens:
+            return 4 * self.tokens * text_total / self.text_bytes
+        return 4 * text_total / 3
+
+
 def _chunks(
     corpus: Corpus, is_val: np.ndarray
 ) -> Iterator[tuple[list[str], tuple[list[bool], int]]]:
@@ -79,10 +95,10 @@ def _encode_splits(
     writers: dict[str, SplitWriter],
     batch_rows: int,
     total_bytes: int,
-    done: list[int],
+    done: _Done,
 ) -> dict[str, SplitInfo]:
     """Encode every document, route it to its split's packer, return per-split counts.
-    `done[0]` counts the text bytes encoded so far (for an estimate when the disk fills)."""
+    `done` counts text bytes and tokens so far (for an estimate when the disk fills)."""
     row_len = cfg.seq_len + 1
     packers = {s: RowPacker(row_len, batch_rows, writers[s].write) for s in SPLITS}
     documents = dict.fromkeys(SPLITS, 0)
@@ -106,8 +122,9 @@ def _encode_splits(
                 packers[split].add(doc_tokens)
                 documents[split] += 1
                 tokens[split] += len(doc_tokens)
+                done.tokens += len(doc_tokens)
             progress.update(size)
-            done[0] += size
+            done.text_bytes += size
             rate = (tokens["train"] + tokens["val"]) / max(time.perf_counter() - start, 1e-9)
             progress.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
     infos = {}
@@ -178,16 +195,6 @@ def _commit(
         (out / name).unlink(missing_ok=True)
 
 
-def _needed_bytes(
-    writers: dict[str, SplitWriter], text_done: int, text_total: int, tokenizer_bytes: int
-) -> float:
-    """Estimated bytes of the whole build: what was written, scaled to the whole corpus (or,
-    before the first shard bytes, 4-byte ids at ~3 bytes of text per token)."""
-    written = sum(w.written_bytes() for w in writers.values())
-    shards = written * text_total / text_done if text_done and written else text_total * 4 / 3
-    return shards + 2 * tokenizer_bytes
-
-
 def _scan(corpus: Corpus, val_fraction: float) -> tuple[np.ndarray, CorpusStats]:
     """First pass: read every document, return (is_val per document, corpus stats)."""
     fractions = np.fromiter((split_fraction(doc.identity) for doc in corpus), dtype=np.float64)
@@ -211,7 +218,7 @@ def build_shards(cfg: ShardConfig) -> Manifest:
     created = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     writers = {s: SplitWriter(cfg.out, s, row_len, shard_rows) for s in SPLITS}
-    done = [0]
+    done = _Done()
     try:
         splits = _encode_splits(
             corpus, is_val, tokenizer, cfg, writers, batch_rows, scanned.bytes, done
@@ -245,7 +252,7 @@ def build_shards(cfg: ShardConfig) -> Manifest:
             cfg.out, writers, manifest, (tokenizer.model_bytes, _tokenizer_json(cfg, tokenizer))
         )
     except BaseException as e:
-        needed = _needed_bytes(writers, done[0], scanned.bytes, len(tokenizer.model_bytes))
+        needed = done.needed_bytes(scanned.bytes) + 2 * len(tokenizer.model_bytes)
         for writer in writers.values():
             writer.discard()
         if created and not any(cfg.out.iterdir()):

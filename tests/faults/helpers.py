@@ -32,11 +32,11 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str], capsys) -> t
 
 
 def failure_line(err: str, prog: str) -> str:
-    """The one line a failed command printed: no traceback, and exactly one line naming the
-    command (a trainer may print `[train] ...` notes before it)."""
+    """The one line a failed command printed about its failure: no traceback, and exactly one
+    line from the command itself (progress bars and `[train]` notes may come before it)."""
     assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[")]
-    assert len(lines) == 1 and lines[0].startswith(prog), err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith(prog)]
+    assert len(lines) == 1, err
     return lines[0]
 
 
