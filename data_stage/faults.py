@@ -58,6 +58,11 @@ def mount_point(path: Path | str) -> Path:
     return path
 
 
+def free_bytes(path: Path | str) -> int:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
+    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+
+
 def _megabytes(n_bytes: float) -> str:
     mb = n_bytes / _MB
     return f"{mb:.1f}" if mb < 10 else f"{mb:,.0f}"
@@ -69,7 +74,7 @@ class NoSpaceError(OSError):
     def __init__(self, path: Path | str, needed_bytes: float | None, hint: str = "") -> None:
         path = Path(path)
         try:
-            free = f", {_megabytes(shutil.disk_usage(_existing_ancestor(path)).free)} MB free"
+            free = f", {_megabytes(free_bytes(path))} MB free"
         except OSError:
             free = ""
         need = f"needs ~{_megabytes(needed_bytes)} MB" if needed_bytes else "needs more"

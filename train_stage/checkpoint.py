@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from data_stage.faults import NoSpaceError, is_no_space
+from data_stage.faults import NoSpaceError, free_bytes, is_no_space
 from data_stage.files import atomic_write_bytes, sha256_file
 
 # One process without a process group is a supported way to run; DCP need not warn about it.
@@ -117,6 +117,13 @@ def verify_checkpoint(checkpoint: Path) -> bool:
         raise CheckpointError(
             f"{checkpoint / CHECKSUMS}: missing or unreadable ({type(e).__name__})"
         ) from e
+    unlisted = sorted(
+        p.name
+        for p in checkpoint.iterdir()
+        if (p.suffix == ".distcp" or p.name in (".metadata", META)) and p.name not in listed
+    )
+    if unlisted:
+        raise CheckpointError(f"{checkpoint / CHECKSUMS}: does not cover {', '.join(unlisted)}")
     for name, digest in sorted(listed.items()):
         path = checkpoint / name
         if not path.is_file():
@@ -281,24 +288,28 @@ class Checkpointer:
                 os.replace(tmp, final)
                 atomic_write_text(self.root / LATEST, final.name + "\n")
                 self._purge(step)
-            except OSError as e:
+            except Exception as e:  # shared below, so the other ranks do not wait forever
                 error = e
-        error = _rank0_verdict(error)
-        if error is not None:
-            if _is_rank0():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise self._failure(error, tmp, state)
+        failure = None
+        if _is_rank0() and error is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failure = self._failure(error, tmp, state)
+        failure = _rank0_verdict(failure)
+        if failure is not None:
+            raise failure
         return final, time.perf_counter() - start
 
-    def _failure(self, error: BaseException, tmp: Path, state: dict[str, Any]) -> BaseException:
+    def _failure(self, error: BaseException, tmp: Path, state: dict[str, Any]) -> Exception:
+        """What a failed save raises: a `NoSpaceError` when the disk is full, recognised by
+        ENOSPC among the causes or, since DCP hands other ranks' errors over without their
+        causes (a serializer's "unexpected pos"), by less free space than the save needs."""
         previous = choose_checkpoint_quietly(self.root.parent)
-        if not is_no_space(error):
-            return error if isinstance(error, Exception) else RuntimeError(str(error))
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         needed = _tree_bytes(previous) if previous else _state_bytes(state) * world
+        if not (is_no_space(error) or free_bytes(tmp) < needed):
+            return error if isinstance(error, Exception) else RuntimeError(str(error))
         kept = f"{previous.name} is intact" if previous else "no earlier checkpoint"
-        hint = f"{kept}; free space and rerun with --resume auto"
-        return NoSpaceError(tmp, needed, hint)
+        return NoSpaceError(tmp, needed, f"{kept}; free space and rerun with --resume auto")
 
     def load(self, checkpoint: Path, state: dict[str, Any]) -> float:
         """Fill `state` in place from `checkpoint` (DCP reshards to this world size)."""
@@ -326,18 +337,17 @@ def choose_checkpoint_quietly(run_dir: Path) -> Path | None:
         return None
 
 
-def _rank0_verdict(error: BaseException | None) -> BaseException | None:
-    """Every rank ends up with rank 0's outcome (None: saved). DCP already fails a save on every
-    rank when one rank's writes fail; this shares the failures of rank 0's own commit steps."""
+def _rank0_verdict(failure: Exception | None) -> Exception | None:
+    """Every rank ends up with rank 0's outcome of a save (None: saved), so all raise together
+    and none is left waiting in a collective. DCP already fails a save on every rank when one
+    rank's writes fail; this also shares the failures of rank 0's own commit steps."""
     if not (dist.is_available() and dist.is_initialized()):
-        return error
+        return failure
     sent: list[tuple[int | None, str] | None] = [None]
-    if dist.get_rank() == 0 and error is not None:
-        sent = [(getattr(error, "errno", None), f"{type(error).__name__}: {error}")]
+    if dist.get_rank() == 0 and failure is not None:
+        sent = [(getattr(failure, "errno", None), str(failure))]
     dist.broadcast_object_list(sent, src=0)
-    if sent[0] is None:
-        return None
-    if dist.get_rank() == 0:
-        return error
+    if dist.get_rank() == 0 or sent[0] is None:
+        return failure
     code, message = sent[0]
     return OSError(code, message) if code is not None else RuntimeError(message)

@@ -22,6 +22,7 @@ import train_stage.tracking
 from data_stage.__main__ import main as data_main
 from data_stage.shard_writer import SplitWriter
 from train_stage.cli import main as train_main
+from train_stage.distributed import torchrun_command
 
 from .helpers import (
     TRAIN,
@@ -246,3 +247,31 @@ def _assert_train_refused_for_space_metrics(code: int, err: str, run_dir: Path) 
     assert latest_name(run_dir) == "step_00000002"
     assert not leaked_temps(run_dir)
     return line
+
+
+@pytest.mark.slow
+def test_checkpoint_save_on_a_full_tmpfs_with_two_fsdp_ranks(
+    small_disk, shards, trained_run, capsys
+):
+    """Both ranks fail the save together (no rank left waiting in a collective); rank 0 says
+    so in one line; the 2-rank checkpoint of step 2 resumes in one process once space is freed."""
+    checkpoint = _du(trained_run / "checkpoints" / "step_00000002")
+    run_dir = small_disk.mount(int(checkpoint * 1.5)).path / "run"
+    argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), "--strategy", "fsdp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = torchrun_command(2, "train_stage", argv)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode != 0
+    assert "exitcode  : 4" in result.stderr, result.stderr[-3000:]
+    # torchrun reports a failed worker with its own traceback (ChildFailedError); the workers'
+    # output before it must hold none, and exactly one line from rank 0.
+    assert result.stderr.count("Traceback") == 1 and "ChildFailedError" in result.stderr
+    workers = result.stderr[: result.stderr.index("Traceback")]
+    line = failure_line(workers, "train_stage: no space left on ")
+    assert ".tmp-step_00000004" in line and "step_00000002 is intact" in line
+    assert latest_name(run_dir) == "step_00000002"
+    assert_run_intact(run_dir)
+    small_disk.grow(64 << 20)
+    code, out, err = _train(run_dir, shards, capsys, "--resume", "auto")
+    assert code == 0, err
+    assert "resumed from" in out and sorted(losses(run_dir)) == [1, 2, 3, 4]
