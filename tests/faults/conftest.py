@@ -12,7 +12,7 @@ import pytest
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
 from train_stage.cli import main as train_main
 
-from .helpers import TRAIN, run_main
+from .helpers import TRAIN, NoCapture, run_main
 
 CORPUS = CorpusConfig(format="stdlib", max_bytes=300_000)
 
@@ -42,18 +42,11 @@ def other_shards(tmp_path_factory: pytest.TempPathFactory, tokenizer: Path) -> P
     return _shards(tmp_path_factory.mktemp("faults_data") / "other", tokenizer, 0.3)
 
 
-class _Capture:
-    """What `run_main` needs from capsys, for a session fixture (which has no capsys)."""
-
-    def readouterr(self) -> tuple[str, str]:
-        return "", ""
-
-
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> Path:
     run_dir = tmp_path_factory.mktemp("faults_run") / "run"
     code, _, _ = run_main(
-        train_main, [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir)], _Capture()
+        train_main, [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir)], NoCapture()
     )
     assert code == 0
     return run_dir

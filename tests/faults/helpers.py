@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +32,13 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str], capsys) -> t
             signal.signal(sig, handler)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class NoCapture:
+    """Stands in for capsys where there is none (session and module fixtures)."""
+
+    def readouterr(self) -> tuple[str, str]:
+        return "", ""
 
 
 def failure_line(err: str, prog: str) -> str:
@@ -92,5 +102,32 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(raw))
 
 
-def completed(args: Sequence[str], code: int, out: str, err: str) -> subprocess.CompletedProcess:
-    return subprocess.CompletedProcess(list(args), code, out, err)
+def wait_for(condition, process: subprocess.Popen, what: str, limit_s: float = 300) -> None:
+    """Poll until `condition()` (an observed event); the limit only guards against a hang."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the trainer ended before {what}: {process.stdout.read()[-2000:]}"
+            )
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"no {what} after {limit_s}s")
+        time.sleep(0.01)
+
+
+def trainer_process(run_dir: Path, shards: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(
+        [sys.executable, "-m", "train_stage", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def metrics_lines(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0

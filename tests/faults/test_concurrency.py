@@ -7,10 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +14,17 @@ from eval_stage.cli import main as eval_main
 from train_stage.cli import main as train_main
 from train_stage.run_lock import OWNER_FILE, RunDirLock
 
-from .helpers import TRAIN, assert_run_intact, failure_line, losses, run_main, tree_bytes
+from .helpers import (
+    TRAIN,
+    assert_run_intact,
+    failure_line,
+    losses,
+    metrics_lines,
+    run_main,
+    trainer_process,
+    tree_bytes,
+    wait_for,
+)
 
 
 def _owner_line() -> str:
@@ -60,42 +66,11 @@ def test_eval_writing_into_a_locked_run_dir_is_refused_and_elsewhere_allowed(
     assert (run_copy / "eval" / "step_00000004" / "perplexity.json").is_file()
 
 
-def _wait_for(condition, process: subprocess.Popen, what: str, limit_s: float = 300) -> None:
-    """Poll until `condition()` (an observed event); the limit only guards against a hang."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the trainer ended before {what}: {process.stdout.read()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"no {what} after {limit_s}s")
-        time.sleep(0.01)
-
-
-def trainer_process(run_dir: Path, shards: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), *extra]
-    return subprocess.Popen(
-        [sys.executable, "-m", "train_stage", *argv],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _metrics_lines(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
-
-
 @pytest.mark.slow
 def test_two_real_trainers_on_one_run_dir(shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
     first = trainer_process(run_dir, shards, "--steps", "100000", "--save-every", "5")
-    _wait_for(lambda: _metrics_lines(run_dir) >= 1, first, "a first logged step")
+    wait_for(lambda: metrics_lines(run_dir) >= 1, first, "a first logged step")
     owner = json.loads((run_dir / OWNER_FILE).read_text())
     assert owner["pid"] == first.pid
     argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), "--steps", "100000"]

@@ -15,12 +15,14 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import train_stage.checkpoint
 import train_stage.tracking
 from data_stage.__main__ import main as data_main
 from data_stage.shard_writer import SplitWriter
+from data_stage.tokenizer import load_tokenizer
 from train_stage.cli import main as train_main
 from train_stage.distributed import torchrun_command
 
@@ -33,6 +35,7 @@ from .helpers import (
     leaked_temps,
     losses,
     run_main,
+    tree_bytes,
 )
 
 
@@ -136,8 +139,6 @@ def test_shards_with_enospc_injected_at_the_write(shards, tokenizer, tmp_path, c
 
 def test_discard_removes_temps_even_when_closing_the_shard_fails(tmp_path):
     writer = SplitWriter(tmp_path, "train", row_len=4, shard_rows=8)
-    import numpy as np
-
     writer.write(np.zeros((3, 4), dtype=np.int32))
     assert leaked_temps(tmp_path)
 
@@ -148,6 +149,47 @@ def test_discard_removes_temps_even_when_closing_the_shard_fails(tmp_path):
     writer._writer = FullSink()  # closing writes the file footer: on a full disk it raises
     writer.discard()
     assert not leaked_temps(tmp_path) and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------ tokenizer
+
+
+def _tokenizer(out: Path, capsys, vocab_size: int) -> tuple[int, str, str]:
+    argv = ["tokenizer", "--corpus-format", "stdlib", "--max-bytes", "100000",
+            "--vocab-size", str(vocab_size), "--out", str(out)]  # fmt: skip
+    return run_main(data_main, argv, capsys)
+
+
+def _assert_tokenizer_kept(code: int, err: str, out: Path, before: dict[str, bytes]) -> None:
+    assert code == 4, err
+    line = failure_line(err, "data_stage tokenizer: no space left on ")
+    assert f"(writing {out})" in line and "needs ~" in line
+    assert tree_bytes(out) == before  # the previous tokenizer, whole
+    assert load_tokenizer(out).vocab_size == 512
+
+
+def test_tokenizer_on_a_full_tmpfs(small_disk, tokenizer, capsys):
+    out = small_disk.mount(_du(tokenizer) + 4096).path / "tokenizer"
+    shutil.copytree(tokenizer, out)
+    before = tree_bytes(out)
+    code, _, err = _tokenizer(out, capsys, vocab_size=600)
+    _assert_tokenizer_kept(code, err, out, before)
+
+
+def test_tokenizer_with_enospc_injected(tokenizer, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "tokenizer"
+    shutil.copytree(tokenizer, out)
+    before = tree_bytes(out)
+    real = Path.write_bytes
+
+    def fill_at_the_second_file(self: Path, data: bytes) -> int:
+        if self.parent == out and self.name.endswith("json.tmp"):
+            raise _no_space(str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", fill_at_the_second_file)
+    code, _, err = _tokenizer(out, capsys, vocab_size=600)
+    _assert_tokenizer_kept(code, err, out, before)
 
 
 # ------------------------------------------------------------------ checkpoints and metrics

@@ -9,28 +9,30 @@ from pathlib import Path
 
 import pytest
 
+from train_stage.checkpoint import verify_checkpoint
 from train_stage.cli import main as train_main
 
-from .helpers import TRAIN, assert_run_intact, latest_name, losses, run_main
-from .test_concurrency import _metrics_lines, _wait_for, trainer_process
+from .helpers import (
+    TRAIN,
+    NoCapture,
+    assert_run_intact,
+    latest_name,
+    losses,
+    metrics_lines,
+    run_main,
+    trainer_process,
+    wait_for,
+)
 
-KILL_ARGS = (
-    "--steps",
-    "6",
-)  # saves at steps 2, 4 and 6
+KILL_ARGS = ("--steps", "6")  # with TRAIN's --save-every 2: saves at steps 2, 4 and 6
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, shards: Path) -> dict[int, float]:
     """The losses of the same run, never interrupted."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-
-    class Quiet:
-        def readouterr(self) -> tuple[str, str]:
-            return "", ""
-
     argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), *KILL_ARGS]
-    assert run_main(train_main, argv, Quiet())[0] == 0
+    assert run_main(train_main, argv, NoCapture())[0] == 0
     return losses(run_dir)
 
 
@@ -56,7 +58,7 @@ def test_sigkill_in_the_middle_of_a_save(shards, tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
     trainer = trainer_process(run_dir, shards, *KILL_ARGS)
     # Step 2's save happens before step 2 is logged: 3 lines logged means a later save.
-    _wait_for(lambda: _saving(run_dir) and _metrics_lines(run_dir) >= 3, trainer, "a later save")
+    wait_for(lambda: _saving(run_dir) and metrics_lines(run_dir) >= 3, trainer, "a later save")
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
     partial = sorted((run_dir / "checkpoints").glob(".tmp-step_*"))
@@ -73,7 +75,7 @@ def test_sigkill_in_the_middle_of_a_save(shards, tmp_path, reference, capsys):
 def test_sigkill_between_steps(shards, tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
     trainer = trainer_process(run_dir, shards, *KILL_ARGS)
-    _wait_for(lambda: _metrics_lines(run_dir) >= 3, trainer, "three logged steps")
+    wait_for(lambda: metrics_lines(run_dir) >= 3, trainer, "three logged steps")
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
     _kill_and_resume(run_dir, shards, capsys)
@@ -84,8 +86,6 @@ def test_sigkill_between_steps(shards, tmp_path, reference, capsys):
 def assert_run_intact_but_temps(run_dir: Path) -> None:
     """Before the resume: every committed checkpoint verifies and `latest` names one of them
     (the killed save's temp dir is still there; the next start removes it)."""
-    from train_stage.checkpoint import verify_checkpoint
-
     steps = sorted((run_dir / "checkpoints").glob("step_*"))
     assert steps and all(verify_checkpoint(step) for step in steps)
     assert (run_dir / "checkpoints" / latest_name(run_dir)) in steps
