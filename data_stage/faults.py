@@ -58,6 +58,32 @@ def mount_point(path: Path | str) -> Path:
     return path
 
 
+def output_dir_problem(path: Path | str) -> str | None:
+    """Why `path` cannot be (or become) a directory to write into, or None; for checking an
+    output before any work. A missing one is probed by creating and removing its first missing
+    component (nothing is left behind)."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            return f"{path}: exists and is not a directory"
+        target = path
+    else:
+        target = _existing_ancestor(path)
+        if not target.is_dir():
+            return f"{path}: cannot be created ({target} is not a directory)"
+        first_missing = Path(os.path.abspath(path))
+        while first_missing.parent != target:
+            first_missing = first_missing.parent
+        try:
+            first_missing.mkdir()
+            first_missing.rmdir()
+        except OSError as e:
+            return f"{path}: cannot be created ({e.strerror or e})"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{path}: not writable ({target}: permission denied)"
+    return None
+
+
 def free_bytes(path: Path | str) -> int:
     """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
     return shutil.disk_usage(_existing_ancestor(Path(path))).free

@@ -22,7 +22,7 @@ from data_stage.config import ShardConfig
 from data_stage.corpus import Corpus
 from data_stage.encode import encode_chunks
 from data_stage.errors import CorpusError, ShardError
-from data_stage.faults import NoSpaceError, is_no_space
+from data_stage.faults import NoSpaceError, is_no_space, output_dir_problem
 from data_stage.files import fsync_and_replace, temp_path
 from data_stage.manifest import (
     MANIFEST_FILE,
@@ -209,8 +209,9 @@ def build_shards(cfg: ShardConfig) -> Manifest:
     """
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.tokenizer)
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise ShardError(f"{cfg.out}: exists and is not a directory; pass another --out")
+    problem = output_dir_problem(cfg.out)
+    if problem:
+        raise ShardError(f"{problem}; pass another --out")
     corpus = Corpus(cfg.corpus)
     is_val, scanned = _scan(corpus, cfg.val_fraction)
     row_len = cfg.seq_len + 1

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import DataStageError, validation_summary
-from data_stage.faults import run_cli
+from data_stage.faults import output_dir_problem, run_cli
 from train_stage.export import LoadedModel
 from train_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
 
@@ -71,8 +71,9 @@ def _out_dir(args: argparse.Namespace, model: LoadedModel | None) -> Path:
     out = args.out or (default_out_dir(model) if model is not None else None)
     if out is None:
         raise EvalInputError("no model directory to write next to; pass --out DIR")
-    if out.exists() and not out.is_dir():
-        raise EvalInputError(f"--out {out}: exists and is not a directory")
+    problem = output_dir_problem(out)
+    if problem:
+        raise EvalInputError(f"--out {problem}")
     return out
 
 

@@ -60,7 +60,10 @@ class RunDirLock:
 
     def acquire(self) -> RunDirLock:
         self.created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:
+            raise ConfigError(f"{self.run_dir}: cannot be a run directory ({e.strerror})") from e
         lock = FileLock(self.run_dir / LOCK_FILE, timeout=0)
         try:
             lock.acquire()
