@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import SafetensorError
 
 from train_stage.export import EXPORT_INFO, LoadedModel, load_model
@@ -27,7 +28,7 @@ def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedMo
         )
     try:
         return load_model(path, device=device)
-    except (OSError, ValueError, SafetensorError) as e:
+    except (OSError, ValueError, SafetensorError, yaml.YAMLError) as e:
         raise EvalInputError(f"cannot load model {path}: {e}") from e
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from eval_stage.cli import main as eval_main
 from train_stage.cli import main as train_main
+from train_stage.config import TrainConfig
 
 from .helpers import TRAIN, assert_run_intact, failure_line, losses, run_main, tree_bytes
 
@@ -82,3 +84,17 @@ def test_a_refused_fresh_run_leaves_no_run_dir(shards, tmp_path, capsys):
     code, _, err = _train(run_dir, shards, capsys, "--seq-len", "999")
     assert code == 2 and "longer than the shards" in failure_line(err, "train_stage: refused:")
     assert not run_dir.exists()
+
+
+def test_a_garbled_config_yaml_is_one_line_for_eval_and_rewritten_by_a_resume(
+    run_copy, shards, tmp_path, capsys
+):
+    (run_copy / "config.yaml").write_text("model: [\n")
+    argv = ["perplexity", "--model", str(run_copy), "--data", str(shards), "--out",
+            str(tmp_path / "eval")]  # fmt: skip
+    code, _, err = run_main(eval_main, argv, capsys)
+    assert code == 2 and "config.yaml" in failure_line(err, "eval_stage perplexity: error:")
+    assert not (tmp_path / "eval").exists()
+    code, _, err = _train(run_copy, shards, capsys, "--resume", "auto")
+    assert code == 0, err
+    assert TrainConfig.from_yaml(run_copy / "config.yaml").run_dir == run_copy
