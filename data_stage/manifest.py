@@ -14,7 +14,6 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import ShardError
-from data_stage.files import atomic_write_bytes
 from data_stage.readers import CorpusStats
 
 MANIFEST_FILE = "manifest.json"
@@ -72,10 +71,6 @@ class Manifest(BaseModel):
 
 def manifest_bytes(manifest: Manifest) -> bytes:
     return (manifest.model_dump_json(indent=2) + "\n").encode("utf-8")
-
-
-def write_manifest(directory: Path, manifest: Manifest) -> None:
-    atomic_write_bytes(directory / MANIFEST_FILE, manifest_bytes(manifest))
 
 
 def read_manifest(directory: Path | str) -> Manifest:
