@@ -1,8 +1,9 @@
 """`python -m data_stage {tokenizer,shards,inspect,verify}`: thin argparse front ends.
 
 Each command builds the same pydantic config a flow passes to `train_tokenizer` /
-`build_shards`. Bad input: one line on stderr, exit 2, nothing written. `verify` exits 1 when
-a shard or the tokenizer copy is corrupt.
+`build_shards`. Bad input: one line on stderr, exit 2, nothing written; no space left (or another
+environment failure): one line, exit 4, temps removed (`data_stage.faults`). `verify` exits 1
+when a shard, the manifest or the tokenizer copy is inconsistent.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pydantic import ValidationError
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
 from data_stage.dataset import ShardDataset, verify_shards
 from data_stage.errors import DataStageError, validation_summary
+from data_stage.faults import EXIT_BAD_INPUT, run_cli
 from data_stage.manifest import Manifest
 from data_stage.shards import build_shards
 from data_stage.tokenizer import SentencePieceTokenizer, load_tokenizer
 from data_stage.tokenizer_train import train_tokenizer
 
-EXIT_BAD_INPUT = 2
 EXIT_CORRUPT = 1
 
 
@@ -200,19 +201,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        return f"invalid config: {validation_summary(error)}"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
-    try:
-        return run(args)
-    except ValidationError as e:
-        print(
-            f"data_stage {args.command}: invalid config: {validation_summary(e)}", file=sys.stderr
-        )
-    except DataStageError as e:
-        print(f"data_stage {args.command}: error: {e}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return run_cli(
+        f"data_stage {args.command}",
+        lambda: run(args),
+        (ValidationError, DataStageError),
+        describe=_describe,
+    )
 
 
 if __name__ == "__main__":

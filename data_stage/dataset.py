@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import bisect
 import operator
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from data_stage.errors import ShardError, TokenizerError
-from data_stage.manifest import REBUILD_HINT, Manifest, ShardInfo, Split, read_manifest
+from data_stage.manifest import (
+    MANIFEST_FILE,
+    REBUILD_HINT,
+    Manifest,
+    ShardInfo,
+    Split,
+    read_manifest,
+)
 from data_stage.shard_writer import shard_schema
 from data_stage.tokenizer import load_tokenizer
 from ttt_core.files import sha256_file
@@ -38,30 +46,104 @@ def _check_file(path: Path, shard: ShardInfo, sha256: bool) -> str | None:
     return None
 
 
-def verify_shards(directory: Path | str) -> list[str]:
-    """Full check of a shard directory: every shard's size and sha256, and the tokenizer copy.
+def _check_content(
+    path: Path, shard: ShardInfo, row_len: int, vocab_size: int | None
+) -> str | None:
+    """A problem with the rows inside one shard: their length, their count, and (when the
+    tokenizer is known) ids outside its vocabulary. None when all is well."""
+    try:
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        field = reader.schema.field(0)
+        actual = getattr(field.type, "list_size", None)
+        if not reader.schema.equals(shard_schema(actual or row_len)) or actual != row_len:
+            return (
+                f"{path}: rows of {actual} ids ({reader.schema.types[0]}), the manifest says "
+                f"row_len {row_len}; {REBUILD_HINT}"
+            )
+        rows, low, high = 0, 0, 0
+        for index in range(reader.num_record_batches):
+            ids = reader.get_batch(index).column(0).flatten().to_numpy(zero_copy_only=True)
+            rows += len(ids) // row_len
+            if len(ids):
+                low, high = min(low, int(ids.min())), max(high, int(ids.max()))
+    except (OSError, pa.ArrowException, IndexError) as e:
+        return f"{path}: not a readable Arrow IPC file ({e}); {REBUILD_HINT}"
+    if rows != shard.rows:
+        return f"{path}: {rows} rows, the manifest says {shard.rows}; {REBUILD_HINT}"
+    if vocab_size is not None and (low < 0 or high >= vocab_size):
+        return (
+            f"{path}: token ids span [{low}, {high}], outside the tokenizer's vocabulary "
+            f"[0, {vocab_size}); {REBUILD_HINT}"
+        )
+    return None
+
+
+def _check_manifest(manifest: Manifest, splits: Sequence[Split], where: Path) -> list[str]:
+    """The manifest's own numbers must agree with each other (an edited field shows here)."""
+    problems = []
+    if manifest.row_len != manifest.seq_len + 1:
+        problems.append(
+            f"{where}: row_len {manifest.row_len} is not seq_len {manifest.seq_len} + 1 "
+            f"(edited?); {REBUILD_HINT}"
+        )
+    for name in splits:
+        split = manifest.split(name)
+        listed = sum(shard.rows for shard in split.shards)
+        if (
+            listed != split.rows
+            or split.tokens != split.rows * manifest.row_len + split.dropped_tokens
+        ):
+            problems.append(
+                f"{where}: the {name} split's counts disagree (rows {split.rows}, shards hold "
+                f"{listed}, tokens {split.tokens}, dropped {split.dropped_tokens}; edited?); "
+                f"{REBUILD_HINT}"
+            )
+    return problems
+
+
+def _check_tokenizer(directory: Path, manifest: Manifest) -> tuple[int | None, list[str]]:
+    """(the tokenizer copy's vocabulary size, or None when it does not load; its problems)."""
+    tok_dir = directory / manifest.tokenizer.dir
+    try:
+        tokenizer = load_tokenizer(tok_dir)
+    except TokenizerError as e:
+        return None, [str(e)]
+    ref = manifest.tokenizer
+    if tokenizer.hash != ref.hash:
+        return tokenizer.vocab_size, [
+            f"{tok_dir}: tokenizer copy does not match the manifest hash; {REBUILD_HINT}"
+        ]
+    actual = (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id)
+    if actual != (ref.vocab_size, ref.bos_id, ref.eos_id, ref.pad_id):
+        return tokenizer.vocab_size, [
+            f"{directory / MANIFEST_FILE}: tokenizer fields (vocab_size, bos, eos, pad) = "
+            f"{(ref.vocab_size, ref.bos_id, ref.eos_id, ref.pad_id)} but the tokenizer has "
+            f"{actual} (edited?); {REBUILD_HINT}"
+        ]
+    return tokenizer.vocab_size, []
+
+
+def verify_shards(directory: Path | str, splits: Sequence[Split] = ("train", "val")) -> list[str]:
+    """Full check of a shard directory (or of some of its splits): the manifest's numbers
+    against each other and the tokenizer copy; every shard's size and sha256; and inside each
+    shard, the actual row length and row count against the manifest and the token ids against
+    the tokenizer's vocabulary size (read from the tokenizer model, not from the manifest).
 
     Returns one message per problem (empty when all is well); raises `ShardError` when the
     manifest itself is missing or unreadable.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
-    problems = []
-    for split in ("train", "val"):
+    vocab_size, problems = _check_tokenizer(directory, manifest)
+    problems += _check_manifest(manifest, splits, directory / MANIFEST_FILE)
+    for split in splits:
         for shard in manifest.split(split).shards:
-            problem = _check_file(directory / shard.file, shard, sha256=True)
+            path = directory / shard.file
+            problem = _check_file(path, shard, sha256=True) or _check_content(
+                path, shard, manifest.row_len, vocab_size
+            )
             if problem:
                 problems.append(problem)
-    tok_dir = directory / manifest.tokenizer.dir
-    try:
-        tokenizer_hash = load_tokenizer(tok_dir).hash
-    except TokenizerError as e:
-        problems.append(str(e))
-    else:
-        if tokenizer_hash != manifest.tokenizer.hash:
-            problems.append(
-                f"{tok_dir}: tokenizer copy does not match the manifest hash; {REBUILD_HINT}"
-            )
     return problems
 
 

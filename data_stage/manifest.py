@@ -15,7 +15,6 @@ from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import ShardError
 from data_stage.readers import CorpusStats
-from ttt_core.files import atomic_write_bytes
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -72,10 +71,6 @@ class Manifest(BaseModel):
 
 def manifest_bytes(manifest: Manifest) -> bytes:
     return (manifest.model_dump_json(indent=2) + "\n").encode("utf-8")
-
-
-def write_manifest(directory: Path, manifest: Manifest) -> None:
-    atomic_write_bytes(directory / MANIFEST_FILE, manifest_bytes(manifest))
 
 
 def read_manifest(directory: Path | str) -> Manifest:

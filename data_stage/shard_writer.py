@@ -8,6 +8,7 @@ row's (shard, batch, offset) follows from its index by arithmetic.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,16 @@ class SplitWriter:
             fsync_and_replace(tmp, self.directory / info.file)
 
     def discard(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._sink.close()
-            self._writer = self._sink = None
-        for tmp in self._temps:
-            tmp.unlink(missing_ok=True)
+        """Remove every temp file, even when closing the open one fails (a full disk cannot
+        take the file's footer): the unlinks are what frees the space."""
+        writer, sink = self._writer, self._sink
+        self._writer = self._sink = None
+        try:
+            if writer is not None:
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    writer.close()
+                with contextlib.suppress(OSError, pa.ArrowException):
+                    sink.close()
+        finally:
+            for tmp in self._temps:
+                tmp.unlink(missing_ok=True)

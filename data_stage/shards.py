@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,14 @@ from data_stage.config import ShardConfig
 from data_stage.corpus import Corpus
 from data_stage.encode import encode_chunks
 from data_stage.errors import CorpusError, ShardError
+from data_stage.faults import NoSpaceError, is_no_space, output_dir_problem
 from data_stage.manifest import (
     MANIFEST_FILE,
     Manifest,
     SplitInfo,
     TokenizerRef,
+    manifest_bytes,
     read_manifest,
-    write_manifest,
 )
 from data_stage.packing import RowPacker
 from data_stage.readers import CorpusStats
@@ -35,16 +37,32 @@ from data_stage.shard_writer import SplitWriter, shard_layout
 from data_stage.split import assign_splits, split_fraction
 from data_stage.tokenizer import (
     INFO_FILE,
+    MODEL_FILE,
     SentencePieceTokenizer,
     info_json,
     load_tokenizer,
-    write_tokenizer_dir,
 )
+from ttt_core.files import fsync_and_replace, temp_path
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _CHUNK_BYTES = 256 * 1024  # text per task sent to a worker
+
+
+@dataclass
+class _Done:
+    """How far encoding got: text bytes read and tokens produced."""
+
+    text_bytes: int = 0
+    tokens: int = 0
+
+    def needed_bytes(self, text_total: int) -> float:
+        """Estimated bytes of all shards: 4-byte ids, tokens scaled to the whole corpus (before
+        the first chunk, ~3 bytes of text per token)."""
+        if self.text_bytes and self.tokens:
+            return 4 * self.tokens * text_total / self.text_bytes
+        return 4 * text_total / 3
 
 
 def _chunks(
@@ -77,8 +95,10 @@ def _encode_splits(
     writers: dict[str, SplitWriter],
     batch_rows: int,
     total_bytes: int,
+    done: _Done,
 ) -> dict[str, SplitInfo]:
-    """Encode every document, route it to its split's packer, return per-split counts."""
+    """Encode every document, route it to its split's packer, return per-split counts.
+    `done` counts text bytes and tokens so far (for an estimate when the disk fills)."""
     row_len = cfg.seq_len + 1
     packers = {s: RowPacker(row_len, batch_rows, writers[s].write) for s in SPLITS}
     documents = dict.fromkeys(SPLITS, 0)
@@ -102,7 +122,9 @@ def _encode_splits(
                 packers[split].add(doc_tokens)
                 documents[split] += 1
                 tokens[split] += len(doc_tokens)
+                done.tokens += len(doc_tokens)
             progress.update(size)
+            done.text_bytes += size
             rate = (tokens["train"] + tokens["val"]) / max(time.perf_counter() - start, 1e-9)
             progress.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
     infos = {}
@@ -142,13 +164,32 @@ def _commit(
     manifest: Manifest,
     tokenizer_files: tuple[bytes, bytes],
 ) -> None:
-    """Replace a previous build in `out` with this one; the manifest is the commit point."""
-    stale = _old_shard_files(out)
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    write_tokenizer_dir(out / manifest.tokenizer.dir, *tokenizer_files)
-    for writer in writers.values():
-        writer.commit()
-    write_manifest(out, manifest)
+    """Replace a previous build in `out` with this one; the manifest is the commit point.
+
+    Everything that takes space (tokenizer copy, manifest) is written under temp names before
+    the previous build is touched, so a full disk fails while that build is still whole; what
+    follows is renames only."""
+    tok_dir = out / manifest.tokenizer.dir
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    model_bytes, info_bytes = tokenizer_files
+    staged = [
+        (tok_dir / MODEL_FILE, model_bytes),
+        (tok_dir / INFO_FILE, info_bytes),
+        (out / MANIFEST_FILE, manifest_bytes(manifest)),
+    ]
+    try:
+        for final, data in staged:
+            temp_path(final).write_bytes(data)
+        stale = _old_shard_files(out)
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        for final, _ in staged[:2]:
+            fsync_and_replace(temp_path(final), final)
+        for writer in writers.values():
+            writer.commit()
+        fsync_and_replace(temp_path(out / MANIFEST_FILE), out / MANIFEST_FILE)
+    finally:
+        for final, _ in staged:
+            temp_path(final).unlink(missing_ok=True)
     current = {shard.file for s in SPLITS for shard in manifest.split(s).shards}
     for name in stale - current:
         (out / name).unlink(missing_ok=True)
@@ -168,8 +209,9 @@ def build_shards(cfg: ShardConfig) -> Manifest:
     """
     started = time.perf_counter()
     tokenizer = load_tokenizer(cfg.tokenizer)
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise ShardError(f"{cfg.out}: exists and is not a directory; pass another --out")
+    problem = output_dir_problem(cfg.out)
+    if problem:
+        raise ShardError(f"{problem}; pass another --out")
     corpus = Corpus(cfg.corpus)
     is_val, scanned = _scan(corpus, cfg.val_fraction)
     row_len = cfg.seq_len + 1
@@ -177,8 +219,11 @@ def build_shards(cfg: ShardConfig) -> Manifest:
     created = not cfg.out.exists()
     cfg.out.mkdir(parents=True, exist_ok=True)
     writers = {s: SplitWriter(cfg.out, s, row_len, shard_rows) for s in SPLITS}
+    done = _Done()
     try:
-        splits = _encode_splits(corpus, is_val, tokenizer, cfg, writers, batch_rows, scanned.bytes)
+        splits = _encode_splits(
+            corpus, is_val, tokenizer, cfg, writers, batch_rows, scanned.bytes, done
+        )
         if corpus.stats != scanned:
             raise CorpusError(
                 "corpus changed while building (contents differ from the first pass); rerun"
@@ -207,11 +252,14 @@ def build_shards(cfg: ShardConfig) -> Manifest:
         _commit(
             cfg.out, writers, manifest, (tokenizer.model_bytes, _tokenizer_json(cfg, tokenizer))
         )
-    except BaseException:
+    except BaseException as e:
+        needed = done.needed_bytes(scanned.bytes) + 2 * len(tokenizer.model_bytes)
         for writer in writers.values():
             writer.discard()
         if created and not any(cfg.out.iterdir()):
             cfg.out.rmdir()
+        if is_no_space(e):
+            raise NoSpaceError(cfg.out, needed, "free space and rerun") from e
         raise
     if cfg.val_fraction > 0 and manifest.val.rows == 0:
         log.warning(

@@ -16,8 +16,9 @@ import sentencepiece as spm
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import TokenizerError
+from data_stage.faults import NoSpaceError, is_no_space
 from data_stage.readers import CorpusStats
-from ttt_core.files import atomic_write_bytes
+from ttt_core.files import fsync_and_replace, temp_path
 
 MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
@@ -142,10 +143,25 @@ def info_json(info: TokenizerInfo) -> bytes:
 
 
 def write_tokenizer_dir(out: Path, model_bytes: bytes, info_bytes: bytes) -> None:
-    """Write `out/tokenizer.model` and `out/tokenizer.json`, each atomically."""
+    """Write `out/tokenizer.model` and `out/tokenizer.json`. Both go to temp names first and
+    are renamed only when both are written, so a full disk leaves a previous tokenizer whole
+    (a `NoSpaceError` then, the temps removed)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / MODEL_FILE, model_bytes)
-    atomic_write_bytes(out / INFO_FILE, info_bytes)
+    files = [(out / MODEL_FILE, model_bytes), (out / INFO_FILE, info_bytes)]
+    try:
+        for path, data in files:
+            temp_path(path).write_bytes(data)
+        for path, _ in files:
+            fsync_and_replace(temp_path(path), path)
+    except OSError as e:
+        if is_no_space(e):
+            raise NoSpaceError(
+                out, len(model_bytes) + len(info_bytes), "free space and rerun"
+            ) from e
+        raise
+    finally:
+        for path, _ in files:
+            temp_path(path).unlink(missing_ok=True)
 
 
 def copy_tokenizer(source: Path | str, out: Path) -> SentencePieceTokenizer:

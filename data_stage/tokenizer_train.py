@@ -19,6 +19,7 @@ import sentencepiece as spm
 from data_stage.config import TokenizerConfig
 from data_stage.corpus import Corpus
 from data_stage.errors import TokenizerError
+from data_stage.faults import output_dir_problem
 from data_stage.tokenizer import (
     SentencePieceTokenizer,
     TokenizerInfo,
@@ -88,8 +89,9 @@ def train_tokenizer(cfg: TokenizerConfig) -> TokenizerInfo:
 
     Nothing is written when the corpus or the training fails.
     """
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise TokenizerError(f"{cfg.out}: exists and is not a directory; pass another --out")
+    problem = output_dir_problem(cfg.out)
+    if problem:
+        raise TokenizerError(f"{problem}; pass another --out")
     corpus = Corpus(cfg.corpus)
     lines = sample_lines((doc.text for doc in corpus), cfg.max_sentences, cfg.seed)
     model_bytes = _train_sentencepiece(lines, cfg)

@@ -19,6 +19,8 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import DataStageError, validation_summary
+from data_stage.faults import output_dir_problem, run_cli
+from train_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
 from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, harness, latency, niah, perplexity, position_loss
@@ -41,7 +43,7 @@ from .tracking import TrackingConfig
 
 C = TypeVar("C", bound=BaseModel)
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # argparse errors; the others via data_stage.faults.run_cli
 EXIT_BELOW_THRESHOLD = 1
 
 SUMMARIES = {
@@ -71,8 +73,9 @@ def _out_dir(args: argparse.Namespace, model: LoadedModel | None) -> Path:
     out = args.out or (default_out_dir(model) if model is not None else None)
     if out is None:
         raise EvalInputError("no model directory to write next to; pass --out DIR")
-    if out.exists() and not out.is_dir():
-        raise EvalInputError(f"--out {out}: exists and is not a directory")
+    problem = output_dir_problem(out)
+    if problem:
+        raise EvalInputError(f"--out {problem}")
     return out
 
 
@@ -184,6 +187,11 @@ def _add_model_flags(p: argparse.ArgumentParser, *, required: bool = True) -> No
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
 
+def _add_verify_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify-data", dest="verify_data", action="store_false", default=None,
+                   help="skip checking the val shards (sha256, row length, id range)")  # fmt: skip
+
+
 def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path,
                    help="results folder (default: <export>/eval or <run>/eval/<checkpoint>)")  # fmt: skip
@@ -199,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_output_flags(p)
     p.add_argument("--data", type=Path, required=True, help="shard directory (val split)")
+    _add_verify_flag(p)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq-len", type=int, help="predicted tokens per row (<= shards' seq_len)")
     p.add_argument("--max-batches", type=int)
@@ -208,6 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_output_flags(p)
     p.add_argument("--data", type=Path, required=True, help="shard directory (val split)")
+    _add_verify_flag(p)
     p.add_argument("--train-len", type=int, help="training length (default: shards' seq_len)")
     p.add_argument("--multipliers", type=int, nargs="+", help="lengths as multiples (1 2 4)")
     p.add_argument("--sequences", type=int, help="sequences per length (16)")
@@ -220,6 +230,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_model_flags(p)
     _add_output_flags(p)
     p.add_argument("--data", type=Path, required=True, help="shard directory (val haystacks)")
+    _add_verify_flag(p)
     p.add_argument("--contexts", type=int, nargs="+", help="prompt lengths in tokens")
     p.add_argument("--depths", type=float, nargs="+", help="needle depths in [0, 1]")
     p.add_argument("--trials", type=int)
@@ -297,17 +308,46 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        return f"invalid config: {validation_summary(error)}"
+    return str(error)
+
+
+def _run_dir_written(args: argparse.Namespace) -> Path | None:
+    """The train_stage run dir this command will write into: `--out` inside one, or the
+    default output next to a run dir `--model`. None when it writes elsewhere (or nowhere)."""
+    if not hasattr(args, "out"):  # generate writes no files
+        return None
+    if args.out is not None:
+        return enclosing_run_dir(args.out)
+    model = getattr(args, "model", None)
+    return Path(model) if model is not None and is_run_dir(Path(model)) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prefix = f"eval_stage {args.command}"
+
+    def body() -> int:
+        run_dir = _run_dir_written(args)
+        if run_dir is None:
+            return _run(args)
+        with RunDirLock(run_dir, prefix):  # no trainer may purge what this eval reads
+            return _run(args)
+
+    return run_cli(
+        prefix,
+        body,
+        (EvalInputError, DataStageError, ValidationError, RunDirBusy),
+        describe=_describe,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.run(args)
-    except ValidationError as e:
-        print(f"{prefix}: invalid config: {validation_summary(e)}", file=sys.stderr)
-    except (EvalInputError, DataStageError) as e:
-        print(f"{prefix}: error: {e}", file=sys.stderr)
     except SpeedupBelowThreshold as e:
-        print(f"{prefix}: {e}", file=sys.stderr)
+        print(f"eval_stage {args.command}: {e}", file=sys.stderr)
         return EXIT_BELOW_THRESHOLD
-    return EXIT_BAD_INPUT

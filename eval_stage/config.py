@@ -40,10 +40,16 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+VERIFY_DATA = Field(
+    True, description="check the val shards (sha256, row length, id range) before reading them"
+)
+
+
 class PerplexityConfig(_Config):
     """Token-exact validation loss over consecutive rows of a shard directory's val split."""
 
     data: Path = Field(description="shard directory (data_stage output)")
+    verify_data: bool = VERIFY_DATA
     batch_size: int = Field(8, ge=1)
     seq_len: int | None = Field(
         None, ge=1, description="tokens predicted per row; rows are cropped; None: the shards'"
@@ -55,6 +61,7 @@ class PositionLossConfig(_Config):
     """Mean next-token loss by token position at multiples of the training length."""
 
     data: Path
+    verify_data: bool = VERIFY_DATA
     train_len: int | None = Field(None, ge=2, description="None: the shards' seq_len")
     multipliers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
     sequences: int = Field(16, ge=1, description="sequences per length (fewer if val is short)")
@@ -72,6 +79,7 @@ class NiahConfig(_Config):
     """Passkey retrieval: `trials` prompts per (context length, needle depth) cell."""
 
     data: Path
+    verify_data: bool = VERIFY_DATA
     contexts: list[Annotated[int, Field(ge=8)]] = Field(
         default_factory=lambda: [256, 512, 1024, 2048], description="prompt lengths in tokens"
     )

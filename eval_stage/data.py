@@ -12,18 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from data_stage import DataStageError, ShardDataset
+from data_stage import DataStageError, ShardDataset, verify_shards
 
 from .errors import EvalInputError
 from .models import LoadedModel
 
 
-def open_val(directory: Path | str) -> ShardDataset:
-    """The val split of `directory`; refused when unreadable or empty."""
+def open_val(directory: Path | str, verify: bool = True) -> ShardDataset:
+    """The val split of `directory`; refused when unreadable or empty, and with `verify` when
+    its shards fail `verify_shards` (sha256, row length and ids against the tokenizer)."""
     try:
         ds = ShardDataset(directory, "val")
+        problems = verify_shards(directory, splits=("val",)) if verify else []
     except DataStageError as e:
         raise EvalInputError(f"validation data: {e}") from e
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EvalInputError(
+            f"validation data fails verification: {problems[0]}{more}; --no-verify-data skips "
+            "the check"
+        )
     if len(ds) == 0:
         raise EvalInputError(
             f"{directory}: the val split has no rows; rebuild the shards with a larger "
@@ -50,6 +58,19 @@ def check_fits(ds: ShardDataset, loaded: LoadedModel) -> None:
         )
 
 
+def _rows(ds: ShardDataset, index: np.ndarray) -> np.ndarray:
+    """`ds.get_many(index)`, refused when an id is outside the shards' vocabulary: damaged
+    shards read with --no-verify-data end in one line, not an embedding IndexError."""
+    rows = ds.get_many(index)
+    vocab = ds.manifest.tokenizer.vocab_size
+    if len(rows) and (rows.min() < 0 or rows.max() >= vocab):
+        raise EvalInputError(
+            f"{ds.directory}: val rows {index[0]}..{index[-1]} hold ids outside [0, {vocab}): "
+            "the shards are damaged; check them with `python -m data_stage verify`"
+        )
+    return rows
+
+
 def stream_length(ds: ShardDataset) -> int:
     """Tokens in the split's stream (whole rows; the packer's dropped tail is not there)."""
     return len(ds) * ds.row_len
@@ -62,7 +83,7 @@ def read_stream(ds: ShardDataset, start: int, length: int) -> np.ndarray:
             f"tokens [{start}, {start + length}) outside the {stream_length(ds)} of val"
         )
     first, last = start // ds.row_len, -(-(start + length) // ds.row_len)
-    flat = ds.get_many(np.arange(first, last)).reshape(-1)
+    flat = _rows(ds, np.arange(first, last)).reshape(-1)
     offset = start - first * ds.row_len
     return flat[offset : offset + length]
 
@@ -76,7 +97,7 @@ def row_batches(
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
         index = np.arange(b * batch_size, min((b + 1) * batch_size, len(ds)))
-        yield ds.get_many(index)[:, : seq_len + 1]
+        yield _rows(ds, index)[:, : seq_len + 1]
 
 
 def long_sequences(ds: ShardDataset, length: int, count: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from data_stage import SentencePieceTokenizer, load_tokenizer
 from ttt_core import TTTLM, ModelConfig
@@ -60,7 +61,7 @@ def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedMo
         )
     try:
         return load_export(path, device) if has_pretrained_files(path) else load_run(path, device)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise EvalInputError(f"cannot load model {path}: {e}") from e
 
 

@@ -188,7 +188,7 @@ def evaluate_niah(
 ) -> EvalResult:
     """Passkey accuracy of `model` (and `baseline`) by context length x depth. Prompts are
     encoded with the shards' tokenizer copy, which every model must share."""
-    ds = open_val(config.data)
+    ds = open_val(config.data, verify=config.verify_data)
     pairs = roles(model, baseline)
     for _, loaded in pairs:
         check_fits(ds, loaded)

@@ -60,7 +60,7 @@ def evaluate_perplexity(
     model: LoadedModel, config: PerplexityConfig, baseline: LoadedModel | None = None
 ) -> EvalResult:
     """Validation loss and perplexity of `model` (and `baseline`) on `config.data`'s val split."""
-    ds = open_val(config.data)
+    ds = open_val(config.data, verify=config.verify_data)
     seq_len = config.seq_len or ds.seq_len
     if seq_len > ds.seq_len:
         raise EvalInputError(

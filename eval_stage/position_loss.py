@@ -90,7 +90,7 @@ def evaluate_position_loss(
     model: LoadedModel, config: PositionLossConfig, baseline: LoadedModel | None = None
 ) -> EvalResult:
     """Loss-vs-token-index curves of `model` (and `baseline`) at each configured length."""
-    ds = open_val(config.data)
+    ds = open_val(config.data, verify=config.verify_data)
     train_len = config.train_len or ds.seq_len
     lengths = [m * train_len for m in config.multipliers]
     counts = _sequence_counts(ds, lengths, config.sequences)

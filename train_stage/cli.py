@@ -1,7 +1,9 @@
 """`python -m train_stage`: train (default) or export. Runs alone or under torchrun.
 
-Exit codes: 0 done, 2 refused before any work (bad config, data, resume target),
-3 diverged (NaN/inf; last good checkpoint kept), 143 stopped by SIGTERM/SIGINT after saving.
+Exit codes: 0 done, 2 refused before any work (bad config, data, resume target, a run dir in
+use), 3 diverged (NaN/inf; last good checkpoint kept), 4 environment (no space left: the last
+good checkpoint kept, temps removed), 143 stopped by SIGTERM/SIGINT after saving. Every failure
+is one line on stderr (`data_stage.faults.run_cli`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, NoReturn
 
 import yaml
 from pydantic import ValidationError
+
+from data_stage.faults import run_cli
 
 from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig, deep_merge
 from .preflight import ConfigError
@@ -127,6 +131,10 @@ def refuse(message: str, is_main: bool) -> int:
     return EXIT_REFUSED
 
 
+def _describe(error: BaseException) -> str:
+    return one_line(error) if isinstance(error, ValidationError) else str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
@@ -138,16 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     keep_running_without_console()
     rank = world_from_env()[0]
     args = train_parser().parse_args(argv)
-    try:
-        cfg = build_config(args)
-    except ValidationError as e:
-        return refuse(one_line(e), rank == 0)
-    except (ValueError, OSError, yaml.YAMLError) as e:
-        return refuse(str(e), rank == 0)
-    try:
+
+    def train() -> int:
+        try:
+            cfg = build_config(args)
+        except (ValueError, OSError, yaml.YAMLError) as e:
+            if isinstance(e, ValidationError):
+                raise
+            raise ConfigError(str(e)) from e
         return run_training(cfg)
-    except ConfigError as e:
-        return refuse(str(e), rank == 0)
+
+    return run_cli(
+        "train_stage",
+        train,
+        (ConfigError, ValidationError),
+        describe=_describe,
+        label="refused",
+        quiet=rank != 0,
+    )
 
 
 def export_main(argv: list[str]) -> int:

@@ -3,29 +3,57 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from data_stage import DataStageError, ShardDataset, read_manifest, verify_shards
 from data_stage.errors import validation_summary
+from data_stage.manifest import MANIFEST_FILE
+from ttt_core.files import sha256_file
 from ttt_core.ops import resolve_backend
 
-from .checkpoint import CHECKPOINTS, latest_checkpoint, read_meta
+from .checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    choose_checkpoint,
+    read_meta,
+    verify_checkpoint,
+)
 from .config import TrainConfig
 from .distributed import resolve_device, world_from_env
+from .tracking import MetricsFile
 
 
 class ConfigError(ValueError):
     """A run that cannot start; the message is one line saying what to change."""
 
 
-def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> Path | None:
-    """Check config, data and resume target against each other. Returns the checkpoint to resume
-    from (None for a fresh start)."""
+@dataclass
+class StartPlan:
+    """What preflight decided: the checkpoint to resume from (None: a fresh start), the data's
+    identity (recorded in each checkpoint), and lines to tell the user (skipped checkpoints,
+    an unverified one, a partial metrics line to drop)."""
+
+    checkpoint: Path | None
+    data: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> StartPlan:
+    """Check config, data, resume target and run records against each other; writes nothing."""
     _check_runtime(cfg, world, local_rank)
-    _check_data(cfg, world)
-    return _resume_target(cfg)
+    data = _check_data(cfg, world)
+    plan = _resume_target(cfg, data)
+    try:
+        note = MetricsFile(cfg.run_dir).check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if note:
+        plan.notes.append(note)
+    return plan
 
 
 def _check_runtime(cfg: TrainConfig, world: int, local_rank: int) -> None:
@@ -49,7 +77,8 @@ def _check_runtime(cfg: TrainConfig, world: int, local_rank: int) -> None:
         )
 
 
-def _check_data(cfg: TrainConfig, world: int) -> None:
+def _check_data(cfg: TrainConfig, world: int) -> dict[str, Any]:
+    """The data's identity ({train_rows, manifest_sha256}) once every check has passed."""
     try:
         manifest = read_manifest(cfg.data)
         if cfg.verify_data:
@@ -77,34 +106,48 @@ def _check_data(cfg: TrainConfig, world: int) -> None:
             f"the train split has {train_rows} rows; one step needs {needed} "
             "(world x batch size): build more data or lower --batch-size"
         )
+    return {"train_rows": train_rows, "manifest_sha256": sha256_file(cfg.data / MANIFEST_FILE)}
 
 
-def _resume_target(cfg: TrainConfig) -> Path | None:
+def _resume_target(cfg: TrainConfig, data: dict[str, Any]) -> StartPlan:
     if cfg.resume == "never":
-        if (cfg.run_dir / CHECKPOINTS / "latest").exists():
+        if _has_checkpoints(cfg.run_dir):
             raise ConfigError(
                 f"{cfg.run_dir} already has checkpoints and --resume never was given; "
                 "use --resume auto to continue it or choose a new --run-dir"
             )
-        return None
+        return StartPlan(None, data)
     try:
-        target = latest_checkpoint(cfg.run_dir) if cfg.resume == "auto" else Path(cfg.resume)
-    except FileNotFoundError as e:
-        raise ConfigError(str(e)) from e
+        if cfg.resume == "auto":
+            choice = choose_checkpoint(cfg.run_dir)
+            target, verified, notes = choice.checkpoint, choice.verified, choice.notes
+        else:
+            target, notes = Path(cfg.resume), []
+            verified = verify_checkpoint(target)
+    except CheckpointError as e:
+        flag = "--resume auto" if cfg.resume == "auto" else "--resume"
+        raise ConfigError(f"{flag}: {e}") from e
     if target is None:
-        return None
-    if not (target / ".metadata").exists():
-        raise ConfigError(f"--resume {target}: not a complete checkpoint directory")
-    _check_same_run(cfg, target)
-    return target
+        return StartPlan(None, data, notes)
+    if not verified:
+        notes.append(f"{target} has no checksums (saved by an older train_stage): unverified")
+    _check_compatible(cfg, target, data)
+    return StartPlan(target, data, notes)
 
 
-def _check_same_run(cfg: TrainConfig, target: Path) -> None:
-    """Refuse a checkpoint of other weights (model identity); say which training settings
-    changed (trajectory identity: the run goes on, but is no longer one uninterrupted run).
-    Operational fields (cadences, checkpoint_n_chunks, strategy, ...) may change freely."""
+def _has_checkpoints(run_dir: Path) -> bool:
+    root = run_dir / CHECKPOINTS
+    return (root / "latest").exists() or any(root.glob("step_*"))
+
+
+def _check_compatible(cfg: TrainConfig, target: Path, data: dict[str, Any]) -> None:
+    """Refuse a checkpoint of other weights (model identity), another seed or other data (the
+    run would not continue the same sample order); say which other training settings changed
+    (trajectory identity: the run goes on, but is no longer one uninterrupted run). Operational
+    fields (cadences, checkpoint_n_chunks, ops_backend, strategy, ...) may change freely."""
+    meta = read_meta(target)
     try:
-        differences = cfg.identity_differences(read_meta(target)["config"])
+        differences = cfg.identity_differences(meta["config"])
     except ValidationError as e:
         raise ConfigError(
             f"checkpoint {target}: its recorded config is not valid in this version: "
@@ -115,6 +158,19 @@ def _check_same_run(cfg: TrainConfig, target: Path) -> None:
         raise ConfigError(
             f"checkpoint {target} was trained with a different model config "
             f"(differs in {', '.join(model)}); resume with the same model or a new --run-dir"
+        )
+    if "seed" in differences:
+        raise ConfigError(
+            f"checkpoint {target} was trained with --seed {differences['seed'][1]}, not "
+            f"{cfg.seed}; resume with the same seed or a new --run-dir"
+        )
+    recorded = meta.get("data")  # absent in checkpoints of older versions
+    if recorded and recorded != data:
+        raise ConfigError(
+            f"checkpoint {target} was trained on other data ({recorded['train_rows']} train rows, "
+            f"manifest {recorded['manifest_sha256'][:12]}; --data {cfg.data} has "
+            f"{data['train_rows']}, {data['manifest_sha256'][:12]}); resume with the same "
+            "--data or a new --run-dir"
         )
     if differences and world_from_env()[0] == 0:
         changed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (new, old) in differences.items())

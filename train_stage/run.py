@@ -8,9 +8,11 @@ from typing import Any
 
 from ttt_core.files import atomic_write_text
 
+from .checkpoint import clean_stale_temps, repoint_latest
 from .config import TrainConfig
 from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
-from .preflight import preflight
+from .preflight import StartPlan, preflight
+from .run_lock import RunDirLock
 from .tracking import MlflowTracker
 from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
@@ -30,27 +32,47 @@ def open_tracker(cfg: TrainConfig, env: DistEnv) -> MlflowTracker | None:
 
 def run_training(cfg: TrainConfig) -> int:
     """Train per `cfg` in this process (one rank of torchrun, or alone). Returns an exit code;
-    raises `ConfigError` (nothing written) when the run cannot start."""
-    _, world, local_rank = world_from_env()
-    resume_from = preflight(cfg, world, local_rank)
+    raises `ConfigError` (nothing written) when the run cannot start.
+
+    Order: take the run dir's lock (rank 0), remove what an interrupted earlier run left, check
+    everything (preflight, then loading the resume state), and only then write: config.yaml,
+    the repaired metrics.jsonl, checkpoints."""
+    rank, world, local_rank = world_from_env()
+    lock = RunDirLock(cfg.run_dir, "train_stage").acquire() if rank == 0 else None
+    try:
+        if lock:
+            for stale in clean_stale_temps(cfg.run_dir):
+                print(f"[train] removed {stale}, left by an interrupted run", file=sys.stderr)
+        return _train(cfg, preflight(cfg, world, local_rank))
+    finally:
+        if lock:  # config.yaml is the first write: without it, a new run dir goes away again
+            lock.release(undo=not (cfg.run_dir / "config.yaml").exists())
+
+
+def _train(cfg: TrainConfig, plan: StartPlan) -> int:
     env = init_distributed(cfg.device)
     tracker = None
     clean = False
     try:
+        trainer = Trainer(cfg, env, plan.data)
+        seconds = trainer.resume(plan.checkpoint) if plan.checkpoint is not None else 0.0
+        # Every check has passed: from here on the run writes into its directory.
+        for note in plan.notes:
+            _say(env, f"[train] {note}", err=True)
         if env.is_main:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
+            trainer.metrics.truncate_after(trainer.step)
+            if plan.checkpoint is not None and repoint_latest(cfg.run_dir, plan.checkpoint):
+                print(f"[train] latest now names {plan.checkpoint.name}", file=sys.stderr)
             print(
                 f"[train] resolved config (also in {cfg.run_dir / 'config.yaml'}):\n"
                 f"{cfg.to_yaml()}",
                 flush=True,
             )
-        trainer = Trainer(cfg, env)
-        if resume_from is not None:
-            seconds = trainer.resume(resume_from)
+        if plan.checkpoint is not None:
             _say(
                 env,
-                f"[train] resumed from {resume_from} (step {trainer.step}, "
+                f"[train] resumed from {plan.checkpoint} (step {trainer.step}, "
                 f"loaded in {seconds:.2f}s)",
             )
         tracker = open_tracker(cfg, env)

@@ -14,6 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from data_stage.faults import NoSpaceError, is_no_space
+from ttt_core.files import atomic_write_bytes
+
 from .config import TrainConfig
 
 # Nothing leaves the machine: MLflow's usage telemetry is off unless the user turned it on.
@@ -39,24 +42,71 @@ def default_tracking_uri(run_dir: Path) -> str:
 
 class MetricsFile:
     """Append-only JSON lines, one object per logged step; truncated to a checkpoint on resume
-    so the file always tells one consistent history."""
+    so the file always tells one consistent history. A last line cut short by a kill mid-write
+    is dropped (with a message) when the run resumes; a damaged line before it is refused."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / METRICS_FILE
 
+    def _records(self) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+        """([(line, record)] of the whole lines, a note when a partial last line is dropped).
+        ValueError naming the line when a line before the last is not a JSON object."""
+        if not self.path.exists():
+            return [], None
+        raw = self.path.read_bytes()
+        lines = raw.decode("utf-8", errors="replace").split("\n")
+        tail = lines.pop()  # text after the last newline: a write that never finished
+        records, note = [], None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            record = _parse(line)
+            if record is None:
+                if number < len(lines) or tail.strip():
+                    raise ValueError(
+                        f"{self.path}: line {number} is not a JSON object (damaged); "
+                        "fix or delete that line, then resume"
+                    )
+                tail = line  # the last line ends in a newline but is cut short
+                continue
+            records.append((line, record))
+        if tail.strip():
+            note = (
+                f"{self.path}: dropping a partial last line ({len(tail.encode())} bytes, "
+                "from a write that was interrupted)"
+            )
+        return records, note
+
+    def check(self) -> str | None:
+        """Read-only check before a run starts: the note `truncate_after` will act on, if any."""
+        return self._records()[1]
+
     def truncate_after(self, step: int) -> None:
+        """Keep the records of steps <= `step` (and drop a partial last line), atomically."""
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", -1) <= step
-        ]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records, _ = self._records()
+        kept = "".join(line + "\n" for line, record in records if record.get("step", -1) <= step)
+        atomic_write_bytes(self.path, kept.encode())
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        line = json.dumps(record, sort_keys=True) + "\n"
+        try:
+            with open(self.path, "a") as f:
+                f.write(line)
+        except OSError as e:
+            if is_no_space(e):
+                hint = "the latest checkpoint is intact; free space and rerun with --resume auto"
+                raise NoSpaceError(self.path, len(line.encode()), hint) from e
+            raise
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:

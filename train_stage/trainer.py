@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .data import TrainData
 from .distributed import DistEnv, all_reduce_mean, clip_gradients, wrap_model
 from .optim import build_optimizer, build_scheduler, decay_names
+from .preflight import ConfigError
 from .progress import Progress
 from .tracking import MetricsFile, MlflowTracker
 
@@ -69,8 +70,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv):
+    def __init__(self, cfg: TrainConfig, env: DistEnv, data_identity: dict[str, Any]):
         self.cfg, self.env = cfg, env
+        self.data_identity = data_identity  # recorded in each checkpoint, checked on resume
         seed_everything(cfg.seed)
         model = TTTLM(cfg.model)
         decaying = decay_names(model)
@@ -100,7 +102,8 @@ class Trainer:
         }
 
     def resume(self, checkpoint: Path) -> float:
-        """Load every piece of state from `checkpoint`; returns the seconds it took."""
+        """Load every piece of state from `checkpoint`; returns the seconds it took. Writes
+        nothing (the caller truncates metrics.jsonl once the run is committed to start)."""
         state = self._state()
         saved_world = read_meta(checkpoint)["world_size"]
         if self.env.rank >= saved_world:
@@ -113,15 +116,16 @@ class Trainer:
             optim_state_dict=state["optim"],
         )
         self.scheduler.load_state_dict(state["scheduler"])
-        self.data.order.load_state_dict(state["data"])
+        try:
+            self.data.order.load_state_dict(state["data"])
+        except ValueError as e:  # a checkpoint of an older version records no data identity
+            raise ConfigError(f"checkpoint {checkpoint}: {e}") from e
         self.step = int(state["train"]["step"])
         self.tokens_seen = int(state["train"]["tokens_seen"])
         if "rng" in state:
             set_rng_state(state["rng"][f"rank{self.env.rank}"])
         self.last_checkpoint = checkpoint
         self.resumed_from_step = self.step
-        if self.env.is_main:
-            self.metrics.truncate_after(self.step)
         return seconds
 
     def save(self) -> float:
@@ -130,6 +134,7 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "world_size": self.env.world,
             "config": self.cfg.model_dump(mode="json"),
+            "data": self.data_identity,
             "mlflow_run_id": self.tracker.run_id if self.tracker else None,
         }
         path, seconds = self.checkpointer.save(self.step, self._state(), meta)

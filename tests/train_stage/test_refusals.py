@@ -34,7 +34,7 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "
         (("--lr", "-1"), "invalid config: lr: Input should be greater than 0"),
         (("--seq-len", "65"), "seq_len 65 is longer than the shards' 64"),
         (("--vocab-size", "1000"), "model vocab_size 1000 does not match the shards' tokenizer"),
-        (("--resume", "/nonexistent/step_1"), "not a complete checkpoint directory"),
+        (("--resume", "/nonexistent/step_1"), "/nonexistent/step_1: no such checkpoint directory"),
         (("--batch-size", "100000"), "one step needs 100000"),
         (("--curriculum", "16:2,bad"), "is not SEQ:STEPS"),
         (("--ops-backend", "triton"), "model.ops_backend: ops backend 'triton' cannot run here: "),
