@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import DataStageError, validation_summary
 from data_stage.faults import output_dir_problem, run_cli
-from train_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
+from data_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
 from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, harness, latency, niah, perplexity, position_loss

@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from data_stage.faults import run_cli
+from data_stage.run_lock import RunDirBusy, RunDirUnusable
 
 from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig, deep_merge
 from .preflight import ConfigError
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(
         "train_stage",
         train,
-        (ConfigError, ValidationError),
+        (ConfigError, ValidationError, RunDirBusy, RunDirUnusable),
         describe=_describe,
         label="refused",
         quiet=rank != 0,

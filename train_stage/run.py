@@ -6,13 +6,13 @@ import sys
 import warnings
 from typing import Any
 
+from data_stage.run_lock import RunDirLock
 from ttt_core.files import atomic_write_text
 
 from .checkpoint import clean_stale_temps, repoint_latest
 from .config import TrainConfig
 from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
 from .preflight import StartPlan, preflight
-from .run_lock import RunDirLock
 from .tracking import MlflowTracker
 from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 

@@ -10,9 +10,9 @@ import socket
 
 import pytest
 
+from data_stage.run_lock import OWNER_FILE, RunDirLock
 from eval_stage.cli import main as eval_main
 from train_stage.cli import main as train_main
-from train_stage.run_lock import OWNER_FILE, RunDirLock
 
 from .helpers import (
     TRAIN,

@@ -48,8 +48,8 @@ def test_resume_is_bitwise_exact_single_process_even_with_operational_changes(
     # Identity decides what resuming this checkpoint means (checked in process: no training).
     saved = TrainConfig.from_yaml(parts / "config.yaml")
     model = saved.model.model_dump()
-    target = preflight(saved.model_copy(update={"lr": 1e-4}), world=1)
-    assert target == parts / "checkpoints" / "step_00000016"
+    plan = preflight(saved.model_copy(update={"lr": 1e-4}), world=1)
+    assert plan.checkpoint == parts / "checkpoints" / "step_00000016"
     assert "changed training settings (lr: 0.003 -> 0.0001)" in capsys.readouterr().err
     other_model = saved.model_copy(update={"model": ModelConfig(**{**model, "eta_base": 0.5})})
     with pytest.raises(ConfigError, match=r"different model config \(differs in eta_base\)"):

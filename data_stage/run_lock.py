@@ -1,4 +1,6 @@
-"""An advisory lock on a run directory, held by the one process that writes into it.
+"""An advisory lock on a train_stage run directory, held by the one process that writes into it
+(the trainer, or an eval writing its results there). It lives here, below both stages, so that
+eval_stage takes it without importing the trainer.
 
 `<run_dir>/.run.lock` is locked with `flock` (the `filelock` package) for the life of the
 process, so the kernel releases it when the holder dies, however it dies: a lock left by a dead
@@ -23,12 +25,16 @@ from filelock import FileLock, Timeout
 
 from ttt_core.files import atomic_write_bytes
 
-from .preflight import ConfigError
+from .errors import DataStageError
 
 LOCK_FILE, OWNER_FILE = ".run.lock", ".run.owner"
 
 
-class RunDirBusy(ConfigError):
+class RunDirUnusable(DataStageError):
+    """The run directory cannot be created where it was asked for."""
+
+
+class RunDirBusy(DataStageError):
     """Another live process holds the run directory's lock."""
 
 
@@ -63,7 +69,7 @@ class RunDirLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, FileNotFoundError, NotADirectoryError) as e:
-            raise ConfigError(f"{self.run_dir}: cannot be a run directory ({e.strerror})") from e
+            raise RunDirUnusable(f"{self.run_dir}: cannot be a run directory ({e.strerror})") from e
         lock = FileLock(self.run_dir / LOCK_FILE, timeout=0)
         try:
             lock.acquire()
