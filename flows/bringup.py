@@ -21,8 +21,17 @@ from eval_stage import TrackingConfig, log_result, read_result
 from flows import outputs
 from flows.config import PipelineConfig
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
+from flows.request import (
+    DEFAULT_PRESET,
+    BringupRequest,
+    InvalidRequest,
+    PresetName,
+    resolve,
+    served_location,
+)
 from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
 from flows.tracking import Tracking
+from ttt_core.config import Mixer
 
 
 def browsable(url: str | None) -> str | None:
@@ -43,13 +52,16 @@ def call_cached(task: Any, outputs_valid: bool, refresh: bool, **params: Any) ->
 class Bringup:
     """One flow run's work on one bring-up: runs the stages and keeps the record and MLflow."""
 
-    def __init__(self, cfg: PipelineConfig, refresh: bool, restart_count: int):
+    def __init__(
+        self, cfg: PipelineConfig, request: BringupRequest, refresh: bool, restart_count: int
+    ):
         self.cfg, self.refresh = cfg, refresh
         self.log = get_run_logger()
         previous = read_record(cfg.run_dir)
         self.record = BringupRecord(
             status="running",
             config=cfg,
+            request=request,
             attempts=(previous.attempts if previous else 0) + 1,
             restart_count=restart_count,
             flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],
@@ -195,12 +207,39 @@ class Bringup:
 STAGES = ("tokenizer", "shards", "train", "bench", "evaluate")
 
 
-@flow(name="bringup", log_prints=True)
+def flow_run_label() -> str:
+    """`<preset>-<mixer>[ +overrides]`: flow runs named by what they bring up, not at random."""
+    params = flow_run.parameters
+    mixer = params.get("mixer") or (params.get("overrides") or {}).get("mixer") or "ttt_linear"
+    extra = " +overrides" if params.get("overrides") else ""
+    return f"{params.get('preset', DEFAULT_PRESET)}-{mixer}{extra}"
+
+
+@flow(name="bringup", log_prints=True, flow_run_name=flow_run_label)
 def bringup(
-    config: PipelineConfig, refresh: bool = False, restart_count: int = 0
+    preset: PresetName = DEFAULT_PRESET,
+    mixer: Mixer | None = None,
+    overrides: dict[str, Any] = {},  # noqa: B006 (never mutated; `{}` renders as the form's default)
+    refresh: bool = False,
+    restart_count: int = 0,
 ) -> dict[str, Any] | State:
-    """Bring up one model end to end; `refresh` reruns every stage, `restart_count` counts the
-    automatic restarts after failures (over `config.max_restarts` the run is cancelled)."""
+    """Bring up one model end to end under the serving process's run root and MLflow store.
+
+    Args:
+        preset: the pipeline preset (`debug_tiny`: seconds per stage; `small_cpu`: minutes).
+        mixer: the sequence mixer; None keeps the preset's (`ttt_linear`).
+        overrides: dotted PipelineConfig keys, as `flows run --set`: {"train.steps": 50}.
+        refresh: rerun every stage, ignoring the cache.
+        restart_count: set by the restart automation and `resume` (not in the deployment's
+            form); over the config's `max_restarts` the run is cancelled.
+    """
+    request = BringupRequest(preset=preset, mixer=mixer, overrides=overrides)
+    try:
+        config = resolve(request, *served_location())
+    except InvalidRequest as e:
+        if restart_count > 0:  # the same request fails the same way: never loop on it
+            return Cancelled(message=f"not restarted, the request is invalid: {e}")
+        raise
     if restart_count > config.max_restarts:
         return Cancelled(
             message=f"restart {restart_count} exceeds max_restarts={config.max_restarts} for "
@@ -208,7 +247,7 @@ def bringup(
         )
     acquire_lock(config.run_dir)
     try:
-        work = Bringup(config, refresh, restart_count)
+        work = Bringup(config, request, refresh, restart_count)
         try:
             for name in STAGES:
                 work.stage(name, getattr(work, name))

@@ -27,6 +27,7 @@ from eval_stage import (
     PositionLossConfig,
 )
 from train_stage.config import TrainConfig, deep_merge
+from ttt_core.config import Mixer
 
 EvalName = Literal["perplexity", "position_loss", "niah", "latency"]
 ALL_EVALS: tuple[EvalName, ...] = ("perplexity", "position_loss", "niah", "latency")
@@ -47,7 +48,7 @@ class PipelineConfig(BaseModel):
     name: str = Field("bringup", min_length=1, description="MLflow experiment")
     run_root: Path = Path("runs")
     run_name: str | None = Field(None, description="None: '<preset>-<mixer>'")
-    mixer: Literal["ttt_linear", "attention"] = "ttt_linear"
+    mixer: Mixer = "ttt_linear"
     baseline: str | None = Field(
         None, description="run_name of a completed attention bring-up under run_root to compare"
     )

@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from flows.config import PipelineConfig
 from flows.record import read_record
+from flows.request import BringupRequest, resolve
 from flows.up import free_port, services
 from tests.flows.helpers import (
     Kill,
@@ -62,15 +63,21 @@ def served(stack):
     return stack()
 
 
-def run_deployment(cfg: PipelineConfig, env: dict, *extra: str) -> subprocess.CompletedProcess:
-    """`prefect deployment run bringup/bringup --param config=...`, retried while `flows serve`
-    is still registering the deployment (a few seconds after it starts)."""
+def run_deployment(
+    request: BringupRequest, env: dict, *extra: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`prefect deployment run bringup/bringup -p preset=… [-p mixer=…] [-p overrides=…]`,
+    retried while `flows serve` is still registering the deployment (seconds after it starts)."""
+    params = request.model_dump(exclude_defaults=True)
     command = [
         sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
-        "--param", f"config={cfg.model_dump_json()}", *extra,
+        *[a for k, v in params.items() for a in ("-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}")],
+        *extra,
     ]  # fmt: skip
     for _ in range(60):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd
+        )
         if "not found" not in done.stdout + done.stderr:
             break
         time.sleep(2)
@@ -95,10 +102,13 @@ def read_deployment(api_url: str, name: str, timeout_s: float = 120):
 
 
 @pytest.mark.slow
-def test_deployment_run_completes_with_the_mlflow_layout(served):
+def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factory):
     run_root, env = served
-    cfg = PipelineConfig.from_preset("debug_tiny", run_root=run_root)
-    done = run_deployment(cfg, env, "--watch", "--watch-timeout", "240")
+    request = BringupRequest(preset="debug_tiny")
+    cfg = resolve(request, run_root)
+    elsewhere = tmp_path_factory.mktemp("caller")  # the served process owns where runs live
+    done = run_deployment(request, env, "--watch", "--watch-timeout", "240", cwd=elsewhere)
+    assert not list(elsewhere.iterdir())
     assert "Completed" in done.stdout
     assert read_deployment(env["PREFECT_API_URL"], "resume/resume").paused  # --resume-paused
 
@@ -144,10 +154,12 @@ def flow_runs(api_url: str) -> list[tuple[str, Any]]:
 @pytest.mark.slow
 def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     run_root, env = served
-    cfg = PipelineConfig.from_preset(
-        "debug_tiny", run_root=run_root, baseline="missing", evals=["perplexity"], max_restarts=1
+    request = BringupRequest(
+        preset="debug_tiny",
+        overrides={"baseline": "missing", "evals": ["perplexity"], "max_restarts": 1},
     )  # fails deterministically at evaluate: the baseline export does not exist
-    run_deployment(cfg, env)
+    cfg = resolve(request, run_root)
+    run_deployment(request, env)
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline:
         runs = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_final()]
@@ -165,15 +177,19 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     assert "baseline 'missing'" in record["error"]
 
 
+RESTARTABLE = BringupRequest(
+    preset="debug_tiny",
+    overrides={
+        "train.steps": 40,
+        "train.save_every": 10,
+        "evals": ["perplexity"],
+        "train_retries": 0,
+    },
+)  # 40 steps with a checkpoint every 10; no task retries, so only a restart can finish it
+
+
 def restartable(run_root: Path) -> PipelineConfig:
-    """40 steps with a checkpoint every 10; no task retries, so only a restart can finish it."""
-    return PipelineConfig.from_preset(
-        "debug_tiny",
-        run_root=run_root,
-        train={"steps": 40, "save_every": 10},
-        evals=["perplexity"],
-        train_retries=0,
-    )
+    return resolve(RESTARTABLE, run_root)
 
 
 def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> Kill:
@@ -231,7 +247,7 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
     resumes from the latest checkpoint to exactly the uninterrupted loss."""
     run_root, env = served
     cfg = restartable(run_root)
-    run_deployment(cfg, env)
+    run_deployment(RESTARTABLE, env)
     kill = kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
     api = env["PREFECT_API_URL"]
     states = wait_for(
