@@ -20,6 +20,7 @@ from prefect.states import Cancelled, State
 from eval_stage import TrackingConfig, log_result, read_result
 from flows import outputs
 from flows.config import PipelineConfig
+from flows.headline import comparison, summary_lines
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
 from flows.request import (
     DEFAULT_PRESET,
@@ -90,7 +91,9 @@ class Bringup:
         self.log.info("stage %s", name)
         result = run()
         self.record.outputs[name] = result
+        self.record.summary = comparison(self.record.outputs)
         write_record(self.record)
+        self.tracking.log_metrics(self.parent, self.record.summary)
         return result
 
     def child(self, stage: str, params: dict[str, Any], cached: bool) -> str:
@@ -173,7 +176,7 @@ class Bringup:
         for name in self.cfg.evals:
             out = self.cfg.stage_dir("eval")
             result, cached = call_cached(
-                eval_task,
+                eval_task.with_options(task_run_name=f"evaluate-{name}"),
                 outputs.results_ok(out, [name]),
                 self.refresh,
                 name=name,
@@ -202,9 +205,16 @@ class Bringup:
         self.record.error = error
         write_record(self.record)
         self.tracking.finish(self.parent, status)
+        print("\n".join(summary_lines(self.cfg, self.record.summary)))  # log_prints: the UI too
 
 
 STAGES = ("tokenizer", "shards", "train", "bench", "evaluate")
+
+
+def stages_for(mixer: str) -> tuple[str, ...]:
+    """The stages of a bring-up: `bench` times the TTT dual form against the primal, an op
+    benchmark that says nothing about another mixer, so only TTT bring-ups run it."""
+    return STAGES if mixer == "ttt_linear" else tuple(s for s in STAGES if s != "bench")
 
 
 def flow_run_label() -> str:
@@ -249,7 +259,7 @@ def bringup(
     try:
         work = Bringup(config, request, refresh, restart_count)
         try:
-            for name in STAGES:
+            for name in stages_for(config.mixer):
                 work.stage(name, getattr(work, name))
         except BaseException as e:
             work.finish("FAILED", f"{type(e).__name__}: {e}"[:4000])

@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from flows.config import PipelineConfig
+from flows.headline import identity
 from train_stage.tracking import flatten
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -56,6 +57,8 @@ class Tracking:
         return self.client.create_experiment(self.cfg.name, artifact_location=location)
 
     def start_parent(self, flow_run_id: str | None, flow_run_url: str | None) -> str:
+        """The bring-up's run: identity params only (`headline.identity`); paths, ids and the
+        commit are tags, the whole resolved config an artifact (`pipeline_config.json`)."""
         tags = {"run_dir": str(self.cfg.run_dir), "pipeline.preset": str(self.cfg.preset)}
         for key, value in (
             ("prefect.flow_run_id", flow_run_id),
@@ -65,16 +68,27 @@ class Tracking:
             if value:
                 tags[key] = value
         run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
-        self.log_params(run.info.run_id, self.cfg.model_dump(mode="json"))
+        self.log_params(run.info.run_id, identity(self.cfg))
+        self.client.log_dict(
+            run.info.run_id, self.cfg.model_dump(mode="json"), "pipeline_config.json"
+        )
         return run.info.run_id
 
     def start_child(self, parent_id: str, stage: str, params: dict[str, Any]) -> str:
+        """`<run_name>/<stage>` with the stage's settings as params and its paths as tags
+        (`path.<key>`), so a compare view never plots paths."""
+        flat = flatten("", params)
+        paths = {k: v for k, v in flat.items() if v.startswith("/") or "'/" in v}
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{self.cfg.run_name}/{stage}",
-            tags={PARENT_TAG: parent_id, "stage": stage},
+            tags={
+                PARENT_TAG: parent_id,
+                "stage": stage,
+                **{f"path.{k}": v for k, v in paths.items()},
+            },
         )
-        self.log_params(run.info.run_id, params)
+        self.log_params(run.info.run_id, {k: v for k, v in flat.items() if k not in paths})
         return run.info.run_id
 
     def adopt(self, run_id: str, parent_id: str) -> None:
