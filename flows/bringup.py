@@ -19,6 +19,7 @@ from prefect.states import Cancelled, State
 
 from eval_stage import TrackingConfig, log_result, read_result
 from flows import outputs
+from flows.commands import stage_commands
 from flows.config import PipelineConfig
 from flows.headline import comparison, summary_lines
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
@@ -63,6 +64,7 @@ class Bringup:
             status="running",
             config=cfg,
             request=request,
+            commands=stage_commands(cfg),
             attempts=(previous.attempts if previous else 0) + 1,
             restart_count=restart_count,
             flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],

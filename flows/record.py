@@ -31,6 +31,9 @@ class BringupRecord(BaseModel):
     mlflow_parent_run_id: str | None = None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     error: str | None = None
+    commands: dict[str, str] = Field(
+        default_factory=dict, description="stage -> the stage CLI command that redoes it"
+    )
     summary: dict[str, float] = Field(
         default_factory=dict, description="headline metrics (flows.headline), baseline/ beside"
     )
