@@ -84,9 +84,10 @@ class Bringup:
     def _link_mlflow(self) -> None:
         url = self.tracking.run_url(self.parent)
         note = f"MLflow run {self.parent} in experiment {self.cfg.name!r}"
-        if url is None:  # a local store: the UI runs on demand
-            url = f"http://127.0.0.1:5000/#/experiments/{self.tracking.experiment_id}/runs/{self.parent}"
-            note += f" (start the UI: mlflow ui --backend-store-uri {self.cfg.mlflow_tracking_uri})"
+        if url is None:  # a local store and no served UI: say how to start one
+            ui = f"mlflow ui --backend-store-uri {self.cfg.mlflow_tracking_uri}"
+            self.log.info("%s; browse it with: %s", note, ui)
+            return
         create_link_artifact(url, link_text="MLflow run", key="mlflow-run", description=note)
 
     def stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ DEFAULT_PRESET: PresetName = "small_cpu"
 assert set(get_args(PresetName)) == set(PIPELINE_PRESETS), "PresetName must list PIPELINE_PRESETS"
 
 RUN_ROOT_ENV, MLFLOW_URI_ENV = "FLOWS_RUN_ROOT", "FLOWS_MLFLOW_TRACKING_URI"
+UI_ENV = "FLOWS_MLFLOW_UI"  # the MLflow UI `flows up` serves, for links to runs
 OWNED_BY_PROCESS = {
     "run_root": "--run-root of `flows serve/up/run`",
     "mlflow_tracking_uri": "--mlflow-uri of `flows serve/run` (`flows up` sets it)",

@@ -9,8 +9,8 @@ from eval_stage import bench, latency, niah, perplexity, position_loss
 from eval_stage.results import metric_key
 from flows.bringup import STAGES, stages_for
 from flows.headline import comparison, headline, identity, summary_lines
-from flows.request import BringupRequest, resolve
-from flows.tracking import Tracking
+from flows.request import UI_ENV, BringupRequest, resolve
+from flows.tracking import KIND_TAG, Tracking
 
 
 def eval_outputs(role: str, scale: float) -> dict:
@@ -101,3 +101,18 @@ def test_parent_params_identify_the_bring_up_and_paths_are_tags(tmp_path):
     assert parent_run.data.metrics == {"train/loss": 3.5}
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert "pipeline_config.json" in artifacts
+
+
+def test_the_experiment_opens_on_the_training_view_and_links_use_the_served_ui(
+    tmp_path, monkeypatch
+):
+    cfg = resolve(BringupRequest(preset="debug_tiny"), tmp_path)
+    monkeypatch.delenv(UI_ENV, raising=False)
+    tracking = Tracking(cfg)
+    experiment = tracking.client.get_experiment(tracking.experiment_id)
+    assert experiment.tags[KIND_TAG] == "custom_model_development"
+    assert tracking.run_url("abc") is None  # a local store and no UI served
+    monkeypatch.setenv(UI_ENV, "http://127.0.0.1:5123")
+    assert tracking.run_url("abc") == (
+        f"http://127.0.0.1:5123/#/experiments/{tracking.experiment_id}/runs/abc"
+    )
