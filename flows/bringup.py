@@ -223,7 +223,11 @@ def stages_for(mixer: str) -> tuple[str, ...]:
 def flow_run_label() -> str:
     """`<preset>-<mixer>[ +overrides]`: flow runs named by what they bring up, not at random."""
     params = flow_run.parameters
-    mixer = params.get("mixer") or (params.get("overrides") or {}).get("mixer") or "ttt_linear"
+    mixer = (
+        params.get("mixer")
+        or (params.get("overrides") or {}).get("mixer")
+        or PipelineConfig.model_fields["mixer"].default
+    )
     extra = " +overrides" if params.get("overrides") else ""
     return f"{params.get('preset', DEFAULT_PRESET)}-{mixer}{extra}"
 

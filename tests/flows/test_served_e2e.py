@@ -64,7 +64,7 @@ def served(stack):
 
 
 def run_deployment(
-    request: BringupRequest, env: dict, *extra: str, cwd: Path | None = None
+    request: BringupRequest, env: dict, *extra: str, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
     """`prefect deployment run bringup/bringup -p preset=… [-p mixer=…] [-p overrides=…]`,
     retried while `flows serve` is still registering the deployment (seconds after it starts)."""
@@ -81,7 +81,7 @@ def run_deployment(
         if "not found" not in done.stdout + done.stderr:
             break
         time.sleep(2)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0 or not check, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -137,8 +137,28 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
         "evaluate", "eval"
     )
     assert "model/model.safetensors" in artifacts("evaluate", "model")
-    record = (cfg.run_dir / "bringup.json").read_text()
-    assert '"status": "completed"' in record
+    record = read_record(cfg.run_dir)
+    assert record.status == "completed" and record.request == request
+    assert set(record.commands) >= {"tokenizer", "shards", "train", "bench", "eval.niah"}
+    # the parent compares: headline metrics, identity params, no paths among them
+    headline = {"train/loss", "val/loss", "val/perplexity", "val/loss_last_bucket",
+                "niah/accuracy", "latency/decode_ms_longest",
+                "latency/prefill_tokens_per_s_longest", "bench/dual_over_primal_speedup"}  # fmt: skip
+    assert set(parent.data.metrics) == headline == set(record.summary)
+    assert parent.data.params["preset"] == "debug_tiny" and "model_params" in parent.data.params
+    for run in runs:
+        if run.info.run_id != children["train"].info.run_id:  # train_stage logs its own
+            assert not [v for v in run.data.params.values() if Path(v).is_absolute()]
+
+    # an unknown key fails the flow run at once, naming it, before any stage
+    bad = BringupRequest(preset="debug_tiny", overrides={"train.bogus": 1})
+    done = run_deployment(bad, env, "--watch", "--watch-timeout", "120", check=False)
+    assert "Failed" in done.stdout
+    failed = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_failed()]
+    assert len(failed) == 1 and "train.bogus" in failed[0].state.message
+    assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == [
+        cfg.run_name
+    ]
 
 
 def flow_runs(api_url: str) -> list[tuple[str, Any]]:
