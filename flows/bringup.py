@@ -70,6 +70,8 @@ class Bringup:
             flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],
         )
         self.tracking = Tracking(cfg)
+        baseline = read_record(cfg.run_root / cfg.baseline) if cfg.baseline else None
+        self.baseline_summary = baseline.summary if baseline else {}
         if previous and previous.status == "running" and previous.mlflow_parent_run_id:
             # the lock was free, so the flow run that wrote "running" was killed mid-way
             closed = self.tracking.close_abandoned(
@@ -94,7 +96,7 @@ class Bringup:
         self.log.info("stage %s", name)
         result = run()
         self.record.outputs[name] = result
-        self.record.summary = comparison(self.record.outputs)
+        self.record.summary = comparison(self.record.outputs, self.baseline_summary)
         write_record(self.record)
         self.tracking.log_metrics(self.parent, self.record.summary)
         return result

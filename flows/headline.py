@@ -61,9 +61,19 @@ def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[st
     return found
 
 
-def comparison(outputs: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The model's headline metrics plus the baseline's as `baseline/<name>`."""
-    baseline = {f"baseline/{k}": v for k, v in headline(outputs, "baseline").items()}
+TRAIN_HEADLINES = ("train/loss", "val/loss")
+
+
+def comparison(
+    outputs: dict[str, dict[str, Any]], baseline_summary: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The model's headline metrics plus the baseline's as `baseline/<name>`: its evals as
+    measured beside the model, its train numbers from its own bring-up's `summary`."""
+    trained = {k: v for k, v in (baseline_summary or {}).items() if k in TRAIN_HEADLINES}
+    measured = headline(outputs, "baseline")
+    if not measured:  # no baseline configured, or no eval has run yet
+        return headline(outputs)
+    baseline = {f"baseline/{k}": v for k, v in {**trained, **measured}.items()}
     return {**headline(outputs), **baseline}
 
 
@@ -97,12 +107,12 @@ def summary_lines(cfg: PipelineConfig, metrics: dict[str, float]) -> list[str]:
     lines = [f"bring-up {cfg.run_name} ({cfg.preset}, {cfg.mixer}): {cfg.run_dir}"]
     has_baseline = any(k.startswith("baseline/") for k in metrics)
     if has_baseline:
-        lines.append(f"  {'metric':<40}{cfg.mixer:>14}{'baseline ' + str(cfg.baseline):>26}")
+        lines.append(f"  {'metric':<40}{cfg.mixer:>14} {'baseline ' + str(cfg.baseline):>32}")
     for name, value in metrics.items():
         if name.startswith("baseline/"):
             continue
         row = f"  {name:<40}{value:>14.4g}"
         if f"baseline/{name}" in metrics:
-            row += f"{metrics[f'baseline/{name}']:>26.4g}"
+            row += f" {metrics[f'baseline/{name}']:>32.4g}"
         lines.append(row)
     return lines

@@ -64,6 +64,10 @@ def test_headline_reads_each_stage_at_its_longest_context(outputs):
     both = comparison(outputs)
     assert both["baseline/val/perplexity"] == 60.0 and "baseline/train/loss" not in both
     assert headline({"train": {"final_loss": 2.0, "val_loss": None}}) == {"train/loss": 2.0}
+    # the baseline's train numbers come from its own bring-up; its evals as measured here
+    with_train = comparison(outputs, {"train/loss": 3.0, "niah/accuracy": 0.9})
+    assert with_train["baseline/train/loss"] == 3.0 and with_train["baseline/niah/accuracy"] == 1.0
+    assert comparison({"train": {"final_loss": 2.0}}, {"train/loss": 3.0}) == {"train/loss": 2.0}
 
 
 def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
