@@ -111,6 +111,8 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     assert not list(elsewhere.iterdir())
     assert "Completed" in done.stdout
     assert read_deployment(env["PREFECT_API_URL"], "resume/resume").paused  # --resume-paused
+    form = read_deployment(env["PREFECT_API_URL"], "bringup/bringup").parameter_openapi_schema
+    assert list(form["properties"]) == ["preset", "mixer", "overrides", "refresh"]
 
     client = MlflowClient(str(cfg.mlflow_tracking_uri))
     experiment = client.get_experiment_by_name(cfg.name)
