@@ -19,10 +19,21 @@ from prefect.states import Cancelled, State
 
 from eval_stage import TrackingConfig, log_result, read_result
 from flows import outputs
+from flows.commands import stage_commands
 from flows.config import PipelineConfig
+from flows.headline import comparison, summary_lines
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
+from flows.request import (
+    DEFAULT_PRESET,
+    BringupRequest,
+    InvalidRequest,
+    PresetName,
+    resolve,
+    served_location,
+)
 from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
 from flows.tracking import Tracking
+from ttt_core.config import Mixer
 
 
 def browsable(url: str | None) -> str | None:
@@ -43,18 +54,24 @@ def call_cached(task: Any, outputs_valid: bool, refresh: bool, **params: Any) ->
 class Bringup:
     """One flow run's work on one bring-up: runs the stages and keeps the record and MLflow."""
 
-    def __init__(self, cfg: PipelineConfig, refresh: bool, restart_count: int):
+    def __init__(
+        self, cfg: PipelineConfig, request: BringupRequest, refresh: bool, restart_count: int
+    ):
         self.cfg, self.refresh = cfg, refresh
         self.log = get_run_logger()
         previous = read_record(cfg.run_dir)
         self.record = BringupRecord(
             status="running",
             config=cfg,
+            request=request,
+            commands=stage_commands(cfg),
             attempts=(previous.attempts if previous else 0) + 1,
             restart_count=restart_count,
             flow_run_ids=[*(previous.flow_run_ids if previous else []), str(flow_run.id)],
         )
         self.tracking = Tracking(cfg)
+        baseline = read_record(cfg.run_root / cfg.baseline) if cfg.baseline else None
+        self.baseline_summary = baseline.summary if baseline else {}
         if previous and previous.status == "running" and previous.mlflow_parent_run_id:
             # the lock was free, so the flow run that wrote "running" was killed mid-way
             closed = self.tracking.close_abandoned(
@@ -69,16 +86,19 @@ class Bringup:
     def _link_mlflow(self) -> None:
         url = self.tracking.run_url(self.parent)
         note = f"MLflow run {self.parent} in experiment {self.cfg.name!r}"
-        if url is None:  # a local store: the UI runs on demand
-            url = f"http://127.0.0.1:5000/#/experiments/{self.tracking.experiment_id}/runs/{self.parent}"
-            note += f" (start the UI: mlflow ui --backend-store-uri {self.cfg.mlflow_tracking_uri})"
+        if url is None:  # a local store and no served UI: say how to start one
+            ui = f"mlflow ui --backend-store-uri {self.cfg.mlflow_tracking_uri}"
+            self.log.info("%s; browse it with: %s", note, ui)
+            return
         create_link_artifact(url, link_text="MLflow run", key="mlflow-run", description=note)
 
     def stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         self.log.info("stage %s", name)
         result = run()
         self.record.outputs[name] = result
+        self.record.summary = comparison(self.record.outputs, self.baseline_summary)
         write_record(self.record)
+        self.tracking.log_metrics(self.parent, self.record.summary)
         return result
 
     def child(self, stage: str, params: dict[str, Any], cached: bool) -> str:
@@ -161,7 +181,7 @@ class Bringup:
         for name in self.cfg.evals:
             out = self.cfg.stage_dir("eval")
             result, cached = call_cached(
-                eval_task,
+                eval_task.with_options(task_run_name=f"evaluate-{name}"),
                 outputs.results_ok(out, [name]),
                 self.refresh,
                 name=name,
@@ -190,17 +210,55 @@ class Bringup:
         self.record.error = error
         write_record(self.record)
         self.tracking.finish(self.parent, status)
+        print("\n".join(summary_lines(self.cfg, self.record.summary)))  # log_prints: the UI too
 
 
 STAGES = ("tokenizer", "shards", "train", "bench", "evaluate")
 
 
-@flow(name="bringup", log_prints=True)
+def stages_for(mixer: str) -> tuple[str, ...]:
+    """The stages of a bring-up: `bench` times the TTT dual form against the primal, an op
+    benchmark that says nothing about another mixer, so only TTT bring-ups run it."""
+    return STAGES if mixer == "ttt_linear" else tuple(s for s in STAGES if s != "bench")
+
+
+def flow_run_label() -> str:
+    """`<preset>-<mixer>[ +overrides]`: flow runs named by what they bring up, not at random."""
+    params = flow_run.parameters
+    mixer = (
+        params.get("mixer")
+        or (params.get("overrides") or {}).get("mixer")
+        or PipelineConfig.model_fields["mixer"].default
+    )
+    extra = " +overrides" if params.get("overrides") else ""
+    return f"{params.get('preset', DEFAULT_PRESET)}-{mixer}{extra}"
+
+
+@flow(name="bringup", log_prints=True, flow_run_name=flow_run_label)
 def bringup(
-    config: PipelineConfig, refresh: bool = False, restart_count: int = 0
+    preset: PresetName = DEFAULT_PRESET,
+    mixer: Mixer | None = None,
+    overrides: dict[str, Any] = {},  # noqa: B006 (never mutated; `{}` renders as the form's default)
+    refresh: bool = False,
+    restart_count: int = 0,
 ) -> dict[str, Any] | State:
-    """Bring up one model end to end; `refresh` reruns every stage, `restart_count` counts the
-    automatic restarts after failures (over `config.max_restarts` the run is cancelled)."""
+    """Bring up one model end to end under the serving process's run root and MLflow store.
+
+    Args:
+        preset: the pipeline preset (`debug_tiny`: seconds per stage; `small_cpu`: minutes).
+        mixer: the sequence mixer; None keeps the preset's (`ttt_linear`).
+        overrides: dotted PipelineConfig keys, as `flows run --set`: {"train.steps": 50}.
+        refresh: rerun every stage, ignoring the cache.
+        restart_count: set by the restart automation and `resume` (not in the deployment's
+            form); over the config's `max_restarts` the run is cancelled.
+    """
+    request = BringupRequest(preset=preset, mixer=mixer, overrides=overrides)
+    try:
+        config = resolve(request, *served_location())
+    except InvalidRequest as e:
+        if restart_count > 0:  # the same request fails the same way: never loop on it
+            return Cancelled(message=f"not restarted, the request is invalid: {e}")
+        raise
     if restart_count > config.max_restarts:
         return Cancelled(
             message=f"restart {restart_count} exceeds max_restarts={config.max_restarts} for "
@@ -208,9 +266,9 @@ def bringup(
         )
     acquire_lock(config.run_dir)
     try:
-        work = Bringup(config, refresh, restart_count)
+        work = Bringup(config, request, refresh, restart_count)
         try:
-            for name in STAGES:
+            for name in stages_for(config.mixer):
                 work.stage(name, getattr(work, name))
         except BaseException as e:
             work.finish("FAILED", f"{type(e).__name__}: {e}"[:4000])

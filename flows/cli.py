@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args
 
 import yaml
-from pydantic import ValidationError
 
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.env import prepare_env
+from flows.request import (
+    DEFAULT_PRESET,
+    MLFLOW_URI_ENV,
+    RUN_ROOT_ENV,
+    BringupRequest,
+    resolve,
+)
+from ttt_core.config import Mixer
 
 EXIT_BAD_INPUT = 2
 
@@ -26,46 +34,49 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
-    """`["train.steps=10", "evals=[perplexity]"]` -> nested overrides; values parsed as YAML."""
+    """`["train.steps=10", "evals=[perplexity]"]` -> `{"train.steps": 10, "evals": [...]}`: the
+    flow's `overrides` (dotted keys); values parsed as YAML."""
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
-        *parents, leaf = key.split(".")
-        target = overrides
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(text)
+        overrides[key] = yaml.safe_load(text)
     return overrides
 
 
-def load_config(args: argparse.Namespace) -> PipelineConfig:
-    """The preset with `--run-root` and `--set` applied; a bad value exits 2 naming it."""
+def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConfig]:
+    """The request `--preset/--mixer/--set` make and the bring-up it resolves to under
+    `--run-root`, exactly as the `bringup` flow will resolve it; a bad value exits 2 naming it."""
     try:
-        overrides = parse_sets(args.set or [])
-        if args.run_root is not None:
-            overrides["run_root"] = str(args.run_root)
-        return PipelineConfig.from_preset(args.preset, **overrides)
-    except (ValidationError, ValueError) as e:
+        request = BringupRequest(
+            preset=args.preset, mixer=args.mixer, overrides=parse_sets(args.set or [])
+        )
+        return request, resolve(request, args.run_root, args.mlflow_uri)
+    except ValueError as e:  # InvalidRequest and a bad --set both name the key
         print(f"flows: invalid config: {e}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default="small_cpu")
-    p.add_argument("--run-root", type=Path, help="default: ./runs")
+    p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=DEFAULT_PRESET)
+    p.add_argument("--mixer", choices=get_args(Mixer), help="default: the preset's")
+    p.add_argument("--run-root", type=Path, default=Path("runs"))
+    p.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a PipelineConfig field"
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
+    request, cfg = load_request(args)
     prepare_env(cfg.run_root)
+    os.environ[RUN_ROOT_ENV] = str(cfg.run_root)
+    if args.mlflow_uri:
+        os.environ[MLFLOW_URI_ENV] = args.mlflow_uri
     from flows.bringup import bringup
 
-    state = bringup(config=cfg, refresh=args.refresh, return_state=True)
+    state = bringup(**request.model_dump(), refresh=args.refresh, return_state=True)
     print(json.dumps({"state": state.name, "run_dir": str(cfg.run_dir)}))
     return 0 if state.is_completed() else 1
 
@@ -75,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     prepare_env(run_root)
     from flows.serve import serve_deployments
 
-    serve_deployments(run_root, args.resume_every, args.resume_paused)
+    serve_deployments(run_root, args.mlflow_uri, args.resume_every, args.resume_paused)
     return 0
 
 
@@ -87,7 +98,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-root", type=Path, default=Path("runs"), help="scanned by resume")
+    p.add_argument(
+        "--run-root", type=Path, default=Path("runs"), help="where bring-ups run; resume scans it"
+    )
     p.add_argument("--resume-every", type=float, default=600.0, metavar="SECONDS")
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
@@ -113,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="serve the bringup and resume deployments")
     add_serve_args(serve)
+    serve.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     serve.set_defaults(func=cmd_serve)
     up = sub.add_parser("up", help="Prefect server + MLflow server + serve, on 127.0.0.1")
     add_serve_args(up)

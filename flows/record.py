@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
+from flows.request import BringupRequest
 from ttt_core.files import atomic_write_text
 
 RECORD_FILE, LOCK_FILE = "bringup.json", ".bringup.lock"
@@ -23,12 +24,19 @@ Status = Literal["running", "completed", "failed"]
 class BringupRecord(BaseModel):
     status: Status
     config: PipelineConfig
+    request: BringupRequest | None = Field(None, description="the flow's parameters")
     attempts: int = Field(0, ge=0, description="flow runs that worked on this bring-up")
     restart_count: int = 0
     flow_run_ids: list[str] = Field(default_factory=list)
     mlflow_parent_run_id: str | None = None
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     error: str | None = None
+    commands: dict[str, str] = Field(
+        default_factory=dict, description="stage -> the stage CLI command that redoes it"
+    )
+    summary: dict[str, float] = Field(
+        default_factory=dict, description="headline metrics (flows.headline), baseline/ beside"
+    )
     updated_at: float = Field(default_factory=time.time)
 
 

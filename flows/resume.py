@@ -24,14 +24,20 @@ def unfinished(run_root: Path) -> list[BringupRecord]:
 
 @flow(name="resume")
 def resume(run_root: str) -> dict[str, str]:
-    """Resume each unfinished bring-up; returns run name -> final state name. Each resume counts
-    as a restart, so a bring-up that keeps failing stops at its `max_restarts`."""
+    """Resume each unfinished bring-up (its recorded request, resolved under this process's run
+    root, which `flows serve` sets to `run_root`); returns run name -> final state name. Each
+    resume counts as a restart, so a bring-up that keeps failing stops at its `max_restarts`."""
     logger = get_run_logger()
     states = {}
     for record in unfinished(Path(run_root)):
         cfg = record.config
+        if record.request is None:
+            logger.warning("%s predates recorded requests; run it again by hand", cfg.run_dir)
+            continue
         logger.info("resuming %s (status %s)", cfg.run_dir, record.status)
-        state = bringup(config=cfg, restart_count=record.restart_count + 1, return_state=True)
+        state = bringup(
+            **record.request.model_dump(), restart_count=record.restart_count + 1, return_state=True
+        )
         states[str(cfg.run_name)] = state.name
     if not states:
         logger.info("nothing to resume under %s", run_root)

@@ -3,6 +3,7 @@ run, one nested child run per stage. Explicit run ids through `MlflowClient`, no
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -15,9 +16,34 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from flows.config import PipelineConfig
+from flows.headline import identity
+from flows.request import UI_ENV
 from train_stage.tracking import flatten
 
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3 opens an experiment on its GenAI page unless it is marked as model training
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def ensure_experiment(client: MlflowClient, name: str, run_root: Path) -> str:
+    """The id of experiment `name`, created when missing, marked as model training. A local
+    store keeps artifacts in `<run_root>/mlartifacts`; a server decides (--artifacts-destination)."""
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        uri = client.tracking_uri
+        local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+        location = (run_root / "mlartifacts").as_uri() if local else None
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = found.experiment_id
+    if found is None or found.tags.get(KIND_TAG) != TRAINING_KIND:
+        client.set_experiment_tag(experiment_id, KIND_TAG, TRAINING_KIND)
+    return experiment_id
+
+
+def runs_table_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in the MLflow UI at `ui`."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 def git_commit() -> str | None:
@@ -44,18 +70,11 @@ class Tracking:
         self.cfg = cfg
         self.uri = str(cfg.mlflow_tracking_uri)
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment()
-
-    def _experiment(self) -> str:
-        found = self.client.get_experiment_by_name(self.cfg.name)
-        if found is not None:
-            return found.experiment_id
-        # A local store keeps artifacts next to it; a server decides (--artifacts-destination).
-        local = self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri
-        location = (self.cfg.run_root / "mlartifacts").as_uri() if local else None
-        return self.client.create_experiment(self.cfg.name, artifact_location=location)
+        self.experiment_id = ensure_experiment(self.client, cfg.name, cfg.run_root)
 
     def start_parent(self, flow_run_id: str | None, flow_run_url: str | None) -> str:
+        """The bring-up's run: identity params only (`headline.identity`); paths, ids and the
+        commit are tags, the whole resolved config an artifact (`pipeline_config.json`)."""
         tags = {"run_dir": str(self.cfg.run_dir), "pipeline.preset": str(self.cfg.preset)}
         for key, value in (
             ("prefect.flow_run_id", flow_run_id),
@@ -65,16 +84,27 @@ class Tracking:
             if value:
                 tags[key] = value
         run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
-        self.log_params(run.info.run_id, self.cfg.model_dump(mode="json"))
+        self.log_params(run.info.run_id, identity(self.cfg))
+        self.client.log_dict(
+            run.info.run_id, self.cfg.model_dump(mode="json"), "pipeline_config.json"
+        )
         return run.info.run_id
 
     def start_child(self, parent_id: str, stage: str, params: dict[str, Any]) -> str:
+        """`<run_name>/<stage>` with the stage's settings as params and its paths as tags
+        (`path.<key>`), so a compare view never plots paths."""
+        flat = flatten("", params)
+        paths = {k: v for k, v in flat.items() if v.startswith("/") or "'/" in v}
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"{self.cfg.run_name}/{stage}",
-            tags={PARENT_TAG: parent_id, "stage": stage},
+            tags={
+                PARENT_TAG: parent_id,
+                "stage": stage,
+                **{f"path.{k}": v for k, v in paths.items()},
+            },
         )
-        self.log_params(run.info.run_id, params)
+        self.log_params(run.info.run_id, {k: v for k, v in flat.items() if k not in paths})
         return run.info.run_id
 
     def adopt(self, run_id: str, parent_id: str) -> None:
@@ -118,10 +148,10 @@ class Tracking:
         self.client.set_terminated(run_id, status=status)
 
     def run_url(self, run_id: str) -> str | None:
-        """The UI address of a run when the store is a tracking server."""
-        if not self.uri.startswith(("http://", "https://")):
-            return None
-        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        """The UI address of a run: on the tracking server, or on the UI `flows up` serves for
+        the local store (`FLOWS_MLFLOW_UI`); None when there is neither."""
+        ui = self.uri if self.uri.startswith(("http://", "https://")) else os.environ.get(UI_ENV)
+        return f"{runs_table_url(ui, self.experiment_id)}/{run_id}" if ui else None
 
 
 @contextmanager

@@ -13,8 +13,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow import MlflowClient
+
+from flows.config import PipelineConfig
 from flows.env import prepare_env
+from flows.request import UI_ENV
 from flows.torchrun import stop_group
+from flows.tracking import ensure_experiment, runs_table_url
 
 
 def port_free(port: int) -> bool:
@@ -83,7 +88,10 @@ def services(
     """The three services, in start order."""
     env = prepare_env(run_root, dict(os.environ))
     api = f"http://127.0.0.1:{prefect_port}/api"
-    serve_env = {**env, "PREFECT_API_URL": api}
+    serve_env = {**env, "PREFECT_API_URL": api, UI_ENV: f"http://127.0.0.1:{mlflow_port}"}
+    # MLflow 3's server also starts job workers (GenAI scorers, periodic tasks) by default:
+    # nothing the runs table, charts and artifacts use, so one web worker and no jobs
+    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     db = f"sqlite:///{run_root}/mlflow.db"
     resume_flag = "--resume-paused" if resume_paused else "--resume-active"
     return [
@@ -99,7 +107,7 @@ def services(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
              "--port", str(mlflow_port), "--backend-store-uri", db,
              "--artifacts-destination", str(run_root / "mlartifacts"), "--workers", "1"],
-            env,
+            mlflow_env,
             f"http://127.0.0.1:{mlflow_port}/health",
         ),
         Service(
@@ -124,6 +132,13 @@ def up(
         )
         return 2
     run_root.mkdir(parents=True, exist_ok=True)
+    prepare_env(run_root)
+    # before the server opens the store: the runs table has an address to print from the start
+    experiment_id = ensure_experiment(
+        MlflowClient(f"sqlite:///{run_root}/mlflow.db"),
+        PipelineConfig.model_fields["name"].default,
+        run_root,
+    )
     stack = services(run_root, prefect_port, mlflow_port, resume_every_s, resume_paused)
     log_dir = run_root / ".logs"
     stopping: list[int] = []
@@ -139,8 +154,15 @@ def up(
             started.append(service)
             if service.health_url:
                 service.wait_healthy(120)
+        mlflow_ui = f"http://127.0.0.1:{mlflow_port}"
         print(f"Prefect UI: http://127.0.0.1:{prefect_port}", flush=True)
-        print(f"MLflow UI:  http://127.0.0.1:{mlflow_port}", flush=True)
+        print(f"MLflow UI:  {mlflow_ui}", flush=True)
+        print(f"MLflow runs: {runs_table_url(mlflow_ui, experiment_id)}", flush=True)
+        print(
+            f"In another shell: export PREFECT_API_URL=http://127.0.0.1:{prefect_port}/api\n"
+            "  then: prefect deployment run bringup/bringup -p preset=debug_tiny --watch",
+            flush=True,
+        )
         print(f"logs in {log_dir}; Ctrl-C stops all three", flush=True)
         while not stopping:
             dead = [s for s in started if s.proc is not None and s.proc.poll() is not None]

@@ -68,11 +68,11 @@ def test_eval_configs_point_at_the_shards(tmp_path):
     assert cfg.eval_config("latency") == cfg.latency
 
 
-def test_cli_set_values_are_yaml_and_nest_by_dots():
+def test_cli_set_values_are_yaml_under_dotted_keys():
     from flows.cli import parse_sets
 
     assert parse_sets(["train.steps=10", "evals=[perplexity, niah]", "mixer=attention"]) == {
-        "train": {"steps": 10},
+        "train.steps": 10,
         "evals": ["perplexity", "niah"],
         "mixer": "attention",
     }

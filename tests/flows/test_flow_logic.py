@@ -10,13 +10,16 @@ from flows import outputs
 from flows.bringup import STAGES, bringup, browsable, call_cached
 from flows.config import PipelineConfig
 from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
+from flows.request import RUN_ROOT_ENV, BringupRequest, resolve
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.files import sha256_file
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    return PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
+def cfg(tmp_path, monkeypatch):
+    """The bring-up `bringup.fn(preset="debug_tiny")` works on, served from `tmp_path`."""
+    monkeypatch.setenv(RUN_ROOT_ENV, str(tmp_path))
+    return resolve(BringupRequest(preset="debug_tiny"), tmp_path)
 
 
 class FakeBringup:
@@ -24,7 +27,7 @@ class FakeBringup:
 
     calls: list[str]
 
-    def __init__(self, cfg, refresh, restart_count):
+    def __init__(self, cfg, request, refresh, restart_count):
         FakeBringup.calls = []
         self.record = type("R", (), {"outputs": {}})()
         self.fail_at = os.environ.get("FAKE_FAIL_AT")
@@ -44,7 +47,7 @@ class FakeBringup:
 
 def test_stages_run_in_pipeline_order(cfg, monkeypatch):
     monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
-    result = bringup.fn(cfg)
+    result = bringup.fn(preset="debug_tiny")
     assert FakeBringup.calls == [*STAGES, "finish:FINISHED:None"]
     assert STAGES == ("tokenizer", "shards", "train", "bench", "evaluate")
     assert set(result) == set(STAGES)
@@ -55,7 +58,7 @@ def test_a_failing_stage_stops_the_flow_and_marks_it_failed(cfg, monkeypatch):
     monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
     monkeypatch.setenv("FAKE_FAIL_AT", "train")
     with pytest.raises(RuntimeError, match="train broke"):
-        bringup.fn(cfg)
+        bringup.fn(preset="debug_tiny")
     assert FakeBringup.calls == [
         "tokenizer",
         "shards",
@@ -75,11 +78,11 @@ def test_only_a_real_prefect_ui_address_is_tagged():
 def test_restarts_over_the_cap_are_cancelled_before_any_work(cfg, monkeypatch):
     monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
     FakeBringup.calls = []
-    state = bringup.fn(cfg, restart_count=cfg.max_restarts + 1)
+    state = bringup.fn(preset="debug_tiny", restart_count=cfg.max_restarts + 1)
     assert state.is_cancelled()
     assert "max_restarts=2" in state.message
     assert FakeBringup.calls == [] and not cfg.run_dir.exists()
-    assert bringup.fn(cfg, restart_count=cfg.max_restarts) is not None  # at the cap: runs
+    assert bringup.fn(preset="debug_tiny", restart_count=cfg.max_restarts) is not None  # at cap
     assert FakeBringup.calls[-1] == "finish:FINISHED:None"
 
 

@@ -9,16 +9,15 @@ import sys
 
 import pytest
 
-from flows.config import PipelineConfig
+from flows.cli import parse_sets
+from flows.request import BringupRequest, resolve
 from tests.flows.helpers import kill_after_step, uninterrupted_final_loss
 
 
 @pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_uninterrupted_loss(tmp_path):
     sets = ["train.steps=40", "train.save_every=10", "evals=[perplexity]"]
-    cfg = PipelineConfig.from_preset(
-        "debug_tiny", run_root=tmp_path, train={"steps": 40, "save_every": 10}, evals=["perplexity"]
-    )
+    cfg = resolve(BringupRequest(preset="debug_tiny", overrides=parse_sets(sets)), tmp_path)
     command = [sys.executable, "-m", "flows", "run", "--preset", "debug_tiny",
                "--run-root", str(tmp_path)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
     log = tmp_path / "flow.log"

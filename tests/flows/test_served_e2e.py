@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 
 from flows.config import PipelineConfig
 from flows.record import read_record
+from flows.request import BringupRequest, resolve
 from flows.up import free_port, services
 from tests.flows.helpers import (
     Kill,
@@ -62,19 +63,25 @@ def served(stack):
     return stack()
 
 
-def run_deployment(cfg: PipelineConfig, env: dict, *extra: str) -> subprocess.CompletedProcess:
-    """`prefect deployment run bringup/bringup --param config=...`, retried while `flows serve`
-    is still registering the deployment (a few seconds after it starts)."""
+def run_deployment(
+    request: BringupRequest, env: dict, *extra: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`prefect deployment run bringup/bringup -p preset=… [-p mixer=…] [-p overrides=…]`,
+    retried while `flows serve` is still registering the deployment (seconds after it starts)."""
+    params = request.model_dump(exclude_defaults=True)
     command = [
         sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
-        "--param", f"config={cfg.model_dump_json()}", *extra,
+        *[a for k, v in params.items() for a in ("-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}")],
+        *extra,
     ]  # fmt: skip
     for _ in range(60):
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd
+        )
         if "not found" not in done.stdout + done.stderr:
             break
         time.sleep(2)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0 or not check, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
@@ -95,12 +102,17 @@ def read_deployment(api_url: str, name: str, timeout_s: float = 120):
 
 
 @pytest.mark.slow
-def test_deployment_run_completes_with_the_mlflow_layout(served):
+def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factory):
     run_root, env = served
-    cfg = PipelineConfig.from_preset("debug_tiny", run_root=run_root)
-    done = run_deployment(cfg, env, "--watch", "--watch-timeout", "240")
+    request = BringupRequest(preset="debug_tiny")
+    cfg = resolve(request, run_root)
+    elsewhere = tmp_path_factory.mktemp("caller")  # the served process owns where runs live
+    done = run_deployment(request, env, "--watch", "--watch-timeout", "240", cwd=elsewhere)
+    assert not list(elsewhere.iterdir())
     assert "Completed" in done.stdout
     assert read_deployment(env["PREFECT_API_URL"], "resume/resume").paused  # --resume-paused
+    form = read_deployment(env["PREFECT_API_URL"], "bringup/bringup").parameter_openapi_schema
+    assert list(form["properties"]) == ["preset", "mixer", "overrides", "refresh"]
 
     client = MlflowClient(str(cfg.mlflow_tracking_uri))
     experiment = client.get_experiment_by_name(cfg.name)
@@ -127,8 +139,28 @@ def test_deployment_run_completes_with_the_mlflow_layout(served):
         "evaluate", "eval"
     )
     assert "model/model.safetensors" in artifacts("evaluate", "model")
-    record = (cfg.run_dir / "bringup.json").read_text()
-    assert '"status": "completed"' in record
+    record = read_record(cfg.run_dir)
+    assert record.status == "completed" and record.request == request
+    assert set(record.commands) >= {"tokenizer", "shards", "train", "bench", "eval.niah"}
+    # the parent compares: headline metrics, identity params, no paths among them
+    headline = {"train/loss", "val/loss", "val/perplexity", "val/loss_last_bucket",
+                "niah/accuracy", "latency/decode_ms_longest",
+                "latency/prefill_tokens_per_s_longest", "bench/dual_over_primal_speedup"}  # fmt: skip
+    assert set(parent.data.metrics) == headline == set(record.summary)
+    assert parent.data.params["preset"] == "debug_tiny" and "model_params" in parent.data.params
+    for run in runs:
+        if run.info.run_id != children["train"].info.run_id:  # train_stage logs its own
+            assert not [v for v in run.data.params.values() if Path(v).is_absolute()]
+
+    # an unknown key fails the flow run at once, naming it, before any stage
+    bad = BringupRequest(preset="debug_tiny", overrides={"train.bogus": 1})
+    done = run_deployment(bad, env, "--watch", "--watch-timeout", "120", check=False)
+    assert "Failed" in done.stdout
+    failed = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_failed()]
+    assert len(failed) == 1 and "train.bogus" in failed[0].state.message
+    assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == [
+        cfg.run_name
+    ]
 
 
 def flow_runs(api_url: str) -> list[tuple[str, Any]]:
@@ -144,10 +176,12 @@ def flow_runs(api_url: str) -> list[tuple[str, Any]]:
 @pytest.mark.slow
 def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     run_root, env = served
-    cfg = PipelineConfig.from_preset(
-        "debug_tiny", run_root=run_root, baseline="missing", evals=["perplexity"], max_restarts=1
+    request = BringupRequest(
+        preset="debug_tiny",
+        overrides={"baseline": "missing", "evals": ["perplexity"], "max_restarts": 1},
     )  # fails deterministically at evaluate: the baseline export does not exist
-    run_deployment(cfg, env)
+    cfg = resolve(request, run_root)
+    run_deployment(request, env)
     deadline = time.monotonic() + 200
     while time.monotonic() < deadline:
         runs = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_final()]
@@ -165,15 +199,19 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     assert "baseline 'missing'" in record["error"]
 
 
+RESTARTABLE = BringupRequest(
+    preset="debug_tiny",
+    overrides={
+        "train.steps": 40,
+        "train.save_every": 10,
+        "evals": ["perplexity"],
+        "train_retries": 0,
+    },
+)  # 40 steps with a checkpoint every 10; no task retries, so only a restart can finish it
+
+
 def restartable(run_root: Path) -> PipelineConfig:
-    """40 steps with a checkpoint every 10; no task retries, so only a restart can finish it."""
-    return PipelineConfig.from_preset(
-        "debug_tiny",
-        run_root=run_root,
-        train={"steps": 40, "save_every": 10},
-        evals=["perplexity"],
-        train_retries=0,
-    )
+    return resolve(RESTARTABLE, run_root)
 
 
 def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> Kill:
@@ -231,7 +269,7 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
     resumes from the latest checkpoint to exactly the uninterrupted loss."""
     run_root, env = served
     cfg = restartable(run_root)
-    run_deployment(cfg, env)
+    run_deployment(RESTARTABLE, env)
     kill = kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
     api = env["PREFECT_API_URL"]
     states = wait_for(

@@ -1,0 +1,118 @@
+"""The few numbers that say which bring-up is better, read from the stages' outputs.
+
+Logged on the MLflow parent run (so two bring-ups compare on one screen), written to
+`bringup.json` as `summary` and printed at the end of every bring-up. Names sort before the
+per-layer diagnostics (`ttt/layer*`); the attention baseline's, when one is configured, carry
+the prefix `baseline/`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flows.config import PipelineConfig
+
+# headline name -> (eval output, metric key after `<eval>/<role>/`; `{longest}` = its largest
+# context or length)
+EVAL_HEADLINES = {
+    "val/perplexity": ("perplexity", "perplexity"),
+    "val/loss_last_bucket": ("position_loss", "len_{longest}/last_bucket_loss"),
+    "niah/accuracy": ("niah", "accuracy"),
+    "latency/decode_ms_longest": ("latency", "ctx_{longest}/decode_ms"),
+    "latency/prefill_tokens_per_s_longest": ("latency", "ctx_{longest}/prefill_tokens_per_s"),
+}
+SPEEDUP = (
+    "bench/dual_over_primal_speedup",
+    "bench_dual_primal/forward/speedup_dual_over_primal_anchored",
+)
+
+
+def _longest(metrics: dict[str, float], prefix: str, pattern: str) -> str | None:
+    """`pattern` with `{longest}` set to the largest number any key under `prefix` has there."""
+    head, _, tail = pattern.partition("{longest}")
+    found = [
+        int(m.group(1))
+        for key in metrics
+        if (m := re.fullmatch(re.escape(prefix + head) + r"(\d+)" + re.escape(tail), key))
+    ]
+    return prefix + head + str(max(found)) + tail if found else None
+
+
+def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[str, float]:
+    """Headline metrics of `role` ("model" or "baseline") from `bringup.json`'s `outputs`; only
+    those the finished stages measured. Train and bench numbers exist for the model only."""
+    found: dict[str, float] = {}
+    train = outputs.get("train", {})
+    if role == "model":
+        for name, key in (("train/loss", "final_loss"), ("val/loss", "val_loss")):
+            if train.get(key) is not None:
+                found[name] = float(train[key])
+        bench = outputs.get("bench", {}).get("metrics", {})
+        if SPEEDUP[1] in bench:
+            found[SPEEDUP[0]] = float(bench[SPEEDUP[1]])
+    evaluated = outputs.get("evaluate", {})
+    for name, (eval_name, pattern) in EVAL_HEADLINES.items():
+        metrics = evaluated.get(eval_name, {}).get("metrics", {})
+        prefix = f"{eval_name}/{role}/"
+        key = _longest(metrics, prefix, pattern) if "{longest}" in pattern else prefix + pattern
+        if key is not None and key in metrics:
+            found[name] = float(metrics[key])
+    return found
+
+
+TRAIN_HEADLINES = ("train/loss", "val/loss")
+
+
+def comparison(
+    outputs: dict[str, dict[str, Any]], baseline_summary: dict[str, float] | None = None
+) -> dict[str, float]:
+    """The model's headline metrics plus the baseline's as `baseline/<name>`: its evals as
+    measured beside the model, its train numbers from its own bring-up's `summary`."""
+    trained = {k: v for k, v in (baseline_summary or {}).items() if k in TRAIN_HEADLINES}
+    measured = headline(outputs, "baseline")
+    if not measured:  # no baseline configured, or no eval has run yet
+        return headline(outputs)
+    baseline = {f"baseline/{k}": v for k, v in {**trained, **measured}.items()}
+    return {**headline(outputs), **baseline}
+
+
+def identity(cfg: PipelineConfig) -> dict[str, Any]:
+    """The few params that tell bring-ups apart in a compare view (no paths)."""
+    train = cfg.train_config()
+    corpus = cfg.corpus
+    data = corpus.format if not corpus.paths else f"{corpus.format}:{len(corpus.paths)} paths"
+    if corpus.max_bytes:
+        data += f" ({corpus.max_bytes:,} bytes)"
+    return {
+        "preset": cfg.preset,
+        "mixer": cfg.mixer,
+        "model_params": train.model.num_params(),
+        "d_model": train.model.d_model,
+        "n_layers": train.model.n_layers,
+        "vocab_size": cfg.vocab_size,
+        "data": data,
+        "steps": train.steps,
+        "seq_len": train.seq_len,
+        "tokens_seen": train.steps
+        * train.batch_size
+        * train.grad_accum
+        * train.seq_len
+        * cfg.nproc,
+    }
+
+
+def summary_lines(cfg: PipelineConfig, metrics: dict[str, float]) -> list[str]:
+    """One screen: each headline metric, with the baseline's beside it when there is one."""
+    lines = [f"bring-up {cfg.run_name} ({cfg.preset}, {cfg.mixer}): {cfg.run_dir}"]
+    has_baseline = any(k.startswith("baseline/") for k in metrics)
+    if has_baseline:
+        lines.append(f"  {'metric':<40}{cfg.mixer:>14} {'baseline ' + str(cfg.baseline):>32}")
+    for name, value in metrics.items():
+        if name.startswith("baseline/"):
+            continue
+        row = f"  {name:<40}{value:>14.4g}"
+        if f"baseline/{name}" in metrics:
+            row += f" {metrics[f'baseline/{name}']:>32.4g}"
+        lines.append(row)
+    return lines

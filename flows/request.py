@@ -1,0 +1,127 @@
+"""What a person asks for — a preset, a mixer, dotted overrides — turned into a `PipelineConfig`.
+
+The `bringup` flow's parameters and `python -m flows run --preset … --set …` both resolve here,
+so a deployment run and a CLI run of the same request build the same bring-up in the same run
+dir. Where runs live (`run_root`) and the MLflow store belong to the process that runs the flow
+(`flows serve/up` options, or `flows run --run-root`), never to the request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from flows.config import PIPELINE_PRESETS, PipelineConfig
+from flows.fingerprint import digest
+from train_stage.config import TrainConfig
+from ttt_core.config import Mixer, ModelConfig
+
+PresetName = Literal["debug_tiny", "small_cpu"]
+DEFAULT_PRESET: PresetName = "small_cpu"
+assert set(get_args(PresetName)) == set(PIPELINE_PRESETS), "PresetName must list PIPELINE_PRESETS"
+
+RUN_ROOT_ENV, MLFLOW_URI_ENV = "FLOWS_RUN_ROOT", "FLOWS_MLFLOW_TRACKING_URI"
+UI_ENV = "FLOWS_MLFLOW_UI"  # the MLflow UI `flows up` serves, for links to runs
+OWNED_BY_PROCESS = {
+    "run_root": "--run-root of `flows serve/up/run`",
+    "mlflow_tracking_uri": "--mlflow-uri of `flows serve/run` (`flows up` sets it)",
+    "preset": "the `preset` parameter",
+}
+# Keys that change how a run is watched, retried or compared, not what it trains or measures:
+# left out of the run name, so setting them continues the same run dir.
+NAME_NEUTRAL = {"name", "baseline", "train_retries", "stop_grace_s", "max_restarts", "run_name"}
+NAME_NEUTRAL |= {f"train.{f}" for f in TrainConfig.OPERATIONAL_FIELDS}
+NAME_NEUTRAL |= {f"train.model.{f}" for f in ModelConfig.OPERATIONAL_FIELDS}
+
+
+class InvalidRequest(ValueError):
+    """A request that names an unknown key or a bad value; the message is one line."""
+
+
+class BringupRequest(BaseModel):
+    """The flow's parameters as recorded in `bringup.json` (what `resume` runs again)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    preset: PresetName = DEFAULT_PRESET
+    mixer: Mixer | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
+    """`{"train.steps": 5, "niah.trials": 1}` -> `{"train": {"steps": 5}, "niah": {"trials": 1}}`.
+    A key that is both a value and a parent (`train=…` and `train.steps=…`) is an error."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        if not all([*parents, leaf]):
+            raise InvalidRequest(f"override {key!r}: empty part in a dotted key")
+        target = nested
+        for depth, parent in enumerate(parents):
+            target = target.setdefault(parent, {})
+            if not isinstance(target, dict):
+                raise InvalidRequest(f"override {'.'.join(parents[: depth + 1])!r} set twice")
+        if leaf in target:
+            raise InvalidRequest(f"override {key!r} set twice")
+        target[leaf] = value
+    return nested
+
+
+def run_name(request: BringupRequest, mixer: str) -> str:
+    """`<preset>-<mixer>`, plus `-<8 hex>` of the overrides that change what is trained or
+    measured: two different bring-ups never share a run dir, while watching/retry settings
+    (`NAME_NEUTRAL`) continue the same one."""
+    named = {k: v for k, v in request.overrides.items() if k not in NAME_NEUTRAL}
+    base = f"{request.preset}-{mixer}"
+    return f"{base}-{digest(named)[:8]}" if named else base
+
+
+def one_line(error: ValidationError, keys: list[str]) -> str:
+    """The first error of `error` as `key: message` on one line, naming the override key it is
+    about when the error's location is the tail of one (a nested config reports only its own
+    path: `bogus` for `train.bogus`)."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    named = [k for k in keys if k == where or k.endswith(f".{where}")]
+    message = " ".join(str(first["msg"]).split())
+    where = named[0] if len(named) == 1 else where
+    return f"{where}: {message}" if where else message
+
+
+def resolve(
+    request: BringupRequest, run_root: Path | str, mlflow_tracking_uri: str | None = None
+) -> PipelineConfig:
+    """The bring-up `request` asks for under `run_root`. Raises `InvalidRequest` (one line naming
+    the key) for an unknown key, a bad value, or a key the running process owns."""
+    flat = dict(request.overrides)
+    for key in flat:
+        root = key.split(".")[0]
+        if root in OWNED_BY_PROCESS:
+            raise InvalidRequest(
+                f"override {key!r}: not a request setting; use {OWNED_BY_PROCESS[root]}"
+            )
+    mixer = flat.pop("mixer", None)
+    if mixer is not None and request.mixer is not None and mixer != request.mixer:
+        raise InvalidRequest(f"override 'mixer'={mixer!r} contradicts mixer={request.mixer!r}")
+    mixer = request.mixer or mixer or PipelineConfig.model_fields["mixer"].default
+    settings = nest_dotted(flat)
+    settings.setdefault("run_name", run_name(request.model_copy(update={"overrides": flat}), mixer))
+    settings.update(mixer=mixer, run_root=str(run_root))
+    if mlflow_tracking_uri:
+        settings["mlflow_tracking_uri"] = mlflow_tracking_uri
+    try:
+        return PipelineConfig.from_preset(request.preset, **settings)
+    except ValidationError as e:
+        raise InvalidRequest(f"overrides: {one_line(e, list(flat))}") from None
+    except ValueError as e:
+        raise InvalidRequest(f"overrides: {' '.join(str(e).split())}") from None
+
+
+def served_location() -> tuple[Path, str | None]:
+    """(run_root, MLflow tracking URI or None for the run root's SQLite store) of this process:
+    `FLOWS_RUN_ROOT` / `FLOWS_MLFLOW_TRACKING_URI`, which `flows serve/up/run` set; `./runs`
+    when unset."""
+    return Path(os.environ.get(RUN_ROOT_ENV, "runs")), os.environ.get(MLFLOW_URI_ENV) or None

@@ -1,0 +1,122 @@
+"""Headline metrics, the parent run's params and the one-screen summary."""
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from eval_stage import bench, latency, niah, perplexity, position_loss
+from eval_stage.results import metric_key
+from flows.bringup import STAGES, stages_for
+from flows.headline import comparison, headline, identity, summary_lines
+from flows.request import UI_ENV, BringupRequest, resolve
+from flows.tracking import KIND_TAG, Tracking
+
+
+def eval_outputs(role: str, scale: float) -> dict:
+    """`outputs["evaluate"]` as `Bringup.evaluate` records it, with the eval modules' own keys."""
+
+    def at(module, *parts):
+        return metric_key(module.EVAL, role, *parts)
+
+    return {
+        "perplexity": {"metrics": {at(perplexity, "perplexity"): 30.0 * scale}},
+        "position_loss": {
+            "metrics": {
+                at(position_loss, "len_64", "last_bucket_loss"): 9.0,
+                at(position_loss, "len_128", "last_bucket_loss"): 4.0 * scale,
+            }
+        },
+        "niah": {"metrics": {at(niah, "accuracy"): 0.5 * scale}},
+        "latency": {
+            "metrics": {
+                at(latency, "ctx_32", "decode_ms"): 1.0,
+                at(latency, "ctx_2048", "decode_ms"): 7.0 * scale,
+                at(latency, "ctx_2048", "prefill_tokens_per_s"): 900.0 * scale,
+            }
+        },
+    }
+
+
+@pytest.fixture
+def outputs() -> dict:
+    model, base = eval_outputs("model", 1.0), eval_outputs("baseline", 2.0)
+    evaluated = {k: {"metrics": {**model[k]["metrics"], **base[k]["metrics"]}} for k in model}
+    speedup = metric_key(bench.EVAL, "forward", "speedup_dual_over_primal_anchored")
+    return {
+        "train": {"final_loss": 3.5, "val_loss": 4.5, "checkpoint": "/abs/ckpt"},
+        "bench": {"metrics": {speedup: 6.0}},
+        "evaluate": evaluated,
+    }
+
+
+def test_headline_reads_each_stage_at_its_longest_context(outputs):
+    assert headline(outputs) == {
+        "train/loss": 3.5,
+        "val/loss": 4.5,
+        "bench/dual_over_primal_speedup": 6.0,
+        "val/perplexity": 30.0,
+        "val/loss_last_bucket": 4.0,
+        "niah/accuracy": 0.5,
+        "latency/decode_ms_longest": 7.0,
+        "latency/prefill_tokens_per_s_longest": 900.0,
+    }
+    both = comparison(outputs)
+    assert both["baseline/val/perplexity"] == 60.0 and "baseline/train/loss" not in both
+    assert headline({"train": {"final_loss": 2.0, "val_loss": None}}) == {"train/loss": 2.0}
+    # the baseline's train numbers come from its own bring-up; its evals as measured here
+    with_train = comparison(outputs, {"train/loss": 3.0, "niah/accuracy": 0.9})
+    assert with_train["baseline/train/loss"] == 3.0 and with_train["baseline/niah/accuracy"] == 1.0
+    assert comparison({"train": {"final_loss": 2.0}}, {"train/loss": 3.0}) == {"train/loss": 2.0}
+
+
+def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
+    request = BringupRequest(preset="debug_tiny", overrides={"baseline": "debug_tiny-attention"})
+    cfg = resolve(request, tmp_path)
+    lines = summary_lines(cfg, comparison(outputs))
+    assert "debug_tiny-attention" in lines[1]
+    row = next(line for line in lines if "val/perplexity" in line).split()
+    assert row == ["val/perplexity", "30", "60"]
+    assert len(lines) <= 24  # one screen
+
+
+def test_only_ttt_bring_ups_run_the_op_benchmark():
+    assert stages_for("ttt_linear") == STAGES
+    assert "bench" not in stages_for("attention")
+
+
+def test_parent_params_identify_the_bring_up_and_paths_are_tags(tmp_path):
+    cfg = resolve(BringupRequest(preset="debug_tiny"), tmp_path)
+    tracking = Tracking(cfg)
+    parent = tracking.start_parent("flow-run-id", None)
+    child = tracking.start_child(
+        parent, "tokenizer", cfg.tokenizer_config().model_dump(mode="json")
+    )
+    tracking.log_metrics(parent, {"train/loss": 3.5})
+    client = MlflowClient(str(cfg.mlflow_tracking_uri))
+    parent_run, child_run = client.get_run(parent), client.get_run(child)
+    assert parent_run.data.params == {k: str(v) for k, v in identity(cfg).items()}
+    assert parent_run.data.params["model_params"] == str(cfg.train_config().model.num_params())
+    for run in (parent_run, child_run):
+        assert not [v for v in run.data.params.values() if Path(v).is_absolute()]
+    assert parent_run.data.tags["run_dir"] == str(cfg.run_dir)
+    assert child_run.data.tags["path.out"] == str(cfg.stage_dir("tokenizer"))
+    assert child_run.info.run_name == f"{cfg.run_name}/tokenizer"
+    assert parent_run.data.metrics == {"train/loss": 3.5}
+    artifacts = {a.path for a in client.list_artifacts(parent)}
+    assert "pipeline_config.json" in artifacts
+
+
+def test_the_experiment_opens_on_the_training_view_and_links_use_the_served_ui(
+    tmp_path, monkeypatch
+):
+    cfg = resolve(BringupRequest(preset="debug_tiny"), tmp_path)
+    monkeypatch.delenv(UI_ENV, raising=False)
+    tracking = Tracking(cfg)
+    experiment = tracking.client.get_experiment(tracking.experiment_id)
+    assert experiment.tags[KIND_TAG] == "custom_model_development"
+    assert tracking.run_url("abc") is None  # a local store and no UI served
+    monkeypatch.setenv(UI_ENV, "http://127.0.0.1:5123")
+    assert tracking.run_url("abc") == (
+        f"http://127.0.0.1:5123/#/experiments/{tracking.experiment_id}/runs/abc"
+    )
