@@ -70,10 +70,9 @@ def inner_ln(u: Tensor, weight: Tensor, bias: Tensor, eps: float) -> tuple[Tenso
 
     u: (B, H, n, d); weight, bias: (H, d). Returns (LN(u), x_hat, sigma) with sigma (B, H, n, 1).
     """
-    mu = u.mean(dim=-1, keepdim=True)
-    var = (u - mu).pow(2).mean(dim=-1, keepdim=True)
-    sigma = torch.sqrt(var + eps)
-    x_hat = (u - mu) / sigma
+    centered = u - u.mean(dim=-1, keepdim=True)
+    sigma = torch.sqrt(centered.pow(2).mean(dim=-1, keepdim=True) + eps)
+    x_hat = centered / sigma
     return weight[:, None, :] * x_hat + bias[:, None, :], x_hat, sigma
 
 

@@ -157,14 +157,14 @@ class FusedDualScan(torch.autograd.Function):
             qc, kc, vc = (_chunked(x, b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
-            W_c = W.reshape(B * H, d, d).to(sd)
+            W_c = W.reshape(B * H, d, d).to(sd, copy=True)  # the running weight, updated in place
             W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
             U, P = (W_c.new_empty(B * H, n, b, d) if keep else None for _ in range(2))
             z = W_c.new_empty(B * H, n, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
-                q_c, k_c, v_c, eta_cc = (x[:, c].contiguous() for x in (qc, kc, vc, eta_c))
+                q_c, k_c, v_c, eta_cc = qc[:, c], kc[:, c], vc[:, c], eta_c[:, c]
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
                 u = fast_weight_product(k_c, grad_at)
@@ -173,20 +173,20 @@ class FusedDualScan(torch.autograd.Function):
                 z[:, c] = q_c.to(sd) + inner_ln(p, ln_w, ln_b, eps)[0]
                 if keep:
                     U[:, c], P[:, c] = u, p
-                W_next = _updated(W_c, inner.g, eta_cc, k_c)
+                if c == n - 1:
+                    last_grad_at = grad_at.clone()
+                W_c.baddbmm_(_eta_weighted(inner.g, eta_cc), k_c.to(sd), alpha=-1)
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
-                    loss += chunk_inner_loss(r, k_c, v_c, W_next, ln_w, ln_b, eps, real)
-                last_grad_at = grad_at
-                W_c = grad_at = W_next
+                    loss += chunk_inner_loss(r, k_c, v_c, W_c, ln_w, ln_b, eps, real)
+                grad_at = W_c
             z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
             ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, U, P)
             ctx.config = (b, eps, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
-        W_next = W_c.reshape(B, H, d, d)
-        return z, W_next, last_grad_at.reshape(B, H, d, d).clone(), stats
+        return z, W_c.reshape(B, H, d, d), last_grad_at.reshape(B, H, d, d), stats
 
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
@@ -215,7 +215,7 @@ class FusedDualScan(torch.autograd.Function):
                     W_c, inner = segment[c - start]
                     own_anchor = anchor_rows is not None and c == 0
                     grad_at = anchor_rows if own_anchor else W_c
-                    q_c, k_c = qc[:, c].contiguous(), kc[:, c].contiguous()
+                    q_c, k_c = qc[:, c], kc[:, c]
                     scores = torch.bmm(q_c, k_c.transpose(1, 2))
                     chunk = _Chunk(q_c, k_c, eta_c[:, c], W_c, grad_at, P[:, c], scores, inner)
                     g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
@@ -267,7 +267,12 @@ def _replay(
 
 def _updated(W: Tensor, g: Tensor, eta: Tensor, k: Tensor) -> Tensor:
     """`W - (eta g)^T k` in one fused product: W (BH, d, d), g and k (BH, b, d), eta (BH, b)."""
-    return torch.baddbmm(W, (g * eta[..., None]).transpose(1, 2), k.to(W.dtype), alpha=-1)
+    return torch.baddbmm(W, _eta_weighted(g, eta), k.to(W.dtype), alpha=-1)
+
+
+def _eta_weighted(g: Tensor, eta: Tensor) -> Tensor:
+    """`(eta g)^T` (BH, d, b): the left factor of a weight update."""
+    return (g * eta[..., None]).transpose(1, 2)
 
 
 def _chunked(x: Tensor, chunk_size: int, first_pos: int, n_chunks: int) -> Tensor:
@@ -333,12 +338,13 @@ def _chunk_backward(
     # U = K grad_at^T; dK also collects -eta G dW_next, dS^T Q and dr
     dk = torch.baddbmm(dr.addcmul(eta_col, g_dW, value=-1), dU, x.grad_at)
     dk = torch.baddbmm(dk, dS.transpose(1, 2), x.q)
-    # dW_next has been read: it now becomes the gradient of the weight this chunk read.
-    dW.baddbmm_(dP.transpose(1, 2), x.q)
+    # dW_next has been read: it now becomes the gradient of the weight this chunk read (in one
+    # product over the stacked rows when the inner gradients were taken at that weight too).
     d_grad_at = None
     if grad_at_is_W:
-        dW.baddbmm_(dU.transpose(1, 2), x.k)
+        dW.baddbmm_(torch.cat([dP, dU], 1).transpose(1, 2), torch.cat([x.q, x.k], 1))
     else:
+        dW.baddbmm_(dP.transpose(1, 2), x.q)
         d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
     return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, d_grad_at)
 
