@@ -6,12 +6,14 @@ Per chunk (anchor W, rows Q, K, V (b, d), eta (b,), s = 2/b, M strictly lower-tr
     U = K W^T,  R = K + LN(U) - V,  G = LN'(U)^T (s R),  A = (Q K^T) * M * eta_col
     P = Q W^T - A G,  Z = Q + LN(P),  W_next = W - (eta G)^T K
 
-Forward walks the chunks once and keeps (when a gradient is needed), per chunk, only the weight
-it read (`W`, (d, d) in the state dtype) and the two pre-LayerNorm activations `U` and `P`
-((b, d) each). Backward walks the
-chunks in reverse carrying `dW` (the gradient of the chunk's end state) and recomputes the rest
-(LayerNorm statistics, `R`, `G`, `A`) from those, with the analytic first- and second-order
-gradients of the inner LayerNorm; nothing is differentiated by autograd. Precision follows
+Forward walks the chunks once, updating one running weight in place, and keeps (only when a
+gradient is needed) the two pre-LayerNorm activations `U` and `P` ((b, d) each) of every chunk
+and the (d, d) weight of every `weight_stride`-th chunk. Backward walks the chunks in reverse
+carrying `dW` (the gradient of the chunk's end state, accumulated in place): per segment it first
+replays the weights in between from the stored one (the inner gradients come from `U` alone, so
+the replay is exact), then recomputes LayerNorm statistics, `R`, `G` and `Q K^T` per chunk and
+applies the analytic first- and second-order gradients of the inner LayerNorm; nothing is
+differentiated by autograd. Precision follows
 `dual.py`: `W`-products and `Q K^T` run in the activation dtype in forward; the backward runs in
 the state dtype.
 """
