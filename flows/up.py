@@ -89,6 +89,8 @@ def services(
     env = prepare_env(run_root, dict(os.environ))
     api = f"http://127.0.0.1:{prefect_port}/api"
     serve_env = {**env, "PREFECT_API_URL": api, UI_ENV: f"http://127.0.0.1:{mlflow_port}"}
+    # the browser UI asks the server where its API is; without this it answers port 4200
+    prefect_env = {**env, "PREFECT_UI_API_URL": api}
     # MLflow 3's server also starts job workers (GenAI scorers, periodic tasks) by default:
     # nothing the runs table, charts and artifacts use, so one web worker and no jobs
     mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -99,7 +101,7 @@ def services(
             "prefect-server",
             [sys.executable, "-m", "prefect", "server", "start",
              "--host", "127.0.0.1", "--port", str(prefect_port)],
-            env,
+            prefect_env,
             f"{api}/health",
         ),
         Service(

@@ -1,11 +1,13 @@
 """`python -m flows up`: a taken port is refused up front; SIGTERM stops all three services."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -61,7 +63,8 @@ def running(pid: int) -> bool:
 
 @pytest.mark.slow
 def test_up_starts_both_servers_and_sigterm_leaves_nothing_behind(tmp_path):
-    proc = flows_up(tmp_path, free_port(), free_port())
+    prefect_port = free_port()
+    proc = flows_up(tmp_path, prefect_port, free_port())
     lines = []
     try:
         deadline = time.monotonic() + 170
@@ -72,6 +75,9 @@ def test_up_starts_both_servers_and_sigterm_leaves_nothing_behind(tmp_path):
                 break
         assert any(line.startswith("Prefect UI: http://127.0.0.1:") for line in lines), lines
         assert any(line.startswith("MLflow UI:  http://127.0.0.1:") for line in lines), lines
+        # the browser UI must be told the API of the port actually served (not Prefect's 4200)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prefect_port}/ui-settings") as reply:
+            assert json.load(reply)["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
         descendants = children_of(proc.pid)
         assert len(descendants) >= 3
         proc.send_signal(signal.SIGTERM)
