@@ -126,12 +126,6 @@ def one_line(error: ValidationError) -> str:
     return f"invalid config: {where}: {first['msg']}{more}"
 
 
-def refuse(message: str, is_main: bool) -> int:
-    if is_main:
-        print(f"train_stage: refused: {message}", file=sys.stderr)
-    return EXIT_REFUSED
-
-
 def _describe(error: BaseException) -> str:
     return one_line(error) if isinstance(error, ValidationError) else str(error)
 
@@ -183,9 +177,11 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--force", action="store_true", help="replace an existing export at --out "
                    "(whole, once the new one is complete)")  # fmt: skip
     args = p.parse_args(argv)
-    try:
-        out = export_model(args.run_dir, args.out, args.checkpoint, force=args.force)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        return refuse(str(e), True)
-    print(f"exported {out}")
-    return 0
+
+    def export() -> int:
+        print(f"exported {export_model(args.run_dir, args.out, args.checkpoint, force=args.force)}")
+        return 0
+
+    # the same rule as training: a refusal is one line and exit 2, a full disk exit 4
+    refusals = (FileNotFoundError, FileExistsError, ValueError)
+    return run_cli("train_stage", export, refusals, label="refused")

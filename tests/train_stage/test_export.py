@@ -3,7 +3,9 @@ data (out overlapping an input, an existing export, a kill mid-export, a missing
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -165,3 +167,21 @@ def test_a_missing_tokenizer_is_an_error_not_an_export_without_one(run_dir, tmp_
     assert export(moved, tmp_path / "export") == 2
     assert f"{shards / 'tokenizer'}: no such tokenizer directory" in capsys.readouterr().err
     assert not (tmp_path / "export").exists() and not (tmp_path / ".export.tmp").exists()
+
+
+def test_a_full_disk_mid_export_is_exit_4_and_the_previous_export_survives(
+    run_dir, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "export"
+    assert export(run_dir, out, "--checkpoint", str(run_dir / "checkpoints" / "step_00000001")) == 0
+    old = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
+
+    def no_space(model, directory):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory / "model.safetensors"))
+
+    monkeypatch.setattr("train_stage.export.write_pretrained", no_space)
+    assert export(run_dir, out, "--force") == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left" in err and "Traceback" not in err
+    assert {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()} == old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
