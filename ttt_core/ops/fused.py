@@ -97,9 +97,14 @@ def _inner_grad_from_u(
 ) -> tuple[_InnerGrad, Tensor]:
     """The chunk's `G` from its pre-LN activations `u = K grad_at^T`, and the residual r."""
     r, x_hat, sigma = residual_from_u(u, k, v, ln_w, ln_b, eps)
+    return _inner_grad(x_hat, sigma, r, ln_w, scale), r
+
+
+def _inner_grad(x_hat: Tensor, sigma: Tensor, r: Tensor, ln_w: Tensor, scale: float) -> _InnerGrad:
+    """The inner gradient factors from the residual r and the LN statistics of U."""
     e = scale * r
     g = inner_ln_backward(e, x_hat, sigma, ln_w)
-    return _InnerGrad(g, e, ln_w[:, None] * e, x_hat, sigma), r
+    return _InnerGrad(g, e, ln_w[:, None] * e, x_hat, sigma)
 
 
 class _Chunk(NamedTuple):
@@ -112,7 +117,7 @@ class _Chunk(NamedTuple):
     eta: Tensor
     W: Tensor
     grad_at: Tensor
-    P: Tensor
+    ln_p: tuple[Tensor, Tensor]  # x_hat, sigma of P = Q W^T - A G
     scores: Tensor  # Q K^T (BH, b, b)
     inner: _InnerGrad
 
@@ -128,6 +133,23 @@ class _ChunkGrads(NamedTuple):
     d_ln_w: Tensor
     d_ln_b: Tensor
     d_grad_at: Tensor | None
+
+
+class _LNStats(NamedTuple):
+    """LayerNorm statistics of every chunk: x_hat (BH, n, b, d), sigma (BH, n, b, 1)."""
+
+    x_hat: Tensor
+    sigma: Tensor
+
+    @classmethod
+    def empty(cls, rows: int, n: int, b: int, d: int, like: Tensor) -> _LNStats:
+        return cls(like.new_empty(rows, n, b, d), like.new_empty(rows, n, b, 1))
+
+    def store(self, c: int, x_hat: Tensor, sigma: Tensor) -> None:
+        self.x_hat[:, c], self.sigma[:, c] = x_hat, sigma
+
+    def at(self, c: int) -> tuple[Tensor, Tensor]:
+        return self.x_hat[:, c], self.sigma[:, c]
 
 
 def default_weight_stride(n_chunks: int) -> int:
@@ -161,7 +183,9 @@ class FusedDualScan(torch.autograd.Function):
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
             W_c = W.reshape(B * H, d, d).to(sd, copy=True)  # the running weight, updated in place
             W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
-            U, P = (W_c.new_empty(B * H, n, b, d) if keep else None for _ in range(2))
+            # what backward needs of each chunk: the LayerNorm statistics of U = K W^T and of
+            # P = Q W^T - A G (x_hat (b, d) and sigma (b, 1) each), not U and P themselves
+            ln_u, ln_p = (_LNStats.empty(B * H, n, b, d, W_c) if keep else None for _ in range(2))
             z = W_c.new_empty(B * H, n, b, d)
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
@@ -172,9 +196,11 @@ class FusedDualScan(torch.autograd.Function):
                 u = fast_weight_product(k_c, grad_at)
                 inner, r = _inner_grad_from_u(u, k_c, v_c, ln_w, ln_b, eps, 2.0 / b)
                 p = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ inner.g
-                z[:, c] = q_c.to(sd) + inner_ln(p, ln_w, ln_b, eps)[0]
+                ln_of_p, x_hat_p, sigma_p = inner_ln(p, ln_w, ln_b, eps)
+                z[:, c] = q_c.to(sd) + ln_of_p
                 if keep:
-                    U[:, c], P[:, c] = u, p
+                    ln_u.store(c, inner.x_hat, inner.sigma)
+                    ln_p.store(c, x_hat_p, sigma_p)
                 if c == n - 1:
                     last_grad_at = grad_at.clone()
                 W_c.baddbmm_(_eta_weighted(inner.g, eta_cc), k_c.to(sd), alpha=-1)
@@ -184,7 +210,7 @@ class FusedDualScan(torch.autograd.Function):
                 grad_at = W_c
             z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
-            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, U, P)
+            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_u, *ln_p)
             ctx.config = (b, eps, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
@@ -192,17 +218,18 @@ class FusedDualScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
-        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, U, P = ctx.saved_tensors
+        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *stats = ctx.saved_tensors
+        ln_u, ln_p = _LNStats(*stats[:2]), _LNStats(*stats[2:])
         b, eps, first_pos, stride, W_dtype = ctx.config
         B, H, T, d = q.shape
-        n, sd = U.shape[1], W_saved.dtype
+        n, sd = ln_u.x_hat.shape[1], W_saved.dtype
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x.to(sd), b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
             dz_c = _chunked(_or_zeros(dz, q).to(sd), b, first_pos, n)
             ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
-            dq, dk, dv = (U.new_empty(B * H, n, b, d) for _ in range(3))
-            deta = U.new_empty(B * H, n, b)
+            dq, dk, dv = (torch.empty_like(ln_u.x_hat) for _ in range(3))
+            deta = ln_u.x_hat.new_empty(B * H, n, b)
             d_ln_w, d_ln_b = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
             dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
@@ -211,7 +238,7 @@ class FusedDualScan(torch.autograd.Function):
             for start in reversed(range(0, n, stride)):
                 chunks = range(start, min(start + stride, n))
                 segment = _replay(
-                    W_saved[start // stride], chunks, U, kc, vc, eta_c, ln_w, ln_b, eps, 2.0 / b
+                    W_saved[start // stride], chunks, ln_u, kc, vc, eta_c, ln_w, ln_b, 2.0 / b
                 )
                 for c in reversed(chunks):
                     W_c, inner = segment[c - start]
@@ -219,7 +246,7 @@ class FusedDualScan(torch.autograd.Function):
                     grad_at = anchor_rows if own_anchor else W_c
                     q_c, k_c = qc[:, c], kc[:, c]
                     scores = torch.bmm(q_c, k_c.transpose(1, 2))
-                    chunk = _Chunk(q_c, k_c, eta_c[:, c], W_c, grad_at, P[:, c], scores, inner)
+                    chunk = _Chunk(q_c, k_c, eta_c[:, c], W_c, grad_at, ln_p.at(c), scores, inner)
                     g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
                     dq[:, c], dk[:, c], dv[:, c], deta[:, c] = g.dq, g.dk, g.dv, g.deta
                     d_ln_w += g.d_ln_w
@@ -246,13 +273,12 @@ class FusedDualScan(torch.autograd.Function):
 def _replay(
     W_start: Tensor,
     chunks: range,
-    U: Tensor,
+    ln_u: _LNStats,
     kc: Tensor,
     vc: Tensor,
     eta_c: Tensor,
     ln_w: Tensor,
     ln_b: Tensor,
-    eps: float,
     scale: float,
 ) -> list[tuple[Tensor, _InnerGrad]]:
     """[(W read by chunk c, its inner gradient) for c in `chunks`], from the stored weight of the
@@ -260,7 +286,9 @@ def _replay(
     from one update, exactly as forward made them."""
     out, W_c = [], W_start
     for c in chunks:
-        inner = _inner_grad_from_u(U[:, c], kc[:, c], vc[:, c], ln_w, ln_b, eps, scale)[0]
+        x_hat, sigma = ln_u.at(c)
+        ln_of_u = ln_w[:, None, :] * x_hat + ln_b[:, None, :]  # as `inner_ln` forms it
+        inner = _inner_grad(x_hat, sigma, kc[:, c] + ln_of_u - vc[:, c], ln_w, scale)
         out.append((W_c, inner))
         if c != chunks[-1]:
             W_c = _updated(W_c, inner.g, eta_c[:, c], kc[:, c])
@@ -313,7 +341,7 @@ def _chunk_backward(
     becomes in place the gradient of the weight it read (plus of `grad_at` when that is it)."""
     mask = strictly_lower(x.q.shape[-2], x.q.device)
     g, e, h, x_hat, sigma = x.inner
-    x_hat_p, sigma_p = _ln_stats(x.P, eps)
+    x_hat_p, sigma_p = x.ln_p
     scores = x.scores
     mask_eta = mask * x.eta[:, None, :]
     # Z = Q + LN(P)
@@ -349,13 +377,6 @@ def _chunk_backward(
         dW.baddbmm_(dP.transpose(1, 2), x.q)
         d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
     return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, d_grad_at)
-
-
-def _ln_stats(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """x_hat and sigma of the inner LayerNorm (as in `inner_ln`) without its affine output."""
-    centered = u - u.mean(-1, keepdim=True)
-    sigma = torch.sqrt(centered.square().mean(-1, keepdim=True) + eps)
-    return centered / sigma, sigma
 
 
 def _ln_backward_grads(
