@@ -21,9 +21,10 @@ from pydantic import BaseModel, ValidationError
 from data_stage.errors import DataStageError, validation_summary
 from data_stage.faults import output_dir_problem, run_cli
 from data_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
+from ttt_core.files import atomic_write_text
 from ttt_core.ops import OPS_BACKENDS
 
-from . import bench, harness, latency, niah, perplexity, position_loss
+from . import bench, compare, harness, latency, niah, perplexity, position_loss
 from .chat import chat, generate_text
 from .config import (
     BenchConfig,
@@ -53,6 +54,7 @@ SUMMARIES = {
     "latency": latency.summarize,
     "bench-dual-primal": bench.summarize,
     "lm-eval": harness.summarize,
+    "compare": compare.summarize,
 }
 
 
@@ -157,6 +159,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     result = bench.evaluate_bench_dual_primal(config)
     _finish(args, result, out)
     bench.check_speedup(result)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    result = compare.compare_runs(args.runs)
+    out = args.out or compare.results_dir(args.runs[0]).parent / "compare"
+    if problem := output_dir_problem(out):
+        raise EvalInputError(f"--out {problem}")
+    _finish(args, result, out)
+    atomic_write_text(out / "compare.md", compare.markdown(result))
+    print(f"wrote {out / 'compare.md'}")
     return 0
 
 
@@ -292,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--assert-speedup", type=float, metavar="X",
                    help="exit 1 when the forward dual/primal speedup is below X")  # fmt: skip
     p.set_defaults(run=_cmd_bench)
+
+    p = sub.add_parser("compare", help="runs side by side: one table and one figure")
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="bring-up or results directories; the first is the reference")  # fmt: skip
+    _add_output_flags(p)
+    p.set_defaults(run=_cmd_compare)
 
     p = sub.add_parser("generate", help="text in, text out (streamed); --interactive: multi-turn")
     p.add_argument("--model", type=Path, required=True)

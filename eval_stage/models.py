@@ -93,6 +93,7 @@ def model_info(loaded: LoadedModel, role: Role) -> ModelInfo:
         mlflow_run_id=info.get("mlflow_run_id"),
         step=info.get("step"),
         tokens_seen=info.get("tokens_seen"),
+        train_tokens_per_s=info.get("train_tokens_per_s"),
         mixer=loaded.config.mixer_name,
         num_params=loaded.config.num_params(),
         config=loaded.config.model_dump(mode="json"),

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .compare_plot import plot_compare
 from .latency import LatencyRow
 from .niah import NiahCell
 from .position_loss import BucketRow
@@ -25,7 +26,7 @@ def _label(result: EvalResult, role: str) -> str:
     return f"{role} ({info.mixer})" if info else role
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
@@ -58,7 +59,7 @@ def plot_position_loss(result: EvalResult, path: Path) -> Path:
     ax.set_title("Loss vs token index")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_niah(result: EvalResult, path: Path) -> Path:
@@ -85,7 +86,7 @@ def plot_niah(result: EvalResult, path: Path) -> Path:
         ax.set_title(f"passkey accuracy: {_label(result, role)}")
     axes[0].set_ylabel("needle depth")
     fig.colorbar(image, ax=list(axes), label="exact-match accuracy")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency(result: EvalResult, path: Path) -> Path:
@@ -110,13 +111,14 @@ def plot_latency(result: EvalResult, path: Path) -> Path:
         ax.legend(fontsize="small")
     device = result.device
     fig.suptitle(f"Latency, batch 1, {device.type}: {device.name}, {device.threads} threads")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 PLOTTERS: dict[str, Callable[[EvalResult, Path], Path]] = {
     "position-loss": plot_position_loss,
     "niah": plot_niah,
     "latency": plot_latency,
+    "compare": plot_compare,
 }
 
 

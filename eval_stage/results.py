@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from ttt_core.files import atomic_write_text
 
 SCHEMA_VERSION = 1
-EvalName = Literal["perplexity", "position-loss", "niah", "latency", "bench-dual-primal", "lm-eval"]
+EvalName = Literal[
+    "perplexity", "position-loss", "niah", "latency", "bench-dual-primal", "lm-eval", "compare"
+]
 Role = Literal["model", "baseline"]
 
 
@@ -52,6 +54,9 @@ class ModelInfo(BaseModel):
     mlflow_run_id: str | None = Field(None, description="the training run's id, when recorded")
     step: int | None = None
     tokens_seen: int | None = None
+    train_tokens_per_s: float | None = Field(
+        None, description="training throughput the trainer logged (median over logged steps)"
+    )
     mixer: str
     num_params: int
     config: dict[str, Any] = Field(description="the ModelConfig")

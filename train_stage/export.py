@@ -23,6 +23,7 @@ from ttt_core.pretrained import INFO_FILE, TOKENIZER_DIR, has_pretrained_files, 
 
 from .checkpoint import latest_checkpoint, read_meta
 from .config import TrainConfig
+from .trainer import SUMMARY_FILE
 
 
 class RunModel(NamedTuple):
@@ -61,7 +62,17 @@ def _provenance(run_dir: Path, checkpoint: Path, config: TrainConfig) -> dict[st
         "source_checkpoint": str(checkpoint.resolve()),
         "run_dir": str(run_dir.resolve()),
         "mlflow_run_id": meta.get("mlflow_run_id"),
+        "train_tokens_per_s": _summary_throughput(run_dir, meta["step"]),
     }
+
+
+def _summary_throughput(run_dir: Path, step: int) -> float | None:
+    """The training tokens/s the run's summary records, when it summarizes this very step."""
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get("tokens_per_s") if summary.get("steps") == step else None
 
 
 def _overlap(out: Path, inputs: dict[str, Path]) -> str | None:

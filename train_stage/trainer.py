@@ -11,6 +11,7 @@ import contextlib
 import json
 import random
 import signal
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class Trainer:
         self.data = TrainData(cfg, env)
         self.checkpointer = Checkpointer(cfg.run_dir, cfg.keep_last)
         self.metrics = MetricsFile(cfg.run_dir)
+        self.step_throughput: list[float] = []  # tokens/s of each step this process trained
         self.tracker: MlflowTracker | None = None
         self.step = 0
         self.tokens_seen = 0
@@ -255,6 +257,7 @@ class Trainer:
         end = min(cfg.steps, cfg.stop_at or cfg.steps)
         while self.step < end:
             record = self.train_step()
+            self.step_throughput.append(record["tokens_per_s"])
             if cfg.eval_every and self.step % cfg.eval_every == 0:
                 record["val_loss"] = self.evaluate()
             saving = cfg.save_every and self.step % cfg.save_every == 0
@@ -284,6 +287,11 @@ class Trainer:
                 self.tracker.log(self.step, clean)
         progress.update(self.step, clean)
 
+    def _median_throughput(self) -> float | None:
+        """Median training tokens/s of this process's steps, the first (warm-up) left out."""
+        steps = self.step_throughput[1:]
+        return float(statistics.median(steps)) if steps else None
+
     def _summary(
         self, last: dict[str, float], val_loss: float | None, status: str
     ) -> dict[str, Any]:
@@ -298,6 +306,7 @@ class Trainer:
             "resumed_from_step": self.resumed_from_step,
             "world_size": self.env.world,
             "strategy": self.cfg.strategy,
+            "tokens_per_s": self._median_throughput(),
         }
         if self.env.is_main:
             if self.tracker and val_loss is not None:

@@ -83,6 +83,10 @@ def test_export_is_a_pretrained_dir_with_tokenizer_and_matches_the_run(run_dir, 
         assert torch.equal(model(ids).logits, run.model(ids).logits)
     loaded = open_model(out)  # eval_stage: export.json provenance and the tokenizer
     assert loaded.info["step"] == 2 and loaded.tokenizer.vocab_size == 512
+    # the trainer's throughput (median of its steps after the first) travels with the export
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert summary["tokens_per_s"] > 0
+    assert loaded.info["train_tokens_per_s"] == summary["tokens_per_s"]
     from_run = open_model(run_dir)  # a run directory, through train_stage.load_run_model
     assert from_run.info["step"] == 2 and from_run.tokenizer.hash == loaded.tokenizer.hash
 
