@@ -7,6 +7,7 @@ logs them to MLflow. `python -m eval_stage <eval>` is a thin CLI over the same f
 
 from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
+from .compare import compare_runs
 from .config import (
     BenchConfig,
     GenerateConfig,
@@ -21,7 +22,7 @@ from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .niah import build_cases, evaluate_niah, greedy_answerer, score_cases
 from .perplexity import evaluate_perplexity
 from .position_loss import evaluate_position_loss
-from .publish import publish
+from .publish import publish, write_comparison
 from .results import EvalResult, read_result
 from .tracking import TrackingConfig, log_result
 
@@ -41,6 +42,7 @@ __all__ = [
     "build_cases",
     "chat",
     "check_speedup",
+    "compare_runs",
     "default_out_dir",
     "evaluate_bench_dual_primal",
     "evaluate_latency",
@@ -55,4 +57,5 @@ __all__ = [
     "publish",
     "read_result",
     "score_cases",
+    "write_comparison",
 ]

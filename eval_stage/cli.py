@@ -21,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 from data_stage.errors import DataStageError, validation_summary
 from data_stage.faults import output_dir_problem, run_cli
 from data_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
-from ttt_core.files import atomic_write_text
 from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, compare, harness, latency, niah, perplexity, position_loss
@@ -38,7 +37,7 @@ from .config import (
 from .device import resolve_device
 from .errors import EvalInputError, SpeedupBelowThreshold
 from .models import LoadedModel, default_out_dir, open_model, preset_models
-from .publish import publish
+from .publish import publish, write_comparison
 from .results import EvalResult
 from .tracking import TrackingConfig
 
@@ -163,13 +162,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    result = compare.compare_runs(args.runs)
     out = args.out or compare.results_dir(args.runs[0]).parent / "compare"
-    if problem := output_dir_problem(out):
-        raise EvalInputError(f"--out {problem}")
-    _finish(args, result, out)
-    atomic_write_text(out / "compare.md", compare.markdown(result))
-    print(f"wrote {out / 'compare.md'}")
+    tracking = TrackingConfig.from_env(args.mlflow_run_id, args.mlflow_tracking_uri)
+    result, files = write_comparison(args.runs, out, tracking)
+    print(compare.summarize(result))
+    print("wrote " + ", ".join(map(str, files)))
     return 0
 
 

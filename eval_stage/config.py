@@ -62,7 +62,11 @@ class PositionLossConfig(_Config):
 
     data: Path
     verify_data: bool = VERIFY_DATA
-    train_len: int | None = Field(None, ge=2, description="None: the shards' seq_len")
+    train_len: int | None = Field(
+        None,
+        ge=2,
+        description="None: the length the model was trained at (its export says), else the shards' seq_len",
+    )
     multipliers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
     sequences: int = Field(16, ge=1, description="sequences per length (fewer if val is short)")
     batch_size: int = Field(4, ge=1)

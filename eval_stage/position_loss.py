@@ -91,7 +91,7 @@ def evaluate_position_loss(
 ) -> EvalResult:
     """Loss-vs-token-index curves of `model` (and `baseline`) at each configured length."""
     ds = open_val(config.data, verify=config.verify_data)
-    train_len = config.train_len or ds.seq_len
+    train_len = config.train_len or model.info.get("seq_len") or ds.seq_len
     lengths = [m * train_len for m in config.multipliers]
     counts = _sequence_counts(ds, lengths, config.sequences)
     pairs = roles(model, baseline)

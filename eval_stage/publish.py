@@ -1,9 +1,15 @@
-"""Write a result (JSON + its plot) to a folder and copy it to MLflow when a run is given."""
+"""Write a result (JSON + its plot) to a folder and copy it to MLflow when a run is given; the same
+for a comparison of runs, which adds a Markdown table."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from data_stage.faults import output_dir_problem
+from ttt_core.files import atomic_write_text
+
+from .compare import compare_runs, markdown
+from .errors import EvalInputError
 from .plots import draw_plots
 from .results import EvalResult, write_json
 from .tracking import TrackingConfig, log_result
@@ -24,3 +30,19 @@ def publish(
     if tracking is not None and tracking.run_id is not None:
         log_result(result, files, tracking)
     return files
+
+
+def write_comparison(
+    runs: list[Path], out: Path, tracking: TrackingConfig | None = None
+) -> tuple[EvalResult, list[Path]]:
+    """Compare `runs` and write `<out>/compare.json`, `.png` and `.md` (the out dir checked before
+    any work); logged to MLflow when `tracking.run_id` is set. Returns the result and files."""
+    if problem := output_dir_problem(out):
+        raise EvalInputError(f"--out {problem}")
+    result = compare_runs(runs)
+    table = Path(out) / "compare.md"
+    files = [*publish(result, out), table]
+    atomic_write_text(table, markdown(result))
+    if tracking is not None and tracking.run_id is not None:
+        log_result(result, files, tracking)
+    return result, files

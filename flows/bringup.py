@@ -17,7 +17,8 @@ from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
-from eval_stage import TrackingConfig, log_result, read_result
+from eval_stage import TrackingConfig, log_result, read_result, write_comparison
+from eval_stage.compare import summarize as compare_summary
 from flows import outputs
 from flows.commands import stage_commands
 from flows.config import PipelineConfig
@@ -58,6 +59,7 @@ class Bringup:
         self, cfg: PipelineConfig, request: BringupRequest, refresh: bool, restart_count: int
     ):
         self.cfg, self.refresh = cfg, refresh
+        self.comparison_table: str | None = None
         self.log = get_run_logger()
         previous = read_record(cfg.run_dir)
         self.record = BringupRecord(
@@ -127,24 +129,27 @@ class Bringup:
         self.tracking.finish(run_id)
         return result
 
-    def train(self) -> dict[str, Any]:
-        cfg = self.cfg.train_config()
+    def train(self, cfg: PipelineConfig | None = None) -> dict[str, Any]:
+        """Train this bring-up's model, or control `cfg`'s (its MLflow run is nested under this
+        flow run's parent either way)."""
+        cfg = cfg or self.cfg
+        train_cfg = cfg.train_config()
         mlflow = {
             "tracking_uri": str(self.cfg.mlflow_tracking_uri),
             "experiment": self.cfg.name,
-            "run_name": f"{self.cfg.run_name}/train",
+            "run_name": f"{self.cfg.run_name}/{self.prefix(cfg)}train",
             "parent_run_id": self.parent,
         }
-        task = train_task.with_options(retries=self.cfg.train_retries)
+        task = train_task.with_options(retries=cfg.train_retries)
         result, cached = call_cached(
             task,
-            outputs.train_ok(cfg.run_dir),
+            outputs.train_ok(train_cfg.run_dir),
             self.refresh,
-            cfg=cfg,
-            nproc=self.cfg.nproc,
+            cfg=train_cfg,
+            nproc=cfg.nproc,
             mlflow=mlflow,
             fresh=self.refresh,
-            grace_s=self.cfg.stop_grace_s,
+            grace_s=cfg.stop_grace_s,
         )
         if result.get("mlflow_run_id"):
             self.tracking.adopt(result["mlflow_run_id"], self.parent)
@@ -152,8 +157,13 @@ class Bringup:
                 result["mlflow_run_id"],
                 {"checkpoint": result["checkpoint"], "prefect.cache_hit": cached},
             )
-        self.tracking.set_tags(self.parent, {"checkpoint": result["checkpoint"]})
+        if cfg is self.cfg:
+            self.tracking.set_tags(self.parent, {"checkpoint": result["checkpoint"]})
         return result
+
+    def prefix(self, cfg: PipelineConfig) -> str:
+        """`<mixer>/` for a control's stages (MLflow run names), nothing for the model's own."""
+        return "" if cfg is self.cfg else f"{cfg.mixer}/"
 
     def bench(self) -> dict[str, Any]:
         cfg, out = self.cfg.bench, self.cfg.stage_dir("bench")
@@ -164,40 +174,57 @@ class Bringup:
         self.tracking.finish(run_id)
         return result
 
-    def evaluate(self) -> dict[str, Any]:
-        train_dir, export_dir = self.cfg.stage_dir("train"), self.cfg.stage_dir("export")
+    def evaluate(self, cfg: PipelineConfig | None = None) -> dict[str, Any]:
+        """Export and evaluate this bring-up's model, or control `cfg`'s."""
+        cfg = cfg or self.cfg
+        train_dir, export_dir = cfg.stage_dir("train"), cfg.stage_dir("export")
         exported = export_task(train_dir, export_dir)
-        baseline = self.cfg.run_root / self.cfg.baseline / "export" if self.cfg.baseline else None
+        baseline = cfg.run_root / cfg.baseline / "export" if cfg.baseline else None
         if baseline is not None and not outputs.export_ok(baseline):
             raise FileNotFoundError(
-                f"baseline {self.cfg.baseline!r}: no export at {baseline}; run that bring-up "
+                f"baseline {cfg.baseline!r}: no export at {baseline}; run that bring-up "
                 "(mixer=attention) to completion first, or drop `baseline`"
             )
-        params = {
-            name: self.cfg.eval_config(name).model_dump(mode="json") for name in self.cfg.evals
-        }
+        params = {name: cfg.eval_config(name).model_dump(mode="json") for name in cfg.evals}
         results: dict[str, Any] = {"export": exported}
         all_cached = True
-        for name in self.cfg.evals:
-            out = self.cfg.stage_dir("eval")
+        for name in cfg.evals:
+            out = cfg.stage_dir("eval")
             result, cached = call_cached(
-                eval_task.with_options(task_run_name=f"evaluate-{name}"),
+                eval_task.with_options(task_run_name=f"evaluate-{self.prefix(cfg)}{name}"),
                 outputs.results_ok(out, [name]),
                 self.refresh,
                 name=name,
                 model_dir=export_dir,
-                cfg=self.cfg.eval_config(name),
+                cfg=cfg.eval_config(name),
                 baseline_dir=baseline,
                 out_dir=out,
             )
             all_cached &= cached
             results[name] = result
-        run_id = self.child("evaluate", params, all_cached)
-        for name in self.cfg.evals:
+        run_id = self.child(f"{self.prefix(cfg)}evaluate", params, all_cached)
+        for name in cfg.evals:
             self._log_results(run_id, results[name]["files"])
         self.tracking.log_dir(run_id, export_dir, "model")
         self.tracking.finish(run_id)
         return results
+
+    def controls(self) -> dict[str, Any]:
+        """Each control mixer trained and evaluated on this bring-up's data and budget."""
+        results = {}
+        for mixer in self.cfg.controls:
+            control = self.cfg.control_config(mixer)
+            self.log.info("control %s: %s", mixer, control.run_dir)
+            results[mixer] = {"train": self.train(control), "evaluate": self.evaluate(control)}
+        return results
+
+    def compare(self) -> dict[str, Any]:
+        """The model against its controls (`eval_stage compare`), logged on the parent run."""
+        runs = [self.cfg.run_dir, *(self.cfg.control_config(m).run_dir for m in self.cfg.controls)]
+        tracking = TrackingConfig(run_id=self.parent, tracking_uri=self.tracking.uri)
+        result, files = write_comparison(runs, self.cfg.stage_dir("compare"), tracking)
+        self.comparison_table = compare_summary(result)
+        return {"files": [str(f) for f in files], "metrics": result.metrics}
 
     def _log_results(self, run_id: str, files: list[str]) -> None:
         """The eval_stage MLflow logging (metrics at the model's step, JSON + plots)."""
@@ -210,16 +237,24 @@ class Bringup:
         self.record.error = error
         write_record(self.record)
         self.tracking.finish(self.parent, status)
-        print("\n".join(summary_lines(self.cfg, self.record.summary)))  # log_prints: the UI too
+        lines = summary_lines(self.cfg, self.record.summary)
+        if self.comparison_table:
+            lines += ["", "comparison (eval_stage compare; the first row is the reference):"]
+            lines += self.comparison_table.splitlines()
+        print("\n".join(lines))  # log_prints: the UI too
 
 
-STAGES = ("tokenizer", "shards", "train", "bench", "evaluate")
+STAGES = ("tokenizer", "shards", "train", "bench", "evaluate", "controls", "compare")
 
 
-def stages_for(mixer: str) -> tuple[str, ...]:
+def stages_for(cfg: PipelineConfig) -> tuple[str, ...]:
     """The stages of a bring-up: `bench` times the TTT dual form against the primal, an op
-    benchmark that says nothing about another mixer, so only TTT bring-ups run it."""
-    return STAGES if mixer == "ttt_linear" else tuple(s for s in STAGES if s != "bench")
+    benchmark that says nothing about another mixer, so only TTT bring-ups run it; `controls`
+    and `compare` run when controls are configured."""
+    skip = set() if cfg.mixer == "ttt_linear" else {"bench"}
+    if not cfg.controls:
+        skip |= {"controls", "compare"}
+    return tuple(s for s in STAGES if s not in skip)
 
 
 def flow_run_label() -> str:
@@ -268,7 +303,7 @@ def bringup(
     try:
         work = Bringup(config, request, refresh, restart_count)
         try:
-            for name in stages_for(config.mixer):
+            for name in stages_for(config):
                 work.stage(name, getattr(work, name))
         except BaseException as e:
             work.finish("FAILED", f"{type(e).__name__}: {e}"[:4000])

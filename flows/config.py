@@ -29,6 +29,7 @@ from eval_stage import (
 from train_stage.config import TrainConfig, deep_merge
 from ttt_core.config import Mixer, ModelConfig
 
+DATA_STAGES = ("tokenizer", "shards")
 EvalName = Literal["perplexity", "position_loss", "niah", "latency"]
 ALL_EVALS: tuple[EvalName, ...] = ("perplexity", "position_loss", "niah", "latency")
 DATA_EVALS: dict[str, type[BaseModel]] = {
@@ -53,6 +54,16 @@ class PipelineConfig(BaseModel):
     mixer: Mixer = "ttt_linear"
     baseline: str | None = Field(
         None, description="run_name of a completed attention bring-up under run_root to compare"
+    )
+    controls: list[Mixer] = Field(
+        default_factory=list,
+        description="mixers brought up beside this one on its data and budget, then compared "
+        "(`none`: the no-context control; `attention`)",
+    )
+    data_from: Path | None = Field(
+        None,
+        description="a bring-up directory whose tokenizer and shards this one reads instead of "
+        "building its own (how controls share their model's data)",
     )
     corpus: CorpusConfig = Field(default_factory=lambda: CorpusConfig(format="stdlib"))
     vocab_size: int = Field(8192, gt=4)
@@ -89,6 +100,12 @@ class PipelineConfig(BaseModel):
             raise ValueError(f"run_name {self.run_name!r} must be a plain folder name")
         if self.mlflow_tracking_uri is None:
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{root}/mlflow.db")
+        if len(set(self.controls)) != len(self.controls):
+            raise ValueError(f"controls has repeats: {self.controls}")
+        if self.mixer in self.controls:
+            raise ValueError(f"controls: {self.mixer!r} is the mixer being brought up")
+        if self.data_from is not None:
+            object.__setattr__(self, "data_from", self.data_from.expanduser().resolve())
         if len(set(self.evals)) != len(self.evals):
             raise ValueError(f"evals has repeats: {self.evals}")
         for field, kind in DATA_EVALS.items():
@@ -124,8 +141,28 @@ class PipelineConfig(BaseModel):
         return self.run_root / str(self.run_name)
 
     def stage_dir(self, stage: str) -> Path:
-        """`tokenizer`, `shards`, `train`, `export`, `bench` or `eval` under the run dir."""
+        """`tokenizer`, `shards`, `train`, `export`, `bench`, `eval` or `compare` under the run
+        dir; the data stages under `data_from` when it is set."""
+        if stage in DATA_STAGES and self.data_from is not None:
+            return self.data_from / stage
         return self.run_dir / stage
+
+    def control_config(self, mixer: Mixer) -> PipelineConfig:
+        """The bring-up of control `mixer`: this one's data (`data_from`), steps and evals, the
+        preset's settings for that mixer, under `<run_dir>/controls/<mixer>`; a hybrid's
+        `layer_mixers` is not carried over (the control is one mixer throughout)."""
+        data = self.model_dump(exclude={"run_name", "controls", "baseline"})
+        train = deep_merge(self.train, {"model": {"layer_mixers": None}})
+        return PipelineConfig.model_validate(
+            {
+                **data,
+                "mixer": mixer,
+                "train": train,
+                "run_root": self.run_dir / "controls",
+                "run_name": mixer,
+                "data_from": self.data_from or self.run_dir,
+            }
+        )
 
     # --- stage configs ---
     def tokenizer_config(self) -> TokenizerConfig:
@@ -194,6 +231,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         vocab_size=8192,
         seq_len=128,
         train_preset="small_cpu",
+        controls=["none"],
         bench={
             "device": "cpu",
             "batch": 2,

@@ -70,3 +70,12 @@ def test_lengths_beyond_the_val_stream_are_refused(shard_dir: Path) -> None:
     config = PositionLossConfig(data=shard_dir, train_len=2000, multipliers=[1, 4])
     with pytest.raises(EvalInputError, match="fewer than one sequence of 8001"):
         evaluate_position_loss(as_loaded(UniformLM(VOCAB)), config)
+
+
+def test_train_len_defaults_to_the_length_the_model_was_trained_at(shard_dir: Path) -> None:
+    """An export records its training seq_len; 1x means that, not the shards' row length."""
+    config = PositionLossConfig(data=shard_dir, multipliers=[1, 2], sequences=2, n_buckets=2)
+    trained_at_16 = as_loaded(UniformLM(VOCAB), seq_len=16)
+    assert evaluate_position_loss(trained_at_16, config).config["train_len"] == 16
+    unknown = as_loaded(UniformLM(VOCAB))  # no provenance: the shards' row length
+    assert evaluate_position_loss(unknown, config).config["train_len"] == 32

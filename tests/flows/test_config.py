@@ -41,6 +41,28 @@ def test_a_hybrid_stack_is_named_by_its_layers(tmp_path):
     assert PipelineConfig.from_preset("debug_tiny", mixer="none").run_name == "debug_tiny-none"
 
 
+def test_a_control_shares_the_data_and_budget_and_lives_under_the_run(tmp_path):
+    layers = ["attention", "ttt_linear"]
+    cfg = PipelineConfig.from_preset(
+        "debug_tiny",
+        run_root=tmp_path,
+        controls=["none", "attention"],
+        train={"steps": 7, "model": {"layer_mixers": layers}},
+    )
+    for mixer in ("none", "attention"):
+        control = cfg.control_config(mixer)
+        assert control.run_dir == cfg.run_dir / "controls" / mixer
+        assert control.controls == [] and control.mlflow_tracking_uri == cfg.mlflow_tracking_uri
+        for stage in ("tokenizer", "shards"):  # the model's data, not built again
+            assert control.stage_dir(stage) == cfg.stage_dir(stage)
+        assert control.stage_dir("train") == control.run_dir / "train"
+        train = control.train_config()
+        assert train.data == cfg.train_config().data and train.steps == 7
+        assert train.model.mixers == (mixer, mixer)  # the hybrid's layer list is not inherited
+        assert train.model.n_layers == cfg.train_config().model.n_layers
+    assert PipelineConfig.from_preset("small_cpu").controls == ["none"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "names"),
     [
@@ -50,6 +72,9 @@ def test_a_hybrid_stack_is_named_by_its_layers(tmp_path):
         ({"niah": {"trials": 0}}, "niah"),
         ({"evals": ["perplexity", "bogus"]}, "evals"),
         ({"run_name": "../escape"}, "run_name"),
+        ({"controls": ["none", "none"]}, "controls has repeats"),
+        ({"controls": ["ttt_linear"]}, "controls: 'ttt_linear' is the mixer being brought up"),
+        ({"controls": ["bogus"]}, "controls"),
     ],
 )
 def test_bad_values_are_errors_naming_the_field(overrides, names, tmp_path):

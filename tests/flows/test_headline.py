@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from eval_stage import bench, latency, niah, perplexity, position_loss
 from eval_stage.results import metric_key
 from flows.bringup import STAGES, stages_for
+from flows.config import PipelineConfig
 from flows.headline import comparison, headline, identity, summary_lines
 from flows.request import UI_ENV, BringupRequest, resolve
 from flows.tracking import KIND_TAG, Tracking
@@ -80,9 +81,13 @@ def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
     assert len(lines) <= 24  # one screen
 
 
-def test_only_ttt_bring_ups_run_the_op_benchmark():
-    assert stages_for("ttt_linear") == STAGES
-    assert "bench" not in stages_for("attention")
+def test_only_ttt_bring_ups_run_the_op_benchmark_and_controls_add_their_stages(tmp_path):
+    ttt = PipelineConfig.from_preset("small_cpu", run_root=tmp_path)
+    assert ttt.controls == ["none"] and stages_for(ttt) == STAGES
+    attention = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, mixer="attention")
+    assert "bench" not in stages_for(attention) and "compare" in stages_for(attention)
+    alone = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, controls=[])
+    assert stages_for(alone) == ("tokenizer", "shards", "train", "bench", "evaluate")
 
 
 def test_parent_params_identify_the_bring_up_and_paths_are_tags(tmp_path):
