@@ -32,7 +32,15 @@ OWNED_BY_PROCESS = {
 }
 # Keys that change how a run is watched, retried or compared, not what it trains or measures:
 # left out of the run name, so setting them continues the same run dir.
-NAME_NEUTRAL = {"name", "baseline", "controls", "train_retries", "stop_grace_s", "max_restarts", "run_name"}
+NAME_NEUTRAL = {
+    "name",
+    "baseline",
+    "controls",
+    "train_retries",
+    "stop_grace_s",
+    "max_restarts",
+    "run_name",
+}
 NAME_NEUTRAL |= {f"train.{f}" for f in TrainConfig.OPERATIONAL_FIELDS}
 NAME_NEUTRAL |= {f"train.model.{f}" for f in ModelConfig.OPERATIONAL_FIELDS}
 
