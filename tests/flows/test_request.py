@@ -50,7 +50,8 @@ def test_run_names_derive_from_what_is_trained():
     assert len(names) == 3 and all(n.startswith("debug_tiny-ttt_linear") for n in names)
     # watching and retry settings continue the same run dir
     cadence = BringupRequest(
-        preset="debug_tiny", overrides={"train.save_every": 5, "baseline": "b"}
+        preset="debug_tiny",
+        overrides={"train.save_every": 5, "baseline": "b", "controls": ["none"]},
     )
     assert run_name(cadence, "ttt_linear") == "debug_tiny-ttt_linear"
 
