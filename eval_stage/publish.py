@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .plots import draw_plots
-from .results import EvalResult, write_json
+from .results import EvalResult, result_file, write_json
 from .tracking import TrackingConfig, log_result
 
 
@@ -18,7 +18,7 @@ def publish(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = draw_plots(result, out_dir)
     result = result.model_copy(update={"plots": [p.name for p in plots]})
-    json_path = out_dir / f"{result.stem}.json"
+    json_path = result_file(out_dir, result.eval)
     write_json(result, json_path)
     files = [json_path, *plots]
     if tracking is not None and tracking.run_id is not None:
