@@ -2,7 +2,8 @@
 
 Corpus readers (text, JSONL, Parquet, the embedded stdlib corpus), a SentencePiece tokenizer
 behind the `Tokenizer` protocol, packed Arrow IPC shards with a manifest, a memory-mapped
-reader and the resumable rank-partitioned `SampleOrder`. Imports no torch.
+reader and the resumable rank-partitioned `SampleOrder`; `TokenizerOutputs` / `ShardOutputs`
+say what a step wrote and whether it is whole. Imports no torch.
 """
 
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
@@ -11,6 +12,7 @@ from data_stage.dataset import ShardDataset, verify_shards
 from data_stage.errors import CorpusError, DataStageError, ShardError, TokenizerError
 from data_stage.manifest import Manifest, read_manifest
 from data_stage.order import SampleOrder
+from data_stage.outputs import ShardOutputs, TokenizerOutputs
 from data_stage.readers import CorpusStats, Document
 from data_stage.shards import build_shards
 from data_stage.split import assign_splits, split_fraction
@@ -36,10 +38,12 @@ __all__ = [
     "ShardConfig",
     "ShardDataset",
     "ShardError",
+    "ShardOutputs",
     "Tokenizer",
     "TokenizerConfig",
     "TokenizerError",
     "TokenizerInfo",
+    "TokenizerOutputs",
     "assign_splits",
     "build_shards",
     "copy_tokenizer",

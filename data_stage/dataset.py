@@ -29,7 +29,7 @@ from data_stage.tokenizer import load_tokenizer
 from ttt_core.files import sha256_file
 
 
-def _check_file(path: Path, shard: ShardInfo, sha256: bool) -> str | None:
+def shard_file_problem(path: Path, shard: ShardInfo, sha256: bool) -> str | None:
     """A problem with one shard file, or None when it matches the manifest."""
     if not path.is_file():
         return f"{path}: missing shard; {REBUILD_HINT}"
@@ -139,7 +139,7 @@ def verify_shards(directory: Path | str, splits: Sequence[Split] = ("train", "va
     for split in splits:
         for shard in manifest.split(split).shards:
             path = directory / shard.file
-            problem = _check_file(path, shard, sha256=True) or _check_content(
+            problem = shard_file_problem(path, shard, sha256=True) or _check_content(
                 path, shard, manifest.row_len, vocab_size
             )
             if problem:
@@ -175,7 +175,7 @@ class ShardDataset:
             )
         self.shards = self.manifest.split(split).shards
         for shard in self.shards:
-            problem = _check_file(self.directory / shard.file, shard, sha256=verify)
+            problem = shard_file_problem(self.directory / shard.file, shard, sha256=verify)
             if problem:
                 raise ShardError(problem)
         self.row_len = self.manifest.row_len

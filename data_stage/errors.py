@@ -1,14 +1,16 @@
 """Exceptions raised by data_stage; each message names the file and what to do."""
 
-from pydantic import ValidationError
+# TODO(merge): the stage CLIs (data_stage/__main__.py, eval_stage/cli.py) import this name;
+# once they import `ttt_core.error_summary` directly, drop this alias.
+from ttt_core.validation import error_summary as validation_summary
 
-
-def validation_summary(error: ValidationError) -> str:
-    """Every problem of a pydantic error on one line: `field.path: message; ...` (the CLIs'
-    one-line refusal)."""
-    return "; ".join(
-        f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in error.errors()
-    )
+__all__ = [
+    "CorpusError",
+    "DataStageError",
+    "ShardError",
+    "TokenizerError",
+    "validation_summary",
+]
 
 
 class DataStageError(ValueError):

@@ -6,7 +6,6 @@ A tokenizer directory holds `tokenizer.model` (SentencePiece bytes) and `tokeniz
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from data_stage.errors import TokenizerError
 from data_stage.faults import NoSpaceError, is_no_space
 from data_stage.readers import CorpusStats
-from ttt_core.files import fsync_and_replace, temp_path
+from ttt_core.files import fsync_and_replace, sha256_bytes, temp_path
 
 MODEL_FILE = "tokenizer.model"
 INFO_FILE = "tokenizer.json"
@@ -78,7 +77,7 @@ class SentencePieceTokenizer:
 
     def __init__(self, model_bytes: bytes, source: str = "<bytes>") -> None:
         self.model_bytes = model_bytes
-        self._hash = hashlib.sha256(model_bytes).hexdigest()
+        self._hash = sha256_bytes(model_bytes)
         try:
             self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
         except (RuntimeError, OSError, ValueError) as e:
@@ -201,17 +200,24 @@ def load_tokenizer(path: Path | str) -> SentencePieceTokenizer:
         return SentencePieceTokenizer.from_file(path)
     if not path.is_dir():
         raise TokenizerError(f"{path}: no such tokenizer directory or .model file; {RETRAIN_HINT}")
-    info = read_tokenizer_info(path)
+    return SentencePieceTokenizer(checked_model_bytes(path), str(path / MODEL_FILE))
+
+
+def checked_model_bytes(directory: Path) -> bytes:
+    """The `.model` bytes of a tokenizer directory, after checking `tokenizer.json` (readable,
+    this format version) and that its hash is the sha256 of those bytes; `TokenizerError`
+    naming the file otherwise. Does not parse the model (`load_tokenizer` does)."""
+    info = read_tokenizer_info(directory)
     if info.format_version != FORMAT_VERSION:
         raise TokenizerError(
-            f"{path / INFO_FILE}: format_version {info.format_version}, this data_stage reads "
-            f"{FORMAT_VERSION}; {RETRAIN_HINT}"
+            f"{directory / INFO_FILE}: format_version {info.format_version}, this data_stage "
+            f"reads {FORMAT_VERSION}; {RETRAIN_HINT}"
         )
-    model_bytes = _read_model(path / MODEL_FILE)
-    digest = hashlib.sha256(model_bytes).hexdigest()
+    model_bytes = _read_model(directory / MODEL_FILE)
+    digest = sha256_bytes(model_bytes)
     if digest != info.hash:
         raise TokenizerError(
-            f"{path / MODEL_FILE}: sha256 {digest[:12]} does not match {INFO_FILE} hash "
+            f"{directory / MODEL_FILE}: sha256 {digest[:12]} does not match {INFO_FILE} hash "
             f"{info.hash[:12]} (changed, or from another training); {RETRAIN_HINT}"
         )
-    return SentencePieceTokenizer(model_bytes, str(path / MODEL_FILE))
+    return model_bytes

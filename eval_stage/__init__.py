@@ -2,37 +2,46 @@
 
 Each eval is a plain function taking `LoadedModel`s (`open_model`, or `preset_models` for
 latency) and a pydantic config, returning an `EvalResult`; `publish` writes its JSON and plot and
-logs them to MLflow. `python -m eval_stage <eval>` is a thin CLI over the same functions.
+logs them to MLflow. `EVALS` lists every eval once (name, config, function); `EvalOutputs` says
+which result files an out dir holds. `python -m eval_stage <eval>` is a thin CLI over them.
 """
 
 from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
 from .compare import compare_runs
+from .compare import summarize as summarize_comparison
 from .config import (
     BenchConfig,
     GenerateConfig,
     LatencyConfig,
+    LmEvalConfig,
     NiahConfig,
     PerplexityConfig,
     PositionLossConfig,
 )
 from .errors import EvalInputError, SpeedupBelowThreshold
+from .evals import EVALS, STANDARD_EVALS, Eval, find_eval, run_eval
 from .latency import evaluate_latency
 from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .niah import build_cases, evaluate_niah, greedy_answerer, score_cases
 from .perplexity import evaluate_perplexity
 from .position_loss import evaluate_position_loss
 from .publish import publish, write_comparison
-from .results import EvalResult, read_result
+from .results import EvalOutputs, EvalResult, read_result, result_file
 from .tracking import TrackingConfig, log_result
 
 __all__ = [
+    "EVALS",
+    "STANDARD_EVALS",
     "BenchConfig",
     "Conversation",
+    "Eval",
     "EvalInputError",
+    "EvalOutputs",
     "EvalResult",
     "GenerateConfig",
     "LatencyConfig",
+    "LmEvalConfig",
     "LoadedModel",
     "NiahConfig",
     "PerplexityConfig",
@@ -49,6 +58,7 @@ __all__ = [
     "evaluate_niah",
     "evaluate_perplexity",
     "evaluate_position_loss",
+    "find_eval",
     "generate_text",
     "greedy_answerer",
     "log_result",
@@ -56,6 +66,9 @@ __all__ = [
     "preset_models",
     "publish",
     "read_result",
+    "result_file",
+    "run_eval",
     "score_cases",
+    "summarize_comparison",
     "write_comparison",
 ]

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from data_stage import read_manifest
 
 from .errors import EvalInputError
-from .results import DeviceInfo, EvalResult, metric_key, read_result, text_table
+from .results import DeviceInfo, EvalResult, metric_key, read_result, result_file, text_table
 
 EVAL = "compare"
 RESULTS_SUBDIR = "eval"
@@ -66,7 +66,7 @@ def load_results(run: Path) -> dict[str, EvalResult]:
         raise EvalInputError(f"{run}: no such run directory")
     found: dict[str, EvalResult] = {}
     for name in SOURCES:
-        path = folder / f"{name.replace('-', '_')}.json"
+        path = result_file(folder, name)
         if path.is_file():
             found[name] = read_result(path)
     if not found:

@@ -11,7 +11,7 @@ from ttt_core.files import atomic_write_text
 from .compare import compare_runs, markdown
 from .errors import EvalInputError
 from .plots import draw_plots
-from .results import EvalResult, write_json
+from .results import EvalResult, result_file, write_json
 from .tracking import TrackingConfig, log_result
 
 
@@ -24,7 +24,7 @@ def publish(
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = draw_plots(result, out_dir)
     result = result.model_copy(update={"plots": [p.name for p in plots]})
-    json_path = out_dir / f"{result.stem}.json"
+    json_path = result_file(out_dir, result.eval)
     write_json(result, json_path)
     files = [json_path, *plots]
     if tracking is not None and tracking.run_id is not None:

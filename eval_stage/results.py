@@ -82,15 +82,43 @@ class EvalResult(BaseModel):
     @property
     def stem(self) -> str:
         """File stem of this result's JSON and plot: `position-loss` -> `position_loss`."""
-        return self.eval.replace("-", "_")
+        return eval_stem(self.eval)
 
     def role_info(self, role: Role) -> ModelInfo | None:
         return next((m for m in self.models if m.role == role), None)
 
 
+def eval_stem(eval_name: str) -> str:
+    """An eval's name as an identifier: `position-loss` -> `position_loss` (file stems, MLflow
+    metric prefixes, `EVALS` keys, a flow's config fields)."""
+    return eval_name.replace("-", "_")
+
+
 def metric_key(eval_name: str, *parts: object) -> str:
     """`<eval>/<part>/...` with the eval's `-` as `_` (MLflow accepts `/`, `_`, `.`, `-`)."""
-    return "/".join([eval_name.replace("-", "_"), *map(str, parts)])
+    return "/".join([eval_stem(eval_name), *map(str, parts)])
+
+
+def result_file(out_dir: Path | str, eval_name: str) -> Path:
+    """Where `publish` writes the result JSON of eval `eval_name` (either spelling)."""
+    return Path(out_dir) / f"{eval_stem(eval_name)}.json"
+
+
+class EvalOutputs:
+    """The result files of some evals in `out_dir` (`publish`'s output), and whether all of
+    them are there."""
+
+    def __init__(self, out_dir: Path | str, evals: list[str] | tuple[str, ...]):
+        self.dir, self.evals = Path(out_dir), tuple(evals)
+
+    @property
+    def files(self) -> list[Path]:
+        """`<out_dir>/<stem>.json` of each eval (plots, where an eval draws one, are listed in
+        the JSON's `plots`)."""
+        return [result_file(self.dir, name) for name in self.evals]
+
+    def complete(self) -> bool:
+        return all(path.is_file() for path in self.files)
 
 
 def write_json(result: EvalResult, path: Path) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ttt_core.telemetry import telemetry_off
+
 from .results import EvalResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ def log_result(result: EvalResult, files: list[Path], tracking: TrackingConfig) 
     """Log `result.metrics` and `files` to `tracking.run_id`; True on success."""
     if tracking.run_id is None:
         raise ValueError("log_result needs a run id (TrackingConfig.run_id or MLFLOW_RUN_ID)")
+    telemetry_off()  # before MLflow loads
     try:
         from mlflow import MlflowClient
         from mlflow.entities import Metric

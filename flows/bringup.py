@@ -1,7 +1,8 @@
 """The `bringup` flow: tokenizer → shards → train → bench → export → evaluate, one MLflow parent
 run per flow run, `<run_dir>/bringup.json` updated after every stage.
 
-Before each cached task the flow checks that the stage's files are still on disk and whole; if
+Before each cached task the flow asks the stage's outputs object (`TokenizerOutputs`,
+`ShardOutputs`, `TrainOutputs`, `EvalOutputs`) whether its files are still on disk and whole; if
 not (or with `refresh=True`) the task runs with `refresh_cache=True`, so a cache hit never
 points at missing outputs.
 """
@@ -17,9 +18,15 @@ from prefect.artifacts import create_link_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
-from eval_stage import TrackingConfig, log_result, read_result, write_comparison
-from eval_stage.compare import summarize as compare_summary
-from flows import outputs
+from data_stage import ShardOutputs, TokenizerOutputs
+from eval_stage import (
+    EvalOutputs,
+    TrackingConfig,
+    log_result,
+    read_result,
+    summarize_comparison,
+    write_comparison,
+)
 from flows.commands import stage_commands
 from flows.config import PipelineConfig
 from flows.headline import comparison, summary_lines
@@ -34,7 +41,8 @@ from flows.request import (
 )
 from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
 from flows.tracking import Tracking
-from ttt_core.config import Mixer
+from train_stage import TrainOutputs
+from ttt_core import Mixer, PretrainedOutputs
 
 
 def browsable(url: str | None) -> str | None:
@@ -112,7 +120,7 @@ class Bringup:
     def tokenizer(self) -> dict[str, Any]:
         cfg = self.cfg.tokenizer_config()
         result, cached = call_cached(
-            tokenizer_task, outputs.tokenizer_ok(cfg.out), self.refresh, cfg=cfg
+            tokenizer_task, TokenizerOutputs(cfg.out).complete(), self.refresh, cfg=cfg
         )
         run_id = self.child("tokenizer", cfg.model_dump(mode="json"), cached)
         self.tracking.log_dir(run_id, cfg.out, "tokenizer")
@@ -121,11 +129,12 @@ class Bringup:
 
     def shards(self) -> dict[str, Any]:
         cfg = self.cfg.shard_config()
-        result, cached = call_cached(shards_task, outputs.shards_ok(cfg.out), self.refresh, cfg=cfg)
+        shards = ShardOutputs(cfg.out)
+        result, cached = call_cached(shards_task, shards.complete(), self.refresh, cfg=cfg)
         run_id = self.child("shards", cfg.model_dump(mode="json"), cached)
         counts = {k: v for k, v in result.items() if k.startswith(("train_", "val_"))}
         self.tracking.log_metrics(run_id, counts)
-        self.tracking.client.log_artifact(run_id, str(cfg.out / "manifest.json"), "shards")
+        self.tracking.client.log_artifact(run_id, str(shards.manifest_file), "shards")
         self.tracking.finish(run_id)
         return result
 
@@ -143,7 +152,7 @@ class Bringup:
         task = train_task.with_options(retries=cfg.train_retries)
         result, cached = call_cached(
             task,
-            outputs.train_ok(train_cfg.run_dir),
+            TrainOutputs(train_cfg.run_dir).complete(),
             self.refresh,
             cfg=train_cfg,
             nproc=cfg.nproc,
@@ -167,7 +176,7 @@ class Bringup:
 
     def bench(self) -> dict[str, Any]:
         cfg, out = self.cfg.bench, self.cfg.stage_dir("bench")
-        valid = outputs.results_ok(out, ["bench_dual_primal"])
+        valid = EvalOutputs(out, ["bench_dual_primal"]).complete()
         result, cached = call_cached(bench_task, valid, self.refresh, cfg=cfg, out_dir=out)
         run_id = self.child("bench", cfg.model_dump(mode="json"), cached)
         self._log_results(run_id, result["files"])
@@ -180,7 +189,7 @@ class Bringup:
         train_dir, export_dir = cfg.stage_dir("train"), cfg.stage_dir("export")
         exported = export_task(train_dir, export_dir)
         baseline = cfg.run_root / cfg.baseline / "export" if cfg.baseline else None
-        if baseline is not None and not outputs.export_ok(baseline):
+        if baseline is not None and not PretrainedOutputs(baseline).complete():
             raise FileNotFoundError(
                 f"baseline {cfg.baseline!r}: no export at {baseline}; run that bring-up "
                 "(mixer=attention) to completion first, or drop `baseline`"
@@ -192,7 +201,7 @@ class Bringup:
             out = cfg.stage_dir("eval")
             result, cached = call_cached(
                 eval_task.with_options(task_run_name=f"evaluate-{self.prefix(cfg)}{name}"),
-                outputs.results_ok(out, [name]),
+                EvalOutputs(out, [name]).complete(),
                 self.refresh,
                 name=name,
                 model_dir=export_dir,
@@ -223,7 +232,7 @@ class Bringup:
         runs = [self.cfg.run_dir, *(self.cfg.control_config(m).run_dir for m in self.cfg.controls)]
         tracking = TrackingConfig(run_id=self.parent, tracking_uri=self.tracking.uri)
         result, files = write_comparison(runs, self.cfg.stage_dir("compare"), tracking)
-        self.comparison_table = compare_summary(result)
+        self.comparison_table = summarize_comparison(result)
         return {"files": [str(f) for f in files], "metrics": result.metrics}
 
     def _log_results(self, run_id: str, files: list[str]) -> None:

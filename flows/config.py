@@ -19,23 +19,17 @@ from pydantic import (
 )
 
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
-from eval_stage import (
-    BenchConfig,
-    LatencyConfig,
-    NiahConfig,
-    PerplexityConfig,
-    PositionLossConfig,
-)
-from train_stage.config import TrainConfig, deep_merge
-from ttt_core.config import Mixer, ModelConfig
+from eval_stage import EVALS, STANDARD_EVALS, BenchConfig, LatencyConfig
+from train_stage import TrainConfig
+from ttt_core import Mixer, ModelConfig, deep_merge, error_summary
 
 DATA_STAGES = ("tokenizer", "shards")
-EvalName = Literal["perplexity", "position_loss", "niah", "latency"]
-ALL_EVALS: tuple[EvalName, ...] = ("perplexity", "position_loss", "niah", "latency")
+# The evals a bring-up can run: eval_stage's standard ones (a field of this config each).
+EvalName = Literal[STANDARD_EVALS]  # type: ignore[valid-type]
+ALL_EVALS: tuple[str, ...] = STANDARD_EVALS
+# Those reading the shards: their fields hold the config without `data` (the run's shards).
 DATA_EVALS: dict[str, type[BaseModel]] = {
-    "perplexity": PerplexityConfig,
-    "position_loss": PositionLossConfig,
-    "niah": NiahConfig,
+    name: EVALS[name].config for name in STANDARD_EVALS if EVALS[name].reads_data
 }
 
 
@@ -112,7 +106,7 @@ class PipelineConfig(BaseModel):
             try:
                 kind.model_validate({**getattr(self, field), "data": "."})
             except ValidationError as e:
-                raise ValueError(f"{field}: {e.errors()[0]['loc']}: {e.errors()[0]['msg']}") from e
+                raise ValueError(error_summary(e, at=field)) from e
         train = self.train_config(Path("."))
         if train.model.vocab_size != self.vocab_size:
             raise ValueError(
@@ -198,8 +192,8 @@ class PipelineConfig(BaseModel):
         return TrainConfig.model_validate(deep_merge(self._train_dict(), fixed))
 
     def eval_config(self, name: EvalName) -> BaseModel:
-        if name == "latency":
-            return self.latency
+        if name not in DATA_EVALS:  # a full config of its own (latency)
+            return getattr(self, name)
         data = self.stage_dir("shards")
         return DATA_EVALS[name].model_validate({**getattr(self, name), "data": data})
 

@@ -8,11 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-TELEMETRY_OFF = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-}
+from ttt_core import telemetry_off
 
 
 def state_dir(run_root: Path) -> Path:
@@ -21,11 +17,10 @@ def state_dir(run_root: Path) -> Path:
 
 
 def prepare_env(run_root: Path, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Set (in `env`, default `os.environ`) telemetry off and `PREFECT_HOME` under `run_root`,
-    unless the caller already chose a `PREFECT_HOME`. Returns the mapping it changed."""
-    target = os.environ if env is None else env
-    for key, value in TELEMETRY_OFF.items():
-        target[key] = value
+    """Set (in `env`, default `os.environ`) telemetry off (`ttt_core.telemetry_off`) and
+    `PREFECT_HOME` under `run_root`, each unless the caller already chose it. Returns the
+    mapping it changed."""
+    target = telemetry_off(os.environ if env is None else env)
     # A first start migrates a new database: 20 s (Prefect's default) is too short on 2 cores.
     target.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     home = target.setdefault("PREFECT_HOME", str(state_dir(run_root)))

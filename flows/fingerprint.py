@@ -6,7 +6,6 @@ manifest, the stage's resolved config. It does not change when nothing it reads 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -14,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from data_stage import Corpus, CorpusConfig
-from ttt_core.files import directory_digest, sha256_file
+from data_stage import Corpus, CorpusConfig, ShardOutputs, TokenizerOutputs
+from ttt_core import PretrainedOutputs, sha256_bytes, sha256_file
 
 # User corpora up to this size are hashed byte by byte; larger ones by (path, size, mtime).
 HASH_CONTENT_BELOW = 64 << 20
@@ -25,7 +24,7 @@ def digest(*parts: Any) -> str:
     """sha256 of the JSON of `parts` (pydantic models dumped in JSON mode, keys sorted)."""
     plain = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
     text = json.dumps(plain, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_bytes(text.encode())
 
 
 def corpus_fingerprint(cfg: CorpusConfig) -> str:
@@ -44,15 +43,15 @@ def corpus_fingerprint(cfg: CorpusConfig) -> str:
 
 
 def tokenizer_hash(tokenizer_dir: Path) -> str:
-    """The `hash` recorded in `tokenizer.json` (sha256 of the .model bytes)."""
-    return json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["hash"]
+    """The hash the tokenizer directory records (sha256 of its .model bytes)."""
+    return TokenizerOutputs(tokenizer_dir).hash()
 
 
 def manifest_sha256(shard_dir: Path) -> str:
-    """sha256 of `manifest.json`, which lists every shard's sha256 and the tokenizer hash."""
-    return sha256_file(Path(shard_dir) / "manifest.json")
+    """sha256 of the shard manifest, which lists every shard's sha256 and the tokenizer hash."""
+    return ShardOutputs(shard_dir).manifest_sha256()
 
 
 def export_sha256(export_dir: Path) -> str:
     """Digest of everything in the export (weights, config, tokenizer): its checksums.json."""
-    return directory_digest(Path(export_dir))
+    return PretrainedOutputs(export_dir).digest()

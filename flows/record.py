@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from flows.config import PipelineConfig
 from flows.request import BringupRequest
-from ttt_core.files import atomic_write_text
+from ttt_core import atomic_write_text
 
 RECORD_FILE, LOCK_FILE = "bringup.json", ".bringup.lock"
 Status = Literal["running", "completed", "failed"]

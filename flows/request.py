@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.fingerprint import digest
-from train_stage.config import TrainConfig
-from ttt_core.config import Mixer, ModelConfig
+from train_stage import TrainConfig
+from ttt_core import Mixer, ModelConfig, error_summary, nest_dotted
 
 PresetName = Literal["debug_tiny", "small_cpu"]
 DEFAULT_PRESET: PresetName = "small_cpu"
@@ -59,25 +59,6 @@ class BringupRequest(BaseModel):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
-def nest_dotted(flat: dict[str, Any]) -> dict[str, Any]:
-    """`{"train.steps": 5, "niah.trials": 1}` -> `{"train": {"steps": 5}, "niah": {"trials": 1}}`.
-    A key that is both a value and a parent (`train=…` and `train.steps=…`) is an error."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        if not all([*parents, leaf]):
-            raise InvalidRequest(f"override {key!r}: empty part in a dotted key")
-        target = nested
-        for depth, parent in enumerate(parents):
-            target = target.setdefault(parent, {})
-            if not isinstance(target, dict):
-                raise InvalidRequest(f"override {'.'.join(parents[: depth + 1])!r} set twice")
-        if leaf in target:
-            raise InvalidRequest(f"override {key!r} set twice")
-        target[leaf] = value
-    return nested
-
-
 def run_name(request: BringupRequest, mixer: str) -> str:
     """`<preset>-<mixer>`, plus `-<8 hex>` of the overrides that change what is trained or
     measured: two different bring-ups never share a run dir, while watching/retry settings
@@ -85,18 +66,6 @@ def run_name(request: BringupRequest, mixer: str) -> str:
     named = {k: v for k, v in request.overrides.items() if k not in NAME_NEUTRAL}
     base = f"{request.preset}-{mixer}"
     return f"{base}-{digest(named)[:8]}" if named else base
-
-
-def one_line(error: ValidationError, keys: list[str]) -> str:
-    """The first error of `error` as `key: message` on one line, naming the override key it is
-    about when the error's location is the tail of one (a nested config reports only its own
-    path: `bogus` for `train.bogus`)."""
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    named = [k for k in keys if k == where or k.endswith(f".{where}")]
-    message = " ".join(str(first["msg"]).split())
-    where = named[0] if len(named) == 1 else where
-    return f"{where}: {message}" if where else message
 
 
 def resolve(
@@ -115,7 +84,10 @@ def resolve(
     if mixer is not None and request.mixer is not None and mixer != request.mixer:
         raise InvalidRequest(f"override 'mixer'={mixer!r} contradicts mixer={request.mixer!r}")
     mixer = request.mixer or mixer or PipelineConfig.model_fields["mixer"].default
-    settings = nest_dotted(flat)
+    try:
+        settings = nest_dotted(flat)
+    except ValueError as e:
+        raise InvalidRequest(str(e)) from None
     settings.setdefault("run_name", run_name(request.model_copy(update={"overrides": flat}), mixer))
     settings.update(mixer=mixer, run_root=str(run_root))
     if mlflow_tracking_uri:
@@ -123,7 +95,7 @@ def resolve(
     try:
         return PipelineConfig.from_preset(request.preset, **settings)
     except ValidationError as e:
-        raise InvalidRequest(f"overrides: {one_line(e, list(flat))}") from None
+        raise InvalidRequest(f"overrides: {error_summary(e, list(flat))}") from None
     except ValueError as e:
         raise InvalidRequest(f"overrides: {' '.join(str(e).split())}") from None
 

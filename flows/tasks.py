@@ -23,16 +23,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from data_stage import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
-from eval_stage import (
-    BenchConfig,
-    evaluate_bench_dual_primal,
-    evaluate_latency,
-    evaluate_niah,
-    evaluate_perplexity,
-    evaluate_position_loss,
-    open_model,
-    publish,
-)
+from eval_stage import BenchConfig, evaluate_bench_dual_primal, open_model, publish, run_eval
 from flows.fingerprint import (
     corpus_fingerprint,
     digest,
@@ -47,17 +38,12 @@ from flows.torchrun import (
     wait_for_previous_launch,
 )
 from flows.tracking import system_metrics
-from train_stage import export_model
-from train_stage.config import TrainConfig
-from train_stage.distributed import torchrun_command
+from train_stage import TrainConfig, TrainOutputs, export_model, torchrun_command
+from ttt_core import atomic_write_text
 
-KEY_FILE, LAUNCH_FILE = ".flow_cache_key", ".launch"
-EVALUATORS = {
-    "perplexity": evaluate_perplexity,
-    "position_loss": evaluate_position_loss,
-    "niah": evaluate_niah,
-    "latency": evaluate_latency,
-}
+# The flow's own files in a training run dir: the cache key it trained for, the launch marker,
+# and the config it hands train_stage (`--config`).
+KEY_FILE, LAUNCH_FILE, TRAIN_CONFIG_FILE = ".flow_cache_key", ".launch", "train_config.yaml"
 
 
 # --- cache keys -------------------------------------------------------------------------------
@@ -150,12 +136,12 @@ def train_task(
     (with system metrics); None trains without MLflow. `grace_s`: how long stopping ranks get to
     save, and how long this launch waits for ranks left from a killed earlier one."""
     logger = get_run_logger()
-    run_dir = cfg.run_dir
+    run_dir, run = cfg.run_dir, TrainOutputs(cfg.run_dir)
     launch_file = run_dir / LAUNCH_FILE
     wait_for_previous_launch(launch_file, grace_s, logger.info)  # before anything moves
     claim_run_dir(run_dir, train_run_key(cfg, nproc), fresh, logger.info)
-    config_path = run_dir / "train_config.yaml"
-    config_path.write_text(cfg.to_yaml())
+    config_path = run_dir / TRAIN_CONFIG_FILE
+    atomic_write_text(config_path, cfg.to_yaml())
     args = ["--config", str(config_path), "--resume", "auto"]
     if mlflow is None:
         args.append("--no-mlflow")
@@ -166,7 +152,7 @@ def train_task(
     monitor = (
         nullcontext()
         if mlflow is None
-        else system_metrics(run_dir / "mlflow_run_id", mlflow["tracking_uri"])
+        else system_metrics(run.mlflow_run_id_file, mlflow["tracking_uri"])
     )
     with monitor:
         run_streaming(
@@ -177,10 +163,7 @@ def train_task(
             what="train_stage",
             launch_file=launch_file,
         )
-    summary = json.loads((run_dir / "train_summary.json").read_text())
-    run_id_file = run_dir / "mlflow_run_id"
-    mlflow_run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
-    return {"dir": str(run_dir), "mlflow_run_id": mlflow_run_id, **summary}
+    return {"dir": str(run_dir), "mlflow_run_id": run.mlflow_run_id(), **run.summary()}
 
 
 def claim_run_dir(run_dir: Path, key: str, fresh: bool, log: Callable[[str], None]) -> None:
@@ -194,7 +177,7 @@ def claim_run_dir(run_dir: Path, key: str, fresh: bool, log: Callable[[str], Non
         shutil.move(str(run_dir), aside)
         log(f"moved the previous training run to {aside}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key + "\n")
+    atomic_write_text(key_file, key + "\n")
 
 
 @task(name="export", cache_policy=NO_CACHE)
@@ -218,7 +201,7 @@ def eval_task(
 ) -> dict[str, Any]:
     model = open_model(model_dir)
     baseline = open_model(baseline_dir) if baseline_dir else None
-    result = EVALUATORS[name](model, cfg, baseline)
+    result = run_eval(name, model, cfg, baseline)
     files = publish(result, out_dir)
     return {
         "files": [str(f) for f in files],

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 
 from flows.config import PipelineConfig
 from flows.headline import identity
 from flows.request import UI_ENV
-from train_stage.tracking import flatten
+from train_stage import log_params, mlflow_params
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3 opens an experiment on its GenAI page unless it is marked as model training
@@ -93,7 +93,7 @@ class Tracking:
     def start_child(self, parent_id: str, stage: str, params: dict[str, Any]) -> str:
         """`<run_name>/<stage>` with the stage's settings as params and its paths as tags
         (`path.<key>`), so a compare view never plots paths."""
-        flat = flatten("", params)
+        flat = mlflow_params(params)
         paths = {k: v for k, v in flat.items() if v.startswith("/") or "'/" in v}
         run = self.client.create_run(
             self.experiment_id,
@@ -114,10 +114,7 @@ class Tracking:
             self.client.set_tag(run_id, PARENT_TAG, parent_id)
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
-        existing = self.client.get_run(run_id).data.params
-        new = [Param(k, v) for k, v in sorted(flatten("", params).items()) if k not in existing]
-        for start in range(0, len(new), 100):
-            self.client.log_batch(run_id, params=new[start : start + 100])
+        log_params(self.client, run_id, params)
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)

@@ -18,7 +18,6 @@ for ((i = 0; i < ${#args[@]}; i++)); do
 done
 $has_preset || set -- --preset small_cpu "$@"
 
-export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true
 status=0
 python -m flows run "$@" || status=$?
 run_root="$(cd "$run_root" 2>/dev/null && pwd || echo "$run_root")"

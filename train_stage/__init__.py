@@ -1,10 +1,31 @@
 """train_stage: torchrun training with classic FSDP, exact resume and MLflow tracking.
 
-Public API used by other packages: `export_model` (a run's checkpoint → a `TTTLM.save_pretrained`
-directory with tokenizer and provenance) and `load_run_model` (a run's latest weights, for
-evaluating a run directory without an export).
+Public API (what flows and other packages use; everything else is internal):
+- `TrainConfig` (+ `CurriculumStage`, `MlflowConfig`, `TRAIN_PRESETS`): one run, validated;
+- `TrainOutputs`: a run directory's files and whether the run completed;
+- `torchrun_command`: the command line that runs `python -m train_stage` under torchrun;
+- `export_model`: a run's checkpoint → a `TTTLM.save_pretrained` directory with its tokenizer
+  and provenance (`ttt_core.PretrainedOutputs` describes it); `load_run_model`: a run's latest
+  weights, for evaluating a run directory without an export;
+- `log_params` / `mlflow_params`: MLflow params of nested settings, batched as MLflow allows.
 """
 
+from .config import TRAIN_PRESETS, CurriculumStage, MlflowConfig, TrainConfig
+from .distributed import torchrun_command
 from .export import RunModel, export_model, load_run_model
+from .outputs import TrainOutputs
+from .tracking import log_params, mlflow_params
 
-__all__ = ["RunModel", "export_model", "load_run_model"]
+__all__ = [
+    "TRAIN_PRESETS",
+    "CurriculumStage",
+    "MlflowConfig",
+    "RunModel",
+    "TrainConfig",
+    "TrainOutputs",
+    "export_model",
+    "load_run_model",
+    "log_params",
+    "mlflow_params",
+    "torchrun_command",
+]

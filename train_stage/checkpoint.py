@@ -39,10 +39,11 @@ from ttt_core.files import (
     write_checksums,
 )
 
+from .outputs import CHECKPOINTS
+
 # One process without a process group is a supported way to run; DCP need not warn about it.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninit")
 
-CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 META = "meta.json"
 CHECKSUMS = CHECKSUMS_FILE
@@ -260,7 +261,7 @@ class Checkpointer:
                 write_checksums(tmp)
                 if final.exists():  # a re-save of the same step after a resume
                     shutil.rmtree(final)
-                os.replace(tmp, final)
+                os.replace(tmp, final)  # made durable by the fsync of `latest`'s directory
                 atomic_write_text(self.root / LATEST, final.name + "\n")
                 self._purge(step)
             except Exception as e:  # shared below, so the other ranks do not wait forever

@@ -23,7 +23,7 @@ from ttt_core.pretrained import INFO_FILE, TOKENIZER_DIR, has_pretrained_files, 
 
 from .checkpoint import latest_checkpoint, read_meta
 from .config import TrainConfig
-from .trainer import SUMMARY_FILE
+from .outputs import CONFIG_FILE, SUMMARY_FILE
 
 
 class RunModel(NamedTuple):
@@ -44,7 +44,7 @@ def load_checkpoint_weights(checkpoint: Path, config: ModelConfig) -> TTTLM:
 
 
 def _run_checkpoint(run_dir: Path) -> tuple[TrainConfig, Path]:
-    config_path = run_dir / "config.yaml"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.exists():
         raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a train_stage run directory?")
     checkpoint = latest_checkpoint(run_dir)

@@ -10,10 +10,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from data_stage import DataStageError, ShardDataset, read_manifest, verify_shards
-from data_stage.errors import validation_summary
 from data_stage.manifest import MANIFEST_FILE
 from ttt_core.files import sha256_file
 from ttt_core.ops import resolve_backend
+from ttt_core.validation import error_summary
 
 from .checkpoint import (
     CHECKPOINTS,
@@ -151,7 +151,7 @@ def _check_compatible(cfg: TrainConfig, target: Path, data: dict[str, Any]) -> N
     except ValidationError as e:
         raise ConfigError(
             f"checkpoint {target}: its recorded config is not valid in this version: "
-            f"{validation_summary(e)}"
+            f"{error_summary(e)}"
         ) from e
     model = sorted(name.removeprefix("model.") for name in differences if name.startswith("model."))
     if model:

@@ -12,6 +12,7 @@ from ttt_core.files import atomic_write_text
 from .checkpoint import clean_stale_temps, repoint_latest
 from .config import TrainConfig
 from .distributed import DistEnv, init_distributed, shutdown_distributed, world_from_env
+from .outputs import CONFIG_FILE
 from .preflight import StartPlan, preflight
 from .tracking import MlflowTracker
 from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
@@ -46,7 +47,7 @@ def run_training(cfg: TrainConfig) -> int:
         return _train(cfg, preflight(cfg, world, local_rank))
     finally:
         if lock:  # config.yaml is the first write: without it, a new run dir goes away again
-            lock.release(undo=not (cfg.run_dir / "config.yaml").exists())
+            lock.release(undo=not (cfg.run_dir / CONFIG_FILE).exists())
 
 
 def _train(cfg: TrainConfig, plan: StartPlan) -> int:
@@ -60,7 +61,7 @@ def _train(cfg: TrainConfig, plan: StartPlan) -> int:
         for note in plan.notes:
             _say(env, f"[train] {note}", err=True)
         if env.is_main:
-            atomic_write_text(cfg.run_dir / "config.yaml", cfg.to_yaml())
+            atomic_write_text(cfg.run_dir / CONFIG_FILE, cfg.to_yaml())
             trainer.metrics.truncate_after(trainer.step)
             if plan.checkpoint is not None and repoint_latest(cfg.run_dir, plan.checkpoint):
                 print(f"[train] latest now names {plan.checkpoint.name}", file=sys.stderr)

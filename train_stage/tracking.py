@@ -15,22 +15,46 @@ from pathlib import Path
 from typing import Any
 
 from data_stage.faults import NoSpaceError, is_no_space
-from ttt_core.files import atomic_write_bytes
+from ttt_core.dotted import flatten_dotted
+from ttt_core.files import atomic_write_bytes, atomic_write_text
+from ttt_core.telemetry import telemetry_off
 
 from .config import TrainConfig
+from .outputs import METRICS_FILE, RUN_ID_FILE
 
-# Nothing leaves the machine: MLflow's usage telemetry is off unless the user turned it on.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
 # MLflow's HTTP client retries for minutes by default; a training step must not wait that long.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 RETRY_AFTER_SECONDS = 60.0
-
-RUN_ID_FILE = "mlflow_run_id"
-METRICS_FILE = "metrics.jsonl"
 MAX_BUFFERED = 100_000
+PARAM_BATCH, PARAM_VALUE_CHARS = 100, 6000  # MLflow's limits per log_batch / per param value
+
+
+def prepare_mlflow_env() -> None:
+    """Before MLflow loads: telemetry off and short HTTP retries, unless the user set them."""
+    telemetry_off()
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def mlflow_params(params: dict[str, Any]) -> dict[str, str]:
+    """Nested settings as MLflow params: dotted keys, string values cut to MLflow's limit."""
+    return {key: str(value)[:PARAM_VALUE_CHARS] for key, value in flatten_dotted(params).items()}
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    """Log `params` (nested or dotted) to run `run_id` through the `MlflowClient` `client`, in
+    batches of MLflow's size. Params the run already has are skipped: MLflow refuses to change
+    a param, and a resumed run logs the same ones again."""
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, v) for k, v in sorted(mlflow_params(params).items()) if k not in existing]
+    for start in range(0, len(new), PARAM_BATCH):
+        client.log_batch(run_id, params=new[start : start + PARAM_BATCH])
 
 
 def default_tracking_uri(run_dir: Path) -> str:
@@ -109,19 +133,11 @@ def _parse(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def flatten(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, sub in value.items():
-            out.update(flatten(f"{prefix}.{key}" if prefix else key, sub))
-        return out
-    return {prefix: str(value)[:6000]}
-
-
 class MlflowTracker:
     """One MLflow run per run directory; a resumed run logs into the same run."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path):
+        prepare_mlflow_env()
         from mlflow import MlflowClient
 
         self.cfg = cfg.mlflow
@@ -130,7 +146,7 @@ class MlflowTracker:
         self.buffer: list[Any] = []
         self.retry_at = 0.0  # after a failure, sends wait until then (metrics stay buffered)
         self.run_id = self._run_id(run_dir)
-        self._log_params(cfg)
+        log_params(self.client, self.run_id, cfg.model_dump(mode="json"))
 
     def _run_id(self, run_dir: Path) -> str:
         id_file = run_dir / RUN_ID_FILE
@@ -150,17 +166,8 @@ class MlflowTracker:
         run = self.client.create_run(
             experiment_id, run_name=self.cfg.run_name or run_dir.name, tags=tags
         )
-        id_file.write_text(run.info.run_id + "\n")
+        atomic_write_text(id_file, run.info.run_id + "\n")
         return run.info.run_id
-
-    def _log_params(self, cfg: TrainConfig) -> None:
-        from mlflow.entities import Param
-
-        params = flatten("", cfg.model_dump(mode="json"))
-        existing = self.client.get_run(self.run_id).data.params
-        new = [Param(k, v) for k, v in sorted(params.items()) if k not in existing]
-        for start in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[start : start + 100])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -29,11 +29,10 @@ from .config import TrainConfig
 from .data import TrainData
 from .distributed import DistEnv, all_reduce_mean, clip_gradients, wrap_model
 from .optim import build_optimizer, build_scheduler, decay_names
+from .outputs import SUMMARY_FILE
 from .preflight import ConfigError
 from .progress import Progress
 from .tracking import MetricsFile, MlflowTracker
-
-SUMMARY_FILE = "train_summary.json"
 
 
 class TrainingDiverged(RuntimeError):

@@ -1,8 +1,13 @@
 """TTT-Linear language model: config, ops, mixers, model, cache, and its on-disk format
-(`TTTLM.save_pretrained` / `from_pretrained`; the integrity helpers in `ttt_core.files`).
+(`TTTLM.save_pretrained` / `from_pretrained`, `PretrainedOutputs`).
 
-Names are imported on first use, so `import ttt_core.files` (used by data_stage, which must not
-load torch) stays free of torch.
+Also the bottom of the project, so it holds the mechanisms every package shares, one module
+each and none importing torch: `files` (atomic writes, sha256, checksummed directories),
+`dotted` (dotted overrides, deep merge), `validation` (one-line pydantic errors), `telemetry`
+(MLflow/Prefect telemetry off), `identity` (identity vs operational config fields).
+
+Names are imported on first use: a name of a torch-free module loads only that module (so
+data_stage, which must not load torch, can use them); any other name loads the model modules.
 """
 
 from __future__ import annotations
@@ -12,17 +17,50 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .cache import Cache, KVCache, TTTCache
-    from .config import PRESETS, ModelConfig
+    from .config import PRESETS, Mixer, ModelConfig
+    from .dotted import deep_merge, flatten_dotted, nest_dotted, parse_assignments
+    from .files import (
+        IntegrityError,
+        atomic_directory,
+        atomic_write_bytes,
+        atomic_write_text,
+        directory_digest,
+        sha256_bytes,
+        sha256_file,
+        verify_checksums,
+    )
     from .generate import GenerationResult, TokenStream, generate
+    from .identity import IdentityConfig
     from .mixer import AttentionMixer, NoMixer, TTTLinearMixer
     from .model import TTTLM, ModelOutput
-    from .pretrained import is_pretrained
+    from .pretrained import PretrainedOutputs, is_pretrained
+    from .telemetry import telemetry_off
+    from .validation import error_summary
+
+# Modules that import no torch: their names are bound one module at a time.
+_TORCH_FREE = {
+    "dotted": ("deep_merge", "flatten_dotted", "nest_dotted", "parse_assignments"),
+    "files": (
+        "IntegrityError",
+        "atomic_directory",
+        "atomic_write_bytes",
+        "atomic_write_text",
+        "directory_digest",
+        "sha256_bytes",
+        "sha256_file",
+        "verify_checksums",
+    ),
+    "identity": ("IdentityConfig",),
+    "telemetry": ("telemetry_off",),
+    "validation": ("error_summary",),
+}
 
 _WHERE = {
     "Cache": "cache",
     "KVCache": "cache",
     "TTTCache": "cache",
     "PRESETS": "config",
+    "Mixer": "config",
     "ModelConfig": "config",
     "GenerationResult": "generate",
     "TokenStream": "generate",
@@ -32,8 +70,11 @@ _WHERE = {
     "TTTLinearMixer": "mixer",
     "TTTLM": "model",
     "ModelOutput": "model",
+    "PretrainedOutputs": "pretrained",
     "is_pretrained": "pretrained",
 }
+
+_FREE_WHERE = {name: module for module, names in _TORCH_FREE.items() for name in names}
 
 __all__ = [
     "PRESETS",
@@ -41,21 +82,44 @@ __all__ = [
     "AttentionMixer",
     "Cache",
     "GenerationResult",
+    "IdentityConfig",
+    "IntegrityError",
     "KVCache",
+    "Mixer",
     "ModelConfig",
     "ModelOutput",
     "NoMixer",
+    "PretrainedOutputs",
     "TTTCache",
     "TTTLinearMixer",
     "TokenStream",
+    "atomic_directory",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "deep_merge",
+    "directory_digest",
+    "error_summary",
+    "flatten_dotted",
     "generate",
     "is_pretrained",
+    "nest_dotted",
+    "parse_assignments",
+    "sha256_bytes",
+    "sha256_file",
+    "telemetry_off",
+    "verify_checksums",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    """Bind every public name at the first use of any, so the function `generate` (not the
-    submodule of that name, which importing it binds here) is what `ttt_core.generate` means."""
+    """A torch-free name binds its own module's names. Any other binds every model name at
+    once, so the function `generate` (not the submodule of that name, which importing it binds
+    here) is what `ttt_core.generate` means."""
+    if name in _FREE_WHERE:
+        module = importlib.import_module(f".{_FREE_WHERE[name]}", __name__)
+        for public in _TORCH_FREE[_FREE_WHERE[name]]:
+            globals()[public] = getattr(module, public)
+        return globals()[name]
     if name not in _WHERE:
         raise AttributeError(f"module 'ttt_core' has no attribute {name!r}")
     for public, module in _WHERE.items():
@@ -64,4 +128,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*globals(), *_WHERE, *_FREE_WHERE])

@@ -66,6 +66,11 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data` (the same digest `sha256_file` gives for a file of these bytes)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of the file's bytes, read in 4 MiB chunks."""
     digest = hashlib.sha256()

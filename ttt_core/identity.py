@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from .dotted import flatten_dotted
+
 
 class IdentityConfig(BaseModel):
     """Base of configs that declare `IDENTITY_FIELDS` and `OPERATIONAL_FIELDS`."""
@@ -59,20 +61,9 @@ class IdentityConfig(BaseModel):
         as this class first, so fields it lacks take their defaults."""
         if not isinstance(other, IdentityConfig):
             other = type(self).model_validate(dict(other))
-        mine, theirs = _flatten(self.identity()), _flatten(other.identity())
+        mine, theirs = flatten_dotted(self.identity()), flatten_dotted(other.identity())
         return {
             name: (mine.get(name), theirs.get(name))
             for name in sorted(set(mine) | set(theirs))
             if mine.get(name) != theirs.get(name)
         }
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested identity dicts as one level of dotted names (`model.eta_base`)."""
-    flat: dict[str, Any] = {}
-    for name, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{name}."))
-        else:
-            flat[f"{prefix}{name}"] = value
-    return flat

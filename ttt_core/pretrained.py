@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from torch import nn
 
 from .config import ModelConfig
-from .files import CHECKSUMS_FILE, IntegrityError
+from .files import CHECKSUMS_FILE, IntegrityError, directory_digest
+from .validation import error_summary
 
 FORMAT_VERSION = 1
 MODEL_TYPE = "ttt_linear"  # transformers' name for this format (`ttt_core.hf.TTTLinearConfig`)
@@ -37,6 +38,25 @@ REEXPORT_HINT = "re-export it: `python -m train_stage export --run-dir RUN --out
 def is_pretrained(directory: Path | str) -> bool:
     """Every file of the format is present (a cheap check; loading verifies the bytes)."""
     return all((Path(directory) / name).is_file() for name in FILES)
+
+
+class PretrainedOutputs:
+    """A directory in this format, as the output of a stage (an export): its files, whether
+    they are all there, and a digest that changes when any file in it does."""
+
+    def __init__(self, directory: Path | str):
+        self.dir = Path(directory)
+        self.files = [self.dir / name for name in FILES]  # config, weights, checksums
+        self.tokenizer_dir = self.dir / TOKENIZER_DIR  # an exporter's copy (data_stage format)
+        self.info_file = self.dir / INFO_FILE  # an exporter's provenance (`read_info`)
+
+    def complete(self) -> bool:
+        """Every file of the format is present (loading verifies their checksums)."""
+        return is_pretrained(self.dir)
+
+    def digest(self) -> str:
+        """sha256 of its checksums.json: changes when any file in the directory does."""
+        return directory_digest(self.dir)
 
 
 def has_pretrained_files(directory: Path | str) -> bool:
@@ -96,9 +116,7 @@ def read_config(directory: Path) -> ModelConfig:
     try:
         return ModelConfig.model_validate(data.get("model"))
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(map(str, first["loc"])) or "model"
-        raise IntegrityError(f"{path}: invalid model config: {where}: {first['msg']}") from e
+        raise IntegrityError(f"{path}: invalid model config: {error_summary(e)}") from e
 
 
 def read_weights(directory: Path, device: torch.device | str) -> dict[str, Any]:

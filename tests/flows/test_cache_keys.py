@@ -67,7 +67,8 @@ def test_embedded_corpus_key_includes_the_python_version(monkeypatch):
 def test_shards_key_follows_the_tokenizer_hash_not_the_worker_count(corpus, tmp_path):
     tok = tmp_path / "tok"
     tok.mkdir()
-    (tok / "tokenizer.json").write_text(json.dumps({"hash": "h1"}))
+    info = {"hash": "h1", "vocab_size": 8, "unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
+    (tok / "tokenizer.json").write_text(json.dumps(info))
 
     def key(**kw):
         cfg = ShardConfig(corpus=corpus, tokenizer=tok, seq_len=8, out=tmp_path / "s", **kw)
@@ -75,7 +76,7 @@ def test_shards_key_follows_the_tokenizer_hash_not_the_worker_count(corpus, tmp_
 
     before = key(workers=1)
     assert key(workers=4) == before
-    (tok / "tokenizer.json").write_text(json.dumps({"hash": "h2"}))
+    (tok / "tokenizer.json").write_text(json.dumps({**info, "hash": "h2"}))
     assert key(workers=1) != before
 
 

@@ -1,18 +1,14 @@
 """The flow's decisions, without a Prefect server: stage order, rerun rules, the restart cap."""
 
-import json
 import os
 
 import pytest
 
 from flows import bringup as bringup_module
-from flows import outputs
 from flows.bringup import STAGES, bringup, browsable, call_cached
 from flows.config import PipelineConfig
 from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
 from flows.request import RUN_ROOT_ENV, BringupRequest, resolve
-from ttt_core import TTTLM, ModelConfig
-from ttt_core.files import sha256_file
 
 
 @pytest.fixture
@@ -109,34 +105,6 @@ def test_missing_outputs_or_refresh_force_a_rerun(valid, refresh, forced):
     result, cached = call_cached(FakeTask(cached=True), valid, refresh, cfg=None)
     assert (result["refresh"] == {"refresh_cache": True}) is forced
     assert cached is not forced
-
-
-def test_output_checks_notice_missing_or_corrupt_files(tmp_path):
-    tok = tmp_path / "tok"
-    tok.mkdir()
-    (tok / "tokenizer.model").write_bytes(b"model")
-    (tok / "tokenizer.json").write_text(json.dumps({"hash": sha256_file(tok / "tokenizer.model")}))
-    assert outputs.tokenizer_ok(tok)
-    (tok / "tokenizer.model").write_bytes(b"other")
-    assert not outputs.tokenizer_ok(tok)
-    (tok / "tokenizer.model").unlink()
-    assert not outputs.tokenizer_ok(tok)
-
-    train = tmp_path / "train"
-    (train / "checkpoints" / "step_2").mkdir(parents=True)
-    summary = {"status": "completed", "checkpoint": str(train / "checkpoints" / "step_2")}
-    (train / "train_summary.json").write_text(json.dumps(summary))
-    assert outputs.train_ok(train)
-    (train / "checkpoints" / "step_2").rmdir()
-    assert not outputs.train_ok(train)
-    (train / "train_summary.json").write_text(json.dumps({**summary, "status": "stopped"}))
-    assert not outputs.train_ok(train)
-    assert not outputs.shards_ok(tmp_path / "nothing")
-
-    export = TTTLM(ModelConfig.from_preset("debug_tiny")).save_pretrained(tmp_path / "export")
-    assert outputs.export_ok(export)
-    (export / "model.safetensors").unlink()
-    assert not outputs.export_ok(export)
 
 
 def test_a_live_lock_refuses_a_second_runner_and_a_stale_one_is_ignored(tmp_path):

@@ -12,7 +12,6 @@ from flows.request import (
     RUN_ROOT_ENV,
     BringupRequest,
     InvalidRequest,
-    nest_dotted,
     resolve,
     run_name,
 )
@@ -86,10 +85,9 @@ def test_bad_overrides_are_one_line_naming_the_key(overrides, named, tmp_path):
     assert named in message and "\n" not in message
 
 
-def test_nest_dotted():
-    assert nest_dotted({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
-    with pytest.raises(InvalidRequest, match="empty part"):
-        nest_dotted({"a..b": 1})
+def test_a_malformed_dotted_key_is_an_invalid_request(tmp_path):
+    with pytest.raises(InvalidRequest, match=r"'train\.\.steps': empty part"):
+        resolve(BringupRequest(preset="debug_tiny", overrides={"train..steps": 1}), tmp_path)
 
 
 class NoWork:
