@@ -5,6 +5,7 @@ behind the `Tokenizer` protocol, packed Arrow IPC shards with a manifest, a memo
 reader and the resumable rank-partitioned `SampleOrder`. Imports no torch.
 """
 
+from data_stage.cli import command, parse_command
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
 from data_stage.corpus import Corpus, stdlib_root
 from data_stage.dataset import ShardDataset, verify_shards
@@ -42,8 +43,10 @@ __all__ = [
     "TokenizerInfo",
     "assign_splits",
     "build_shards",
+    "command",
     "copy_tokenizer",
     "load_tokenizer",
+    "parse_command",
     "read_manifest",
     "split_fraction",
     "stdlib_root",

@@ -2,11 +2,13 @@
 
 Each eval is a plain function taking `LoadedModel`s (`open_model`, or `preset_models` for
 latency) and a pydantic config, returning an `EvalResult`; `publish` writes its JSON and plot and
-logs them to MLflow. `python -m eval_stage <eval>` is a thin CLI over the same functions.
+logs them to MLflow. `python -m eval_stage <eval>` is a thin CLI over the same functions;
+`command(config, model=..., out=...)` renders one as that CLI's command, `parse_command` reads one.
 """
 
 from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
+from .cli import command, parse_command
 from .config import (
     BenchConfig,
     GenerateConfig,
@@ -41,6 +43,7 @@ __all__ = [
     "build_cases",
     "chat",
     "check_speedup",
+    "command",
     "default_out_dir",
     "evaluate_bench_dual_primal",
     "evaluate_latency",
@@ -51,6 +54,7 @@ __all__ = [
     "greedy_answerer",
     "log_result",
     "open_model",
+    "parse_command",
     "preset_models",
     "publish",
     "read_result",

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from data_stage.config_cli import deep_merge
 from ttt_core import ModelConfig
 from ttt_core.identity import IdentityConfig
 
@@ -220,17 +221,6 @@ class TrainConfig(IdentityConfig):
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """A named recipe with `overrides` merged in (`model` and `mlflow` as partial dicts)."""
         return cls.model_validate(deep_merge(cls.preset_dict(name), overrides))
-
-
-def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` with `overrides` applied; nested dicts are merged key by key."""
-    merged = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
