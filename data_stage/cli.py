@@ -122,7 +122,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> CliParser:
+def build_parser() -> CliParser:
     parser = CliParser(prog="python -m data_stage", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -149,18 +149,18 @@ def _parser() -> CliParser:
 def command(cfg: TokenizerConfig | ShardConfig) -> list[str]:
     """`python -m data_stage tokenizer|shards FLAGS...`: the command that rebuilds `cfg`."""
     name = SUBCOMMANDS[type(cfg)]
-    flags = subcommand_flags(_parser(), name)
+    flags = subcommand_flags(build_parser(), name)
     return ["python", "-m", "data_stage", name, *flags.command(cfg)]
 
 
 def parse_command(argv: Sequence[str]) -> StageCommand:
     """The config (and other flags) a `data_stage tokenizer|shards` command line (with or without
     its leading `python -m data_stage`) stands for, without running it."""
-    return parse_stage_command(_parser(), argv, "data_stage")
+    return parse_stage_command(build_parser(), argv, "data_stage")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
     return run_cli(

@@ -155,7 +155,8 @@ class ConfigFlags(Generic[C]):
     """The flags of config class `cls` on `parser` (a command or subcommand parser).
 
     `presets` maps a name to its recipe as plain data (adds `--preset NAME`, exclusive with
-    `--config`); `base_required`: one of the two must be given. The parser's defaults get
+    `--config`); `base_required`: one of the two must be given. `merge(base, overrides)` puts
+    the flags given over the base (default `deep_merge`). The parser's defaults get
     `config_flags=self`, so `main` finds the config of the subcommand that was chosen."""
 
     def __init__(
@@ -166,8 +167,10 @@ class ConfigFlags(Generic[C]):
         aliases: Sequence[Alias] = (),
         presets: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
         base_required: bool = False,
+        merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = deep_merge,
     ) -> None:
         self.parser, self.cls, self.aliases, self.presets = parser, cls, tuple(aliases), presets
+        self.merge = merge
         before = set(parser._actions)
         self._source = CliSettingsSource(
             cls,
@@ -200,15 +203,26 @@ class ConfigFlags(Generic[C]):
             help=f"a {cls.__name__} as YAML (whole or partial); flags given override it",
         )
         if presets is not None:
+            field = cls.model_fields.get("preset")
+            about = f" ({field.description})" if field is not None and field.description else ""
             source.add_argument(
                 "--preset",
                 dest=_PRESET_DEST,
                 choices=sorted(presets),
-                help=f"start from a named {cls.__name__} recipe; flags given override it",
+                help=f"start from a named {cls.__name__} recipe{about}; flags given override it",
             )
+        derived = {action.dest: action for action in self._derived}
         for alias in self.aliases:
-            kwargs = {"help": f"= {flag_of(alias.path)}", **alias.kwargs}
-            parser.add_argument(alias.flag, dest=alias.dest, default=None, **kwargs)
+            kwargs = dict(alias.kwargs)
+            if "const" in kwargs:  # a switch: what it stands for says it all
+                about = ["same as " + " ".join(_tokens(alias.path, kwargs["const"]))]
+            else:
+                kwargs.setdefault("metavar", derived[alias.path].metavar)
+                same = f"same as {flag_of(alias.path)}" if alias.flag != flag_of(alias.path) else ""
+                description = (defaults[alias.path].description or "").rstrip(".")
+                about = [description, kwargs.pop("help", ""), same]
+            help = "; ".join(part for part in about if part)
+            parser.add_argument(alias.flag, dest=alias.dest, default=None, help=help, **kwargs)
         parser.set_defaults(config_flags=self)
 
     # --- parsing ---
@@ -240,7 +254,7 @@ class ConfigFlags(Generic[C]):
     def config(self, args: argparse.Namespace, data: Mapping[str, Any] | None = None) -> C:
         """The validated config: `data` (default `base` + `overrides`), a missing required field
         reported by its flag (exit 2, like argparse)."""
-        data = deep_merge(self.base(args), self.overrides(args)) if data is None else data
+        data = self.merge(self.base(args), self.overrides(args)) if data is None else data
         missing = _missing(self.cls, data)
         if missing:
             flags = ", ".join(map(flag_of, missing))

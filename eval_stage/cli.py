@@ -200,7 +200,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI ($MLFLOW_TRACKING_URI)")
 
 
-def _parser() -> CliParser:
+def build_parser() -> CliParser:
     parser = CliParser(prog="python -m eval_stage", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -258,14 +258,14 @@ def command(
     given = [
         token for flag, path in paths.items() if path is not None for token in (flag, str(path))
     ]
-    flags = subcommand_flags(_parser(), name)
+    flags = subcommand_flags(build_parser(), name)
     return ["python", "-m", "eval_stage", name, *given, *flags.command(cfg)]
 
 
 def parse_command(argv: Sequence[str]) -> StageCommand:
     """The eval, its config and its other flags that an `eval_stage` command line (with or without
     its leading `python -m eval_stage`) stands for, without running it."""
-    return parse_stage_command(_parser(), argv, "eval_stage")
+    return parse_stage_command(build_parser(), argv, "eval_stage")
 
 
 def _run_dir_written(args: argparse.Namespace) -> Path | None:
@@ -280,7 +280,7 @@ def _run_dir_written(args: argparse.Namespace) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prefix = f"eval_stage {args.command}"
 

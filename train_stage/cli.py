@@ -65,7 +65,7 @@ def parse_curriculum(text: str) -> list[dict[str, Any]]:
 CURRICULUM = Alias(
     "--curriculum",
     "curriculum",
-    {"metavar": "SEQ:STEPS[:LR[:BATCH]],...", "help": "the curriculum's stages (replaces --steps)"},
+    {"metavar": "SEQ:STEPS[:LR[:BATCH]],...", "help": "given here, it replaces --steps"},
     convert=parse_curriculum,
 )
 
@@ -78,17 +78,20 @@ def train_parser() -> CliParser:
         "defaults shown are TrainConfig's, the --preset or --config file replaces them.",
     )
     presets = {name: partial(TrainConfig.preset_dict, name) for name in TRAIN_PRESETS}
-    ConfigFlags(p, TrainConfig, aliases=(*ALIASES, CURRICULUM), presets=presets, base_required=True)
+    aliases = (*ALIASES, CURRICULUM)
+    ConfigFlags(p, TrainConfig, aliases=aliases, presets=presets, base_required=True, merge=_merge)
     return p
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    if "curriculum" in overrides and "steps" not in overrides:
+        base = {k: v for k, v in base.items() if k != "steps"}  # the curriculum sets the length
+    return deep_merge(base, overrides)
 
 
 def build_config(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of parsed `args`: the preset or config file, the flags given over it."""
-    flags: ConfigFlags[TrainConfig] = args.config_flags
-    base, overrides = flags.base(args), flags.overrides(args)
-    if "curriculum" in overrides and "steps" not in overrides:
-        base.pop("steps", None)  # a curriculum given on the command line sets the length
-    return flags.config(args, deep_merge(base, overrides))
+    return args.config_flags.config(args)
 
 
 def command(config_file: Path, *, nproc: int = 1, mlflow: bool = False) -> list[str]:
