@@ -47,4 +47,3 @@ def test_each_command_rebuilds_the_stage_config(preset, tmp_path):
 def test_attention_bring_ups_have_no_bench_command(tmp_path):
     cfg = resolve(BringupRequest(preset="debug_tiny", mixer="attention"), tmp_path)
     assert "bench" not in stage_commands(cfg)
-
