@@ -10,10 +10,11 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, get_args
+from typing import Any, get_args
 
 import yaml
 
+from data_stage.config_cli import CliParser, read_config_file
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.env import prepare_env
 from flows.request import (
@@ -28,11 +29,6 @@ from ttt_core.config import Mixer
 EXIT_BAD_INPUT = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """`["train.steps=10", "evals=[perplexity]"]` -> `{"train.steps": 10, "evals": [...]}`: the
     flow's `overrides` (dotted keys); values parsed as YAML."""
@@ -45,13 +41,25 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def dotted(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"steps": 5}}` -> `{"train.steps": 5}`: a YAML file's nested keys as the flow's
+    dotted overrides (values kept as they are)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= dotted(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConfig]:
-    """The request `--preset/--mixer/--set` make and the bring-up it resolves to under
+    """The request `--preset/--mixer/--config/--set` make and the bring-up it resolves to under
     `--run-root`, exactly as the `bringup` flow will resolve it; a bad value exits 2 naming it."""
     try:
-        request = BringupRequest(
-            preset=args.preset, mixer=args.mixer, overrides=parse_sets(args.set or [])
-        )
+        from_file = dotted(read_config_file(args.config)) if args.config else {}
+        overrides = {**from_file, **parse_sets(args.set or [])}
+        request = BringupRequest(preset=args.preset, mixer=args.mixer, overrides=overrides)
         return request, resolve(request, args.run_root, args.mlflow_uri)
     except ValueError as e:  # InvalidRequest and a bad --set both name the key
         print(f"flows: invalid config: {e}", file=sys.stderr)
@@ -64,7 +72,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-root", type=Path, default=Path("runs"))
     p.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a PipelineConfig field"
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="PipelineConfig overrides as YAML (nested or dotted keys); --set applies over it",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a PipelineConfig field (dotted key, YAML value)",
     )
 
 
@@ -118,7 +135,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m flows", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m flows", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the bringup flow in this process")
     add_config_args(run)
