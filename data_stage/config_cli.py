@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, NoReturn, TypeVar, Union, get_args, ge
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from pydantic_settings import CliSettingsSource
+from pydantic_settings import CliSettingsSource, SettingsError
 
 from data_stage.errors import validation_summary
 from data_stage.faults import EXIT_BAD_INPUT
@@ -237,7 +237,10 @@ class ConfigFlags(Generic[C]):
             if isinstance(value, list) and value and isinstance(value[0], list):
                 value = [item for group in value for item in group]  # nargs="+" appended
             given[dest] = value
-        tree = dict(self._source(parsed_args=given)())  # type: ignore[call-overload]
+        try:
+            tree = dict(self._source(parsed_args=given)())  # type: ignore[call-overload]
+        except SettingsError as e:  # a value it cannot parse (`--betas [0.1`): a usage error
+            self.parser.error(str(e))
         for alias in self.aliases:
             value = getattr(args, alias.dest, None)
             if value is not None:
@@ -251,10 +254,10 @@ class ConfigFlags(Generic[C]):
         name = getattr(args, _PRESET_DEST, None)
         return self.presets[name]() if self.presets is not None and name is not None else {}
 
-    def config(self, args: argparse.Namespace, data: Mapping[str, Any] | None = None) -> C:
-        """The validated config: `data` (default `base` + `overrides`), a missing required field
-        reported by its flag (exit 2, like argparse)."""
-        data = self.merge(self.base(args), self.overrides(args)) if data is None else data
+    def config(self, args: argparse.Namespace) -> C:
+        """The validated config: `base` with `overrides` merged over it; a missing required field
+        is reported by its flag (exit 2, like argparse's own)."""
+        data = self.merge(self.base(args), self.overrides(args))
         missing = _missing(self.cls, data)
         if missing:
             flags = ", ".join(map(flag_of, missing))

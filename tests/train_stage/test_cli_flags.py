@@ -65,3 +65,13 @@ def test_a_bad_value_is_one_line_naming_the_field_exit_2(
     err = capsys.readouterr().err
     assert f"invalid config: {field}:" in err and len(err.strip().splitlines()) == 1, err
     assert not run_dir.exists()
+
+
+def test_a_value_that_does_not_parse_is_a_one_line_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--preset", "debug_tiny", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--betas", "[0.1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "betas" in err and len(err.strip().splitlines()) == 1, err
