@@ -1,5 +1,9 @@
 """`python -m train_stage`: train (default) or export. Runs alone or under torchrun.
 
+Every `TrainConfig` field is a flag (the model's and MLflow's dotted), over `--preset NAME` or
+`--config FILE.yaml` (`data_stage.config_cli`); the earlier flat spellings are kept as `ALIASES`.
+`command` / `export_command` render the by-hand commands a bring-up records.
+
 Exit codes: 0 done, 2 refused before any work (bad config, data, resume target, a run dir in
 use), 3 diverged (NaN/inf; last good checkpoint kept), 4 environment (no space left: the last
 good checkpoint kept, temps removed), 143 stopped by SIGTERM/SIGINT after saving. Every failure
