@@ -2,9 +2,10 @@
 
 Each command takes every field of the pydantic config a flow passes as a flag
 (`data_stage.config_cli`: `--config FILE.yaml`, then the flags given), loads the model(s), runs
-the eval and `publish`es the result (JSON + PNG in `--out`, default next to the model; MLflow when a run
-id is given). Bad input: one line on stderr, exit 2, nothing written. `bench-dual-primal
---assert-speedup X` exits 1 when the forward dual/primal speedup is below X (results written).
+the eval and `publish`es the result (JSON + PNG in `--out`, default next to the model; MLflow
+when a run id is given). Bad input: one line on stderr, exit 2, nothing written.
+`bench-dual-primal --assert-speedup X` exits 1 when the forward dual/primal speedup is below X
+(results written). `command` renders an eval's config as the command that runs it.
 """
 
 from __future__ import annotations
