@@ -6,7 +6,9 @@ reader and the resumable rank-partitioned `SampleOrder`; `TokenizerOutputs` / `S
 say what a step wrote and whether it is whole. Imports no torch.
 """
 
+from data_stage.cli import command, parse_command
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
+from data_stage.config_cli import CliParser, read_config_file
 from data_stage.corpus import Corpus, stdlib_root
 from data_stage.dataset import ShardDataset, verify_shards
 from data_stage.errors import CorpusError, DataStageError, ShardError, TokenizerError
@@ -26,6 +28,7 @@ from data_stage.tokenizer import (
 from data_stage.tokenizer_train import train_tokenizer
 
 __all__ = [
+    "CliParser",
     "Corpus",
     "CorpusConfig",
     "CorpusError",
@@ -46,8 +49,11 @@ __all__ = [
     "TokenizerOutputs",
     "assign_splits",
     "build_shards",
+    "command",
     "copy_tokenizer",
     "load_tokenizer",
+    "parse_command",
+    "read_config_file",
     "read_manifest",
     "split_fraction",
     "stdlib_root",

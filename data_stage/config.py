@@ -23,8 +23,13 @@ class CorpusConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    paths: list[str] = Field(default_factory=list)
-    format: CorpusFormat = "auto"
+    paths: list[str] = Field(
+        default_factory=list,
+        description="files, folders or globs (`**` allowed); empty: the embedded stdlib corpus",
+    )
+    format: CorpusFormat = Field(
+        "auto", description="reader; auto picks one per file by suffix (.jsonl, .parquet, text)"
+    )
     text_field: str = Field("text", min_length=1, description="JSONL field / Parquet column")
     max_bytes: int | None = Field(
         None,
@@ -63,11 +68,13 @@ class TokenizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
-    out: Path
-    vocab_size: int = Field(gt=4, le=1 << 20)
-    model_type: Literal["bpe", "unigram"] = "bpe"
-    byte_fallback: bool = True
-    seed: int = Field(0, ge=0, lt=1 << 32)
+    out: Path = Field(description="tokenizer directory to write")
+    vocab_size: int = Field(gt=4, le=1 << 20, description="tokens in the vocabulary")
+    model_type: Literal["bpe", "unigram"] = Field("bpe", description="SentencePiece algorithm")
+    byte_fallback: bool = Field(
+        True, description="unknown characters become UTF-8 byte tokens instead of <unk>"
+    )
+    seed: int = Field(0, ge=0, lt=1 << 32, description="seed of the sentence sampling")
     max_sentences: int = Field(
         2_000_000, gt=0, description="lines sampled (seeded reservoir) when the corpus has more"
     )
@@ -80,11 +87,18 @@ class ShardConfig(BaseModel):
 
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: Path = Field(description="tokenizer directory (or a bare SentencePiece .model)")
-    seq_len: int = Field(gt=0, lt=1 << 24)
-    out: Path
-    val_fraction: float = Field(0.02, ge=0.0, le=0.5)
-    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256)
-    max_shard_bytes: int = Field(256 * MiB, gt=0)
+    seq_len: int = Field(gt=0, lt=1 << 24, description="tokens predicted per row (rows hold +1)")
+    out: Path = Field(description="shard directory to write")
+    val_fraction: float = Field(
+        0.02, ge=0.0, le=0.5, description="share of documents in the val split (by hash)"
+    )
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="encoding processes (default: the CPU count)",
+    )
+    max_shard_bytes: int = Field(256 * MiB, gt=0, description="size cap of one shard file")
     batch_bytes: int = Field(2 * MiB, gt=0, description="target Arrow record batch size")
 
     @model_validator(mode="after")

@@ -1,15 +1,10 @@
 """Exceptions raised by data_stage; each message names the file and what to do."""
 
-# TODO(merge): the stage CLIs (data_stage/__main__.py, eval_stage/cli.py) import this name;
-# once they import `ttt_core.error_summary` directly, drop this alias.
-from ttt_core.validation import error_summary as validation_summary
-
 __all__ = [
     "CorpusError",
     "DataStageError",
     "ShardError",
     "TokenizerError",
-    "validation_summary",
 ]
 
 

@@ -3,11 +3,14 @@
 Each eval is a plain function taking `LoadedModel`s (`open_model`, or `preset_models` for
 latency) and a pydantic config, returning an `EvalResult`; `publish` writes its JSON and plot and
 logs them to MLflow. `EVALS` lists every eval once (name, config, function); `EvalOutputs` says
-which result files an out dir holds. `python -m eval_stage <eval>` is a thin CLI over them.
+which result files an out dir holds. `python -m eval_stage <eval>` is a thin CLI over them;
+`command(config, model=..., out=...)` renders one as that CLI's command, `parse_command` reads
+one. `compare_runs` / `write_comparison` put several runs' results side by side.
 """
 
 from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
+from .cli import command, compare_command, parse_command
 from .compare import compare_runs
 from .compare import summarize as summarize_comparison
 from .config import (
@@ -51,6 +54,8 @@ __all__ = [
     "build_cases",
     "chat",
     "check_speedup",
+    "command",
+    "compare_command",
     "compare_runs",
     "default_out_dir",
     "evaluate_bench_dual_primal",
@@ -63,6 +68,7 @@ __all__ = [
     "greedy_answerer",
     "log_result",
     "open_model",
+    "parse_command",
     "preset_models",
     "publish",
     "read_result",

@@ -50,7 +50,7 @@ class PerplexityConfig(_Config):
 
     data: Path = Field(description="shard directory (data_stage output)")
     verify_data: bool = VERIFY_DATA
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="rows per forward pass")
     seq_len: int | None = Field(
         None, ge=1, description="tokens predicted per row; rows are cropped; None: the shards'"
     )
@@ -60,18 +60,21 @@ class PerplexityConfig(_Config):
 class PositionLossConfig(_Config):
     """Mean next-token loss by token position at multiples of the training length."""
 
-    data: Path
+    data: Path = Field(description="shard directory (data_stage output)")
     verify_data: bool = VERIFY_DATA
     train_len: int | None = Field(
         None,
         ge=2,
-        description="None: the length the model was trained at (its export says), else the shards' seq_len",
+        description="None: the length the model was trained at (its export says), else the "
+        "shards' seq_len",
     )
-    multipliers: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4])
+    multipliers: list[PositiveInt] = Field(
+        default_factory=lambda: [1, 2, 4], description="lengths as multiples of train_len"
+    )
     sequences: int = Field(16, ge=1, description="sequences per length (fewer if val is short)")
-    batch_size: int = Field(4, ge=1)
-    buckets: Literal["log", "linear"] = "log"
-    n_buckets: int = Field(16, ge=1)
+    batch_size: int = Field(4, ge=1, description="sequences per forward pass")
+    buckets: Literal["log", "linear"] = Field("log", description="spacing of the position buckets")
+    n_buckets: int = Field(16, ge=1, description="position buckets per length")
 
     @field_validator("multipliers")
     @classmethod
@@ -82,7 +85,7 @@ class PositionLossConfig(_Config):
 class NiahConfig(_Config):
     """Passkey retrieval: `trials` prompts per (context length, needle depth) cell."""
 
-    data: Path
+    data: Path = Field(description="shard directory: val rows are the haystacks")
     verify_data: bool = VERIFY_DATA
     contexts: list[Annotated[int, Field(ge=8)]] = Field(
         default_factory=lambda: [256, 512, 1024, 2048], description="prompt lengths in tokens"
@@ -91,9 +94,9 @@ class NiahConfig(_Config):
         default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
         description="needle position as a fraction of the haystack",
     )
-    trials: int = Field(5, ge=1)
+    trials: int = Field(5, ge=1, description="prompts per (context, depth) cell")
     digits: int = Field(5, ge=1, le=20, description="passkey length")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the passkeys and haystacks")
     batch_size: int = Field(4, ge=1, description="prompts generated together")
 
     @field_validator("contexts", "depths")
@@ -107,28 +110,32 @@ class LmEvalConfig(_Config):
     `data`) and the YAML tasks in `task_dir`."""
 
     data: Path = Field(description="shard directory: its tokenizer and val split")
-    tasks: list[str] = Field(default_factory=lambda: ["ttt_cloze"], min_length=1)
+    tasks: list[str] = Field(
+        default_factory=lambda: ["ttt_cloze"], min_length=1, description="lm-eval task names"
+    )
     task_dir: Path | None = Field(None, description="folder of lm-eval task YAML files")
     task_files: Path | None = Field(
         None, description="where ttt_cloze's documents and YAML go (None: a temporary folder)"
     )
     docs: int = Field(64, ge=1, description="ttt_cloze documents (one per val row)")
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(8, ge=1)
+    seed: int = Field(0, ge=0, description="seeds ttt_cloze's choice of rows")
+    batch_size: int = Field(8, ge=1, description="requests per forward pass")
     limit: int | None = Field(None, ge=1, description="documents per task (None: all)")
 
 
 class LatencyConfig(_Config):
     """Prefill throughput and per-token decode latency (batch 1) against context length."""
 
-    contexts: list[PositiveInt] = Field(default_factory=lambda: [256, 1024, 4096, 8192])
+    contexts: list[PositiveInt] = Field(
+        default_factory=lambda: [256, 1024, 4096, 8192], description="prompt lengths in tokens"
+    )
     decode_tokens: int = Field(16, ge=1, description="timed single-token decode steps")
     warmup: int = Field(2, ge=0, description="untimed decode steps before timing")
     repeats: int = Field(3, ge=1, description="prefill timings per context (median)")
     decode_mode: DecodeMode | None = Field(
         None, description="TTT decode (online/chunked); None: the model config's"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the random prompts")
 
     @field_validator("contexts")
     @classmethod
@@ -144,17 +151,21 @@ class BenchConfig(_Config):
     and a reduced shape on CPU (B=2, H=8, d=64, b=16, T=256).
     """
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["fp32", "bf16"] = "fp32"
-    batch: int | None = Field(None, ge=1)
-    heads: int | None = Field(None, ge=1)
-    head_dim: int | None = Field(None, ge=1)
-    chunk: int | None = Field(None, ge=1)
-    seq_len: int | None = Field(None, ge=1)
-    repeats: int = Field(5, ge=1)
-    warmup: int = Field(1, ge=0)
-    ops: list[BenchOp] = Field(default_factory=lambda: ["dual", "primal_anchored", "online"])
-    modes: list[BenchMode] = Field(default_factory=lambda: ["forward", "forward_backward"])
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA if any")
+    dtype: Literal["fp32", "bf16"] = Field("fp32", description="input and state dtype")
+    batch: int | None = Field(None, ge=1, description="batch B")
+    heads: int | None = Field(None, ge=1, description="heads H")
+    head_dim: int | None = Field(None, ge=1, description="head size d")
+    chunk: int | None = Field(None, ge=1, description="TTT mini-batch b")
+    seq_len: int | None = Field(None, ge=1, description="sequence length T")
+    repeats: int = Field(5, ge=1, description="timed runs per op (median)")
+    warmup: int = Field(1, ge=0, description="untimed runs per op first")
+    ops: list[BenchOp] = Field(
+        default_factory=lambda: ["dual", "primal_anchored", "online"], description="ops to time"
+    )
+    modes: list[BenchMode] = Field(
+        default_factory=lambda: ["forward", "forward_backward"], description="passes to time"
+    )
     backends: list[OpsBackend] = Field(
         default_factory=lambda: ["auto"],
         description="dual-form backends to time; the first is reported as op `dual`, the others "
@@ -165,7 +176,7 @@ class BenchConfig(_Config):
         description="also time flash-linear-attention's TTT-Linear at the same shape (its "
         "chunk_ttt_linear on CUDA, its naive reference on CPU); needs the `fla` package",
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seeds the random inputs")
     assert_speedup: float | None = Field(
         None, gt=0, description="fail when forward dual/primal speedup is below this"
     )
@@ -190,9 +201,13 @@ class BenchConfig(_Config):
 class GenerateConfig(_Config):
     """Sampling settings of `generate` (as in `ttt_core.generate`; temperature 0 = greedy)."""
 
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(0.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    decode_mode: DecodeMode | None = None
+    max_new_tokens: int = Field(128, ge=1, description="tokens generated per turn")
+    temperature: float = Field(0.0, ge=0.0, description="0 is greedy")
+    top_k: int | None = Field(None, ge=1, description="sample among the k likeliest tokens")
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="sample within this probability mass (nucleus)"
+    )
+    seed: int | None = Field(None, description="sampling seed; None: not seeded")
+    decode_mode: DecodeMode | None = Field(
+        None, description="TTT decode (online/chunked); None: the model config's"
+    )

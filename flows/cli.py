@@ -10,10 +10,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, get_args
+from typing import get_args
 
-import yaml
-
+from data_stage import CliParser, read_config_file
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.env import prepare_env
 from flows.request import (
@@ -23,35 +22,22 @@ from flows.request import (
     BringupRequest,
     resolve,
 )
-from ttt_core.config import Mixer
+from ttt_core import Mixer, flatten_dotted, parse_assignments
 
 EXIT_BAD_INPUT = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """`["train.steps=10", "evals=[perplexity]"]` -> `{"train.steps": 10, "evals": [...]}`: the
-    flow's `overrides` (dotted keys); values parsed as YAML."""
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE (e.g. train.steps=10)")
-        overrides[key] = yaml.safe_load(text)
-    return overrides
-
-
 def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConfig]:
-    """The request `--preset/--mixer/--set` make and the bring-up it resolves to under
+    """The request `--preset/--mixer/--config/--set` make and the bring-up it resolves to under
     `--run-root`, exactly as the `bringup` flow will resolve it; a bad value exits 2 naming it."""
     try:
-        request = BringupRequest(
-            preset=args.preset, mixer=args.mixer, overrides=parse_sets(args.set or [])
-        )
+        from_file = flatten_dotted(read_config_file(args.config)) if args.config else {}
+        try:
+            sets = parse_assignments(args.set or [])
+        except ValueError as e:
+            raise ValueError(f"--set {e}") from None
+        overrides = {**from_file, **sets}
+        request = BringupRequest(preset=args.preset, mixer=args.mixer, overrides=overrides)
         return request, resolve(request, args.run_root, args.mlflow_uri)
     except ValueError as e:  # InvalidRequest and a bad --set both name the key
         print(f"flows: invalid config: {e}", file=sys.stderr)
@@ -64,7 +50,16 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-root", type=Path, default=Path("runs"))
     p.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a PipelineConfig field"
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="PipelineConfig overrides as YAML (nested or dotted keys); --set applies over it",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a PipelineConfig field (dotted key, YAML value)",
     )
 
 
@@ -118,7 +113,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m flows", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m flows", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the bringup flow in this process")
     add_config_args(run)

@@ -1,5 +1,9 @@
 """`python -m train_stage`: train (default) or export. Runs alone or under torchrun.
 
+Every `TrainConfig` field is a flag (the model's and MLflow's dotted), over `--preset NAME` or
+`--config FILE.yaml` (`data_stage.config_cli`); the earlier flat spellings are kept as `ALIASES`.
+`command` / `export_command` render the by-hand commands a bring-up records.
+
 Exit codes: 0 done, 2 refused before any work (bad config, data, resume target, a run dir in
 use), 3 diverged (NaN/inf; last good checkpoint kept), 4 environment (no space left: the last
 good checkpoint kept, temps removed), 143 stopped by SIGTERM/SIGINT after saving. Every failure
@@ -10,59 +14,44 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from data_stage.config_cli import (
+    Alias,
+    CliParser,
+    ConfigFlags,
+    StageCommand,
+    deep_merge,
+    describe_refusal,
+    parse_stage_command,
+)
 from data_stage.faults import run_cli
 from data_stage.run_lock import RunDirBusy, RunDirUnusable
 
-from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig, deep_merge
+from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig
+from .distributed import torchrun_command
 from .preflight import ConfigError
 
 EXIT_REFUSED = 2
 
-# flag -> (config path, type)
-OVERRIDES: dict[str, tuple[str, type]] = {
-    "data": ("data", str),
-    "run_dir": ("run_dir", str),
-    "steps": ("steps", int),
-    "stop_at": ("stop_at", int),
-    "batch_size": ("batch_size", int),
-    "grad_accum": ("grad_accum", int),
-    "seq_len": ("seq_len", int),
-    "lr": ("lr", float),
-    "warmup_steps": ("warmup_steps", int),
-    "weight_decay": ("weight_decay", float),
-    "grad_clip": ("grad_clip", float),
-    "strategy": ("strategy", str),
-    "precision": ("precision", str),
-    "device": ("device", str),
-    "resume": ("resume", str),
-    "save_every": ("save_every", int),
-    "keep_last": ("keep_last", int),
-    "eval_every": ("eval_every", int),
-    "eval_batches": ("eval_batches", int),
-    "log_every": ("log_every", int),
-    "stats_every": ("stats_every", int),
-    "seed": ("seed", int),
-    "vocab_size": ("model.vocab_size", int),
-    "mixer": ("model.mixer", str),
-    "eta_base": ("model.eta_base", float),
-    "checkpoint_n_chunks": ("model.checkpoint_n_chunks", int),
-    "ops_backend": ("model.ops_backend", str),
-    "mlflow_tracking_uri": ("mlflow.tracking_uri", str),
-    "mlflow_experiment": ("mlflow.experiment", str),
-    "mlflow_run_name": ("mlflow.run_name", str),
-    "mlflow_parent_run_id": ("mlflow.parent_run_id", str),
-}
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\n")
+# The flags of the hand-written CLI this one replaced, kept (the derived ones are dotted).
+ALIASES = (
+    Alias("--vocab-size", "model.vocab_size", {"type": int}),
+    Alias("--mixer", "model.mixer"),
+    Alias("--eta-base", "model.eta_base", {"type": float}),
+    Alias("--checkpoint-n-chunks", "model.checkpoint_n_chunks", {"type": int}),
+    Alias("--ops-backend", "model.ops_backend"),
+    Alias("--mlflow-tracking-uri", "mlflow.tracking_uri"),
+    Alias("--mlflow-experiment", "mlflow.experiment"),
+    Alias("--mlflow-run-name", "mlflow.run_name"),
+    Alias("--mlflow-parent-run-id", "mlflow.parent_run_id"),
+    Alias("--no-mlflow", "mlflow.enabled", {"action": "store_const", "const": False}),
+)
 
 
 def parse_curriculum(text: str) -> list[dict[str, Any]]:
@@ -77,57 +66,55 @@ def parse_curriculum(text: str) -> list[dict[str, Any]]:
     return [CurriculumStage.model_validate(s).model_dump() for s in stages]
 
 
-def train_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+CURRICULUM = Alias(
+    "--curriculum",
+    "curriculum",
+    {"metavar": "SEQ:STEPS[:LR[:BATCH]],...", "help": "given here, it replaces --steps"},
+    convert=parse_curriculum,
+)
+
+
+def train_parser() -> CliParser:
+    p = CliParser(
         prog="python -m train_stage",
-        description="Train a TTT-Linear LM (or the "
-        "attention baseline). Under torchrun: torchrun --nproc_per_node N -m train_stage",
+        description="Train a TTT-Linear LM (or the attention baseline). Under torchrun: "
+        "torchrun --nproc_per_node N -m train_stage. Every TrainConfig field is a flag; the "
+        "defaults shown are TrainConfig's, the --preset or --config file replaces them.",
     )
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", choices=sorted(TRAIN_PRESETS))
-    source.add_argument("--config", type=Path, help="a YAML TrainConfig (e.g. a run's config.yaml)")
-    for flag, (path, kind) in OVERRIDES.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=f"sets {path}")
-    p.add_argument("--curriculum", help="SEQ:STEPS[:LR[:BATCH]],... (replaces --steps)")
-    p.add_argument("--no-mlflow", action="store_true", help="keep metrics.jsonl only")
-    p.add_argument("--no-verify-data", action="store_true", help="skip the sha256 shard check")
+    presets = {name: partial(TrainConfig.preset_dict, name) for name in TRAIN_PRESETS}
+    aliases = (*ALIASES, CURRICULUM)
+    ConfigFlags(p, TrainConfig, aliases=aliases, presets=presets, base_required=True, merge=_merge)
     return p
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    overrides: dict[str, Any] = {}
-    for flag, (path, _) in OVERRIDES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            *parents, leaf = path.split(".")
-            target = overrides
-            for parent in parents:
-                target = target.setdefault(parent, {})
-            target[leaf] = value
-    if args.curriculum:
-        overrides["curriculum"] = parse_curriculum(args.curriculum)
-    if args.no_mlflow:
-        overrides.setdefault("mlflow", {})["enabled"] = False
-    if args.no_verify_data:
-        overrides["verify_data"] = False
-    if args.preset:
-        base = TrainConfig.preset_dict(args.preset)
-    else:
-        base = yaml.safe_load(args.config.read_text())
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     if "curriculum" in overrides and "steps" not in overrides:
-        base.pop("steps", None)  # a curriculum given on the command line sets the length
-    return TrainConfig.model_validate(deep_merge(base, overrides))
+        base = {k: v for k, v in base.items() if k != "steps"}  # the curriculum sets the length
+    return deep_merge(base, overrides)
 
 
-def one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "config"
-    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"invalid config: {where}: {first['msg']}{more}"
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed `args`: the preset or config file, the flags given over it."""
+    return args.config_flags.config(args)
 
 
-def _describe(error: BaseException) -> str:
-    return one_line(error) if isinstance(error, ValidationError) else str(error)
+def command(config_file: Path, *, nproc: int = 1, mlflow: bool = False) -> list[str]:
+    """The command that trains (resuming) the TrainConfig saved in `config_file` by hand, under
+    torchrun with `nproc` processes; `mlflow=False` keeps it out of MLflow."""
+    args = ["--config", str(config_file), "--resume", "auto", *([] if mlflow else ["--no-mlflow"])]
+    return ["python", *torchrun_command(nproc, "train_stage", args)[1:]]
+
+
+def export_command(run_dir: Path, out: Path, *, force: bool = True) -> list[str]:
+    """`python -m train_stage export`: the run's latest checkpoint as a model directory."""
+    flags = ["--run-dir", str(run_dir), "--out", str(out), *(["--force"] if force else [])]
+    return ["python", "-m", "train_stage", "export", *flags]
+
+
+def parse_command(argv: Sequence[str]) -> StageCommand:
+    """The TrainConfig a `train_stage` command line (torchrun's prefix allowed) stands for; its
+    `--config` file is read."""
+    return parse_stage_command(train_parser(), argv, "train_stage")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     def train() -> int:
         try:
             cfg = build_config(args)
-        except (ValueError, OSError, yaml.YAMLError) as e:
+        except (ValueError, OSError) as e:
             if isinstance(e, ValidationError):
                 raise
             raise ConfigError(str(e)) from e
@@ -155,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_stage",
         train,
         (ConfigError, ValidationError, RunDirBusy, RunDirUnusable),
-        describe=_describe,
+        describe=describe_refusal,
         label="refused",
         quiet=rank != 0,
     )
@@ -164,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 def export_main(argv: list[str]) -> int:
     from .export import export_model
 
-    p = _Parser(
+    p = CliParser(
         prog="python -m train_stage export",
         description="Write a run's checkpoint as a model directory (TTTLM.save_pretrained: "
         "config.json, model.safetensors) with its tokenizer, export.json and checksums.json, "

@@ -33,13 +33,13 @@ class CurriculumStage(BaseModel):
 class MlflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Log to MLflow (metrics.jsonl is always kept).")
     tracking_uri: str | None = Field(
         default=None,
         description="None: $MLFLOW_TRACKING_URI, else a SQLite store under the run dir's parent.",
     )
-    experiment: str = "ttt-bringup"
-    run_name: str | None = None
+    experiment: str = Field(default="ttt-bringup", description="MLflow experiment name.")
+    run_name: str | None = Field(default=None, description="None: the run dir's name.")
     parent_run_id: str | None = Field(default=None, description="Nest the run under this one.")
     flush_every: int = Field(default=10, ge=1, description="Metric batches are sent every N steps.")
 
@@ -103,11 +103,11 @@ class TrainConfig(IdentityConfig):
         }
     )
 
-    preset: str | None = None
+    preset: str | None = Field(default=None, description="The recipe this config came from.")
     model: ModelConfig
-    data: Path
-    run_dir: Path
-    steps: int = Field(default=100, ge=1)
+    data: Path = Field(description="Shard directory (data_stage output).")
+    run_dir: Path = Field(description="Where checkpoints, metrics and config.yaml are written.")
+    steps: int = Field(default=100, ge=1, description="Optimizer steps the schedule spans.")
     stop_at: int | None = Field(
         default=None,
         ge=1,
@@ -115,27 +115,35 @@ class TrainConfig(IdentityConfig):
         "still spans `steps`. For time-boxed jobs: resume later with --resume auto.",
     )
     batch_size: int = Field(default=8, ge=1, description="Rows per rank per micro-step.")
-    grad_accum: int = Field(default=1, ge=1)
-    seq_len: int = Field(default=128, ge=2)
-    lr: float = Field(default=3e-3, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=10, ge=0)
-    weight_decay: float = Field(default=0.1, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    grad_accum: int = Field(default=1, ge=1, description="Micro-steps per optimizer step.")
+    seq_len: int = Field(default=128, ge=2, description="Tokens predicted per row.")
+    lr: float = Field(default=3e-3, gt=0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="The cosine decays to this fraction of the peak."
+    )
+    warmup_steps: int = Field(default=10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW decay of the matrices.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="AdamW betas.")
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping.")
-    strategy: str = "none"
-    precision: Literal["fp32", "bf16"] = "fp32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    strategy: str = Field(
+        default="none", description="none (one process or replicas) | fsdp (classic FSDP)."
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: bfloat16 autocast (needs CUDA)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA if any.")
     resume: str = Field(default="auto", description="auto | never | path to a checkpoint dir")
     save_every: int = Field(default=50, ge=0, description="0: only at the end.")
-    keep_last: int = Field(default=3, ge=1)
+    keep_last: int = Field(default=3, ge=1, description="Checkpoints kept on disk.")
     eval_every: int = Field(default=0, ge=0, description="0: only at the end.")
-    eval_batches: int = Field(default=4, ge=1)
-    log_every: int = Field(default=1, ge=1)
+    eval_batches: int = Field(default=4, ge=1, description="Val batches per evaluation.")
+    log_every: int = Field(default=1, ge=1, description="Metrics cadence in steps.")
     stats_every: int = Field(default=10, ge=0, description="Fast-weight stats cadence; 0 = off.")
     verify_data: bool = Field(default=True, description="sha256 every shard before training.")
-    seed: int = Field(default=0, ge=0)
-    curriculum: list[CurriculumStage] = Field(default_factory=list)
+    seed: int = Field(default=0, ge=0, description="Seeds the init and the data order.")
+    curriculum: list[CurriculumStage] = Field(
+        default_factory=list, description="Length stages, run in order; sets `steps`."
+    )
     mlflow: MlflowConfig = MlflowConfig()
 
     @field_validator("strategy")

@@ -68,10 +68,10 @@ class ModelConfig(IdentityConfig):
 
     vocab_size: int = Field(ge=2, description="Tokenizer vocabulary size.")
     d_model: int = Field(ge=1, description="Residual stream width D.")
-    n_layers: int = Field(ge=1)
+    n_layers: int = Field(ge=1, description="Blocks in the stack.")
     n_heads: int = Field(ge=1, description="Heads H; head size d = D / H.")
     mlp_hidden: int = Field(ge=1, description="SwiGLU intermediate width.")
-    mixer: Mixer = "ttt_linear"
+    mixer: Mixer = Field(default="ttt_linear", description="Token mixer of every layer.")
     layer_mixers: tuple[Mixer, ...] | None = Field(
         default=None, description="One mixer per layer (a hybrid stack); overrides `mixer`."
     )
@@ -80,13 +80,16 @@ class ModelConfig(IdentityConfig):
     eta_per_head: bool = Field(default=True, description="One gated eta per head (else scalar).")
     ln_eps: float = Field(default=1e-6, gt=0, description="eps of the inner per-head LayerNorm.")
     norm_eps: float = Field(default=1e-5, gt=0, description="eps of the block RMSNorms.")
-    rope_theta: float = Field(default=10000.0, gt=0)
-    tie_embeddings: bool = False
-    init_std: float = Field(default=0.02, gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base.")
+    tie_embeddings: bool = Field(default=False, description="Output head shares the embedding.")
+    init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight init.")
     checkpoint_n_chunks: int = Field(
         default=0, ge=0, description="Chunks per checkpoint-through-time segment; 0 disables."
     )
-    decode_mode: DecodeMode = "online"
+    decode_mode: DecodeMode = Field(
+        default="online",
+        description="How decode advances the TTT state: online or chunked GD (docs/ttt_linear.md).",
+    )
     ops_backend: OpsBackend = Field(
         default="auto",
         description="Kernel for the TTT dual form: autograd (reference loop), fused (manual "

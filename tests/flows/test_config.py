@@ -93,16 +93,17 @@ def test_eval_configs_point_at_the_shards(tmp_path):
     assert cfg.eval_config("latency") == cfg.latency
 
 
-def test_cli_set_values_are_yaml_under_dotted_keys():
-    from flows.cli import parse_sets
+def test_cli_refuses_a_set_without_a_value_in_one_line(tmp_path, capsys):
+    from flows.cli import main
 
-    assert parse_sets(["train.steps=10", "evals=[perplexity, niah]", "mixer=attention"]) == {
-        "train.steps": 10,
-        "evals": ["perplexity", "niah"],
-        "mixer": "attention",
-    }
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_sets(["train.steps"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--preset", "debug_tiny", "--run-root", str(tmp_path), "--set", "train.steps"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == "flows: invalid config: --set 'train.steps': expected KEY=VALUE (e.g. train.steps=10)"
+    )
 
 
 def test_cli_refuses_a_bad_value_with_exit_2_naming_it(tmp_path, capsys):

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from flows.cli import parse_sets
 from flows.request import BringupRequest, resolve
 from tests.flows.helpers import kill_after_step, uninterrupted_final_loss
+from ttt_core import parse_assignments as parse_sets
 
 
 @pytest.mark.slow
