@@ -18,8 +18,17 @@ from .config import (
 from .errors import EvalInputError, SpeedupBelowThreshold
 from .latency import evaluate_latency
 from .models import LoadedModel, default_out_dir, open_model, preset_models
-from .niah import build_cases, evaluate_niah, greedy_answerer, score_cases
+from .niah import (
+    build_cases,
+    chance_level,
+    evaluate_niah,
+    greedy_answerer,
+    likelihood_scorer,
+    score_cases,
+    score_ranked,
+)
 from .perplexity import evaluate_perplexity
+from .plots import LossCurve, loss_curves_figure, plot_loss_curves, position_loss_curves
 from .position_loss import evaluate_position_loss
 from .publish import publish
 from .results import EvalResult, read_result
@@ -33,12 +42,14 @@ __all__ = [
     "GenerateConfig",
     "LatencyConfig",
     "LoadedModel",
+    "LossCurve",
     "NiahConfig",
     "PerplexityConfig",
     "PositionLossConfig",
     "SpeedupBelowThreshold",
     "TrackingConfig",
     "build_cases",
+    "chance_level",
     "chat",
     "check_speedup",
     "default_out_dir",
@@ -49,10 +60,15 @@ __all__ = [
     "evaluate_position_loss",
     "generate_text",
     "greedy_answerer",
+    "likelihood_scorer",
     "log_result",
+    "loss_curves_figure",
     "open_model",
+    "plot_loss_curves",
+    "position_loss_curves",
     "preset_models",
     "publish",
     "read_result",
     "score_cases",
+    "score_ranked",
 ]
