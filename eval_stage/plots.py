@@ -23,9 +23,11 @@ LINESTYLES = {"model": "-", "baseline": "--"}
 LOSS_TITLE = "Next-token loss by token index (bands: 95% bootstrap intervals over sequences)"
 
 
-def _label(result: EvalResult, role: str) -> str:
+def _label(result: EvalResult, role: str, who: str | None = None) -> str:
+    """`<who> (<mixer>)`; `who` defaults to the role."""
+    who = who or role
     info = result.role_info(role)
-    return f"{role} ({info.mixer})" if info else role
+    return f"{who} ({info.mixer})" if info else who
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -51,10 +53,8 @@ def position_loss_curves(result: EvalResult, name: str | None = None) -> list[Lo
     curves = []
     for role, length in dict.fromkeys((r.role, r.length) for r in rows):
         who = role if name is None else (name if role == "model" else f"{name} {role}")
-        info = result.role_info(role)
-        label = f"{who} ({info.mixer})" if info else who
         mine = [r for r in rows if r.role == role and r.length == length]
-        curves.append(LossCurve(label=label, length=length, buckets=mine))
+        curves.append(LossCurve(label=_label(result, role, who), length=length, buckets=mine))
     return curves
 
 

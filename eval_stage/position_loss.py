@@ -153,7 +153,7 @@ def evaluate_position_loss(
 
 def summarize(result: EvalResult) -> str:
     """Per (role, length): mean loss over all positions (with its 95% interval), in the first
-    and in the last bucket (with its interval)."""
+    bucket and in the last bucket (its token range, loss and interval)."""
     rows = [BucketRow.model_validate(r) for r in result.tables["buckets"]]
     table = []
     for role, length in dict.fromkeys((r.role, r.length) for r in rows):
@@ -169,8 +169,9 @@ def summarize(result: EvalResult) -> str:
                 "sequences": mine[0].sequences,
                 "mean loss": metric["mean_loss"],
                 "95% CI": format_interval(metric["mean_loss_lo"], metric["mean_loss_hi"]),
-                f"tokens {mine[0].start}-{mine[0].end}": mine[0].mean_loss,
-                f"tokens {mine[-1].start}-{mine[-1].end}": mine[-1].mean_loss,
+                "first bucket": mine[0].mean_loss,
+                "last bucket": f"{mine[-1].start}-{mine[-1].end}",
+                "last loss": mine[-1].mean_loss,
                 "last 95% CI": format_interval(mine[-1].loss_lo, mine[-1].loss_hi),
             }
         )

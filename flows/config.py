@@ -211,7 +211,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
         niah={
             "contexts": [64, 128, 256],
             "depths": [0.0, 0.5, 1.0],
-            "trials": 8,
+            "trials": 4,
             "digits": 3,
             "batch_size": 10,
         },
