@@ -117,7 +117,9 @@ class NiahConfig(_Config):
     batch_size: int = Field(
         4, ge=1, description="sequences per forward pass (rank: prompt + one candidate each)"
     )
-    bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="bootstrap resamples of the cases behind the accuracy interval"
+    )
 
     @field_validator("contexts", "depths")
     @classmethod
