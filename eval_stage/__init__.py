@@ -24,10 +24,20 @@ from .config import (
 )
 from .errors import EvalInputError, SpeedupBelowThreshold
 from .evals import EVALS, STANDARD_EVALS, Eval, find_eval, run_eval
+from .figures import LossCurve
 from .latency import evaluate_latency
 from .models import LoadedModel, default_out_dir, open_model, preset_models
-from .niah import build_cases, evaluate_niah, greedy_answerer, score_cases
+from .niah import (
+    build_cases,
+    chance_level,
+    evaluate_niah,
+    greedy_answerer,
+    likelihood_scorer,
+    score_cases,
+    score_ranked,
+)
 from .perplexity import evaluate_perplexity
+from .plots import loss_curves_figure, plot_loss_curves, position_loss_curves
 from .position_loss import evaluate_position_loss
 from .publish import publish, write_comparison
 from .results import EvalOutputs, EvalResult, read_result, result_file
@@ -46,12 +56,14 @@ __all__ = [
     "LatencyConfig",
     "LmEvalConfig",
     "LoadedModel",
+    "LossCurve",
     "NiahConfig",
     "PerplexityConfig",
     "PositionLossConfig",
     "SpeedupBelowThreshold",
     "TrackingConfig",
     "build_cases",
+    "chance_level",
     "chat",
     "check_speedup",
     "command",
@@ -66,15 +78,20 @@ __all__ = [
     "find_eval",
     "generate_text",
     "greedy_answerer",
+    "likelihood_scorer",
     "log_result",
+    "loss_curves_figure",
     "open_model",
     "parse_command",
+    "plot_loss_curves",
+    "position_loss_curves",
     "preset_models",
     "publish",
     "read_result",
     "result_file",
     "run_eval",
     "score_cases",
+    "score_ranked",
     "summarize_comparison",
     "write_comparison",
 ]

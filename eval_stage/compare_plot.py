@@ -7,37 +7,39 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import NullFormatter
 
 from .compare import rows_of
+from .figures import LossCurve, draw_loss_panel, save_figure
+from .position_loss import BucketRow
 from .results import EvalResult
 
 
 def _position_panel(ax: Axes, buckets: list[dict[str, Any]], train_len: int | None) -> None:
+    """Every run's curve at the longest length the runs were evaluated at, with its band."""
     if not buckets:
-        ax.set_title("loss by token index: no position-loss results")
+        ax.set_title("loss by position: no position-loss results")
+        ax.axis("off")
         return
     longest = max(b["length"] for b in buckets)
-    for i, name in enumerate(dict.fromkeys(b["name"] for b in buckets)):
-        line = [b for b in buckets if b["name"] == name and b["length"] == longest]
-        x = [np.sqrt(b["start"] * b["end"]) for b in line]
-        ax.plot(x, [b["mean_loss"] for b in line], marker=".", color=f"C{i}", label=name)
-        if line and "lo" in line[0] and "hi" in line[0]:
-            lo, hi = [b["lo"] for b in line], [b["hi"] for b in line]
-            ax.fill_between(x, lo, hi, color=f"C{i}", alpha=0.2, linewidth=0)
-    if train_len:
-        ax.axvline(train_len, color="gray", linestyle=":", label=f"training length {train_len}")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([2**k for k in range(longest.bit_length())])
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("token index (log scale)")
-    ax.set_ylabel("mean next-token loss (nats)")
-    ax.set_title(f"Loss by position, sequences of {longest} tokens")
-    ax.legend(fontsize="small")
+    names = list(dict.fromkeys(b["name"] for b in buckets))
+    curves = [
+        LossCurve(
+            label=name,
+            length=longest,
+            buckets=[
+                BucketRow.model_validate({k: v for k, v in b.items() if k != "name"})
+                for b in buckets
+                if b["name"] == name and b["length"] == longest
+            ],
+        )
+        for name in names
+    ]
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    draw_loss_panel(ax, curves, colours, train_len=train_len, log_x=True)
+    ax.set_ylabel("next-token loss (nats / token)")
 
 
 def _val_loss_panel(ax: Axes, result: EvalResult) -> None:
@@ -101,8 +103,6 @@ def _throughput_panel(ax: Axes, result: EvalResult) -> None:
 
 def plot_compare(result: EvalResult, path: Path) -> Path:
     """The four panels of a compare result as one PNG at `path`."""
-    from .plots import save_figure
-
     fig = Figure(figsize=(13, 9), layout="constrained")
     (position, val), (latency, throughput) = fig.subplots(2, 2)
     train_lens = {r.train_len for r in rows_of(result) if r.train_len}

@@ -43,6 +43,12 @@ class _Config(BaseModel):
 VERIFY_DATA = Field(
     True, description="check the val shards (sha256, row length, id range) before reading them"
 )
+BOOTSTRAP_SAMPLES = Field(
+    1000, ge=100, description="bootstrap resamples of the sequences behind each 95% interval"
+)
+BOOTSTRAP_SEED = Field(
+    0, ge=0, description="seed of the bootstrap resampling (recorded in the result's config)"
+)
 
 
 class PerplexityConfig(_Config):
@@ -55,6 +61,8 @@ class PerplexityConfig(_Config):
         None, ge=1, description="tokens predicted per row; rows are cropped; None: the shards'"
     )
     max_batches: int | None = Field(None, ge=1, description="None: the whole val split")
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
 
 
 class PositionLossConfig(_Config):
@@ -75,6 +83,8 @@ class PositionLossConfig(_Config):
     batch_size: int = Field(4, ge=1, description="sequences per forward pass")
     buckets: Literal["log", "linear"] = Field("log", description="spacing of the position buckets")
     n_buckets: int = Field(16, ge=1, description="position buckets per length")
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
 
     @field_validator("multipliers")
     @classmethod
@@ -83,26 +93,56 @@ class PositionLossConfig(_Config):
 
 
 class NiahConfig(_Config):
-    """Passkey retrieval: `trials` prompts per (context length, needle depth) cell."""
+    """Passkey retrieval: `trials` prompts per (context length, needle depth) cell.
+
+    The defaults are the full grid, for models trained at a length of 2048 or more; the small
+    pipeline presets scale it down (short contexts, a short key, few candidates)."""
 
     data: Path = Field(description="shard directory: val rows are the haystacks")
     verify_data: bool = VERIFY_DATA
     contexts: list[Annotated[int, Field(ge=8)]] = Field(
-        default_factory=lambda: [256, 512, 1024, 2048], description="prompt lengths in tokens"
+        default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192],
+        description="prompt lengths in tokens",
     )
     depths: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
-        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0],
+        default_factory=lambda: [i / 10 for i in range(11)],
         description="needle position as a fraction of the haystack",
     )
     trials: int = Field(5, ge=1, description="prompts per (context, depth) cell")
-    digits: int = Field(5, ge=1, le=20, description="passkey length")
-    seed: int = Field(0, ge=0, description="seeds the passkeys and haystacks")
-    batch_size: int = Field(4, ge=1, description="prompts generated together")
+    digits: int = Field(5, ge=1, le=20, description="passkey length in digits")
+    scoring: Literal["rank", "greedy"] = Field(
+        "rank",
+        description="rank: correct when the passkey is the most likely of `candidates` keys "
+        "after the question (chance 1/candidates); greedy: the greedily generated digits must "
+        "equal it (chance 1/(9 x 10^(digits-1)))",
+    )
+    candidates: int = Field(
+        10, ge=2, description="keys ranked per prompt with scoring=rank: the passkey and "
+        "candidates - 1 random distractor keys of the same length"
+    )  # fmt: skip
+    seed: int = Field(0, ge=0, description="seed of prompts, keys and the accuracy interval")
+    batch_size: int = Field(
+        4, ge=1, description="sequences per forward pass (rank: prompt + one candidate each)"
+    )
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="bootstrap resamples of the cases behind the accuracy interval"
+    )
 
     @field_validator("contexts", "depths")
     @classmethod
     def _increasing(cls, v: list, info: ValidationInfo) -> list:
         return _strictly_increasing(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _check(self) -> NiahConfig:
+        if self.scoring == "greedy" and "candidates" in self.model_fields_set:
+            raise ValueError("candidates is for scoring=rank; greedy scoring generates the key")
+        keys = 9 * 10 ** (self.digits - 1)
+        if self.candidates > keys:
+            raise ValueError(
+                f"candidates {self.candidates} > the {keys} keys of {self.digits} digits"
+            )
+        return self
 
 
 class LmEvalConfig(_Config):

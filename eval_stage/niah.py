@@ -6,10 +6,18 @@
    a seeded random offset, with BOS/EOS/PAD removed so the prompt reads as one document.
    The passkey is `digits` random digits (first one non-zero). Everything derives from
    `random.Random("niah:<seed>:<context>:<depth>:<trial>")`: same seed, same prompts.
-2. Answering: an `Answerer` maps cases to continuation texts; `greedy_answerer` generates
-   greedily with the model (stubs stand in for it in tests).
-3. `score_cases`: exact match — the answer's leading digits (after optional whitespace) must
-   equal the passkey; accuracy per (context, depth) cell.
+   Each case also carries `candidates`: the passkey and distinct random distractor keys of
+   the same length, the passkey at a random place among them.
+2. Answering, by `NiahConfig.scoring`:
+   - rank (default): a `Scorer` gives each candidate a score; `likelihood_scorer` is the
+     model's log-likelihood of ANSWER (" <key>") after the prompt. Credit 1 when the passkey
+     scores highest, 1/m when it ties with m - 1 others at the top, else 0. A scorer that does
+     not read the prompt has expected accuracy exactly 1/candidates (the passkey is a uniformly
+     random member of a set of i.i.d. keys): the chance level reported with the result.
+   - greedy: an `Answerer` maps cases to continuation texts; `greedy_answerer` generates
+     greedily. Exact match: the answer's leading digits (after optional whitespace) must equal
+     the passkey; chance is one key in 9 x 10^(digits - 1).
+3. `score_ranked` / `score_cases`: per-case rows and accuracy per (context, depth) cell.
 """
 
 from __future__ import annotations
@@ -26,16 +34,19 @@ from torch import nn
 from data_stage import ShardDataset, Tokenizer, load_tokenizer
 from ttt_core import generate
 
+from .bootstrap import CONFIDENCE, format_interval, mean_interval
 from .config import NiahConfig
 from .data import check_fits, open_val, read_stream, stream_length
 from .device import describe_device, model_device
 from .errors import EvalInputError
 from .models import LoadedModel, model_info, roles
+from .perplexity import token_losses
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "niah"
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = " What is the pass key? The pass key is"
+ANSWER = " {key}"
 _LEADING_DIGITS = re.compile(r"\s*(\d+)")
 
 
@@ -47,12 +58,17 @@ class NiahCase:
     passkey: str
     needle_at: int  # index in `prompt` of the needle's first token
     prompt: list[int]
+    candidates: tuple[str, ...]  # distinct keys, the passkey among them
 
 
 Answerer = Callable[[list[NiahCase]], list[str]]
+Scorer = Callable[[list[NiahCase]], list[list[float]]]  # a score per candidate, higher = likelier
 
 
 class NiahCaseRow(BaseModel):
+    """`answer`: the generated text (greedy) or the top-scoring candidate (rank); `credit`:
+    1 right, 0 wrong, 1/m for the passkey tied with m - 1 others at the top (rank only)."""
+
     role: Role
     context: int
     depth: float
@@ -60,15 +76,19 @@ class NiahCaseRow(BaseModel):
     passkey: str
     answer: str
     correct: bool
+    credit: float
 
 
 class NiahCell(BaseModel):
+    """`correct`: summed credit of the cell's `trials` cases; `accuracy` = correct / trials."""
+
     role: Role
     context: int
     depth: float
     trials: int
-    correct: int
+    correct: float
     accuracy: float
+    chance: float
 
 
 def _haystack(ds: ShardDataset, rng: random.Random, length: int, special: np.ndarray) -> list[int]:
@@ -83,6 +103,28 @@ def _haystack(ds: ShardDataset, rng: random.Random, length: int, special: np.nda
         out += chunk[~np.isin(chunk, special)].tolist()
         pos, read = (pos + take) % total, read + take
     return out[:length]
+
+
+def _random_key(rng: random.Random, digits: int) -> str:
+    return str(rng.randint(1, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(digits - 1))
+
+
+def _candidates(rng: random.Random, passkey: str, count: int) -> tuple[str, ...]:
+    """`count` distinct keys of the passkey's length, the passkey at a uniformly random place."""
+    keys: list[str] = []
+    while len(keys) < count - 1:
+        key = _random_key(rng, len(passkey))
+        if key != passkey and key not in keys:
+            keys.append(key)
+    keys.insert(rng.randrange(count), passkey)
+    return tuple(keys)
+
+
+def chance_level(config: NiahConfig) -> float:
+    """Expected accuracy of an answerer that does not read the prompt."""
+    if config.scoring == "rank":
+        return 1.0 / config.candidates
+    return 1.0 / (9 * 10 ** (config.digits - 1))
 
 
 def build_cases(ds: ShardDataset, tokenizer: Tokenizer, config: NiahConfig) -> list[NiahCase]:
@@ -100,9 +142,7 @@ def build_cases(ds: ShardDataset, tokenizer: Tokenizer, config: NiahConfig) -> l
         for depth in config.depths:
             for trial in range(config.trials):
                 rng = random.Random(f"niah:{config.seed}:{context}:{depth}:{trial}")
-                key = str(rng.randint(1, 9)) + "".join(
-                    str(rng.randint(0, 9)) for _ in range(config.digits - 1)
-                )
+                key = _random_key(rng, config.digits)
                 needle = tokenizer.encode(NEEDLE.format(key=key))
                 hay_len = context - 1 - len(needle) - len(question)
                 if hay_len < 0:
@@ -113,7 +153,9 @@ def build_cases(ds: ShardDataset, tokenizer: Tokenizer, config: NiahConfig) -> l
                 hay = _haystack(ds, rng, hay_len, special)
                 at = round(depth * hay_len)
                 prompt = [tokenizer.bos_id, *hay[:at], *needle, *hay[at:], *question]
-                cases.append(NiahCase(context, depth, trial, key, 1 + at, prompt))
+                # drawn after the haystack: the prompts do not depend on `candidates`
+                keys = _candidates(rng, key, config.candidates)
+                cases.append(NiahCase(context, depth, trial, key, 1 + at, prompt, keys))
     return cases
 
 
@@ -142,70 +184,152 @@ def greedy_answerer(
     return answer
 
 
+def likelihood_scorer(model: nn.Module, tokenizer: Tokenizer, batch_size: int) -> Scorer:
+    """Score of a candidate = log-likelihood of ANSWER.format(key=candidate) after the prompt:
+    minus the summed next-token losses of its tokens, one forward pass over prompt + answer
+    per candidate, `batch_size` such rows at once (rows of one length go together)."""
+
+    def score(cases: list[NiahCase]) -> list[list[float]]:
+        answers = [[tokenizer.encode(ANSWER.format(key=k)) for k in c.candidates] for c in cases]
+        rows = [(i, j, c.prompt + a) for i, c in enumerate(cases) for j, a in enumerate(answers[i])]
+        scores = [[0.0] * len(c.candidates) for c in cases]
+        by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
+        for row in rows:
+            by_length.setdefault(len(row[2]), []).append(row)
+        for group in by_length.values():
+            for start in range(0, len(group), batch_size):
+                batch = group[start : start + batch_size]
+                losses = token_losses(model, np.array([ids for _, _, ids in batch]))
+                for (i, j, _), row_losses in zip(batch, losses, strict=True):
+                    scores[i][j] = -float(row_losses[-len(answers[i][j]) :].double().sum())
+        return scores
+
+    return score
+
+
+def rank_credit(scores: list[float], true_index: int) -> float:
+    """1 / (candidates tied at the top score) when the true one is among them, else 0."""
+    best = max(scores)
+    if scores[true_index] < best:
+        return 0.0
+    return 1.0 / sum(score == best for score in scores)
+
+
 def is_correct(answer: str, passkey: str) -> bool:
     """Exact match of the answer's leading digits (after optional whitespace) and the passkey."""
     match = _LEADING_DIGITS.match(answer)
     return match is not None and match.group(1) == passkey
 
 
+def _cells(rows: list[NiahCaseRow], chance: float) -> list[NiahCell]:
+    """Accuracy (mean credit) per (context, depth), in the rows' order."""
+    grouped: dict[tuple[int, float], list[float]] = {}
+    for r in rows:
+        grouped.setdefault((r.context, r.depth), []).append(r.credit)
+    return [
+        NiahCell(
+            role=rows[0].role,
+            context=context,
+            depth=depth,
+            trials=len(credits),
+            correct=sum(credits),
+            accuracy=sum(credits) / len(credits),
+            chance=chance,
+        )
+        for (context, depth), credits in grouped.items()
+    ]
+
+
+def _case_row(case: NiahCase, role: Role, answer: str, credit: float) -> NiahCaseRow:
+    return NiahCaseRow(
+        role=role,
+        context=case.context,
+        depth=case.depth,
+        trial=case.trial,
+        passkey=case.passkey,
+        answer=answer,
+        correct=credit == 1.0,
+        credit=credit,
+    )
+
+
 def score_cases(
-    cases: list[NiahCase], answers: list[str], role: Role = "model"
+    cases: list[NiahCase], answers: list[str], role: Role = "model", chance: float = 0.0
 ) -> tuple[list[NiahCaseRow], list[NiahCell]]:
-    """Per-case rows and per-(context, depth) accuracy cells, in the cases' grid order."""
+    """Greedy scoring: exact match of each answer text; rows and per-(context, depth) cells
+    (`chance` is copied into the cells)."""
     if len(answers) != len(cases):
         raise ValueError(f"{len(answers)} answers for {len(cases)} cases")
     rows = [
-        NiahCaseRow(
-            role=role,
-            context=c.context,
-            depth=c.depth,
-            trial=c.trial,
-            passkey=c.passkey,
-            answer=a,
-            correct=is_correct(a, c.passkey),
-        )
+        _case_row(c, role, a, float(is_correct(a, c.passkey)))
         for c, a in zip(cases, answers, strict=True)
     ]
-    grouped: dict[tuple[int, float], list[bool]] = {}
-    for r in rows:
-        grouped.setdefault((r.context, r.depth), []).append(r.correct)
-    cells = [
-        NiahCell(
-            role=role,
-            context=context,
-            depth=depth,
-            trials=len(hits),
-            correct=sum(hits),
-            accuracy=sum(hits) / len(hits),
-        )
-        for (context, depth), hits in grouped.items()
-    ]
-    return rows, cells
+    return rows, _cells(rows, chance)
+
+
+def score_ranked(
+    cases: list[NiahCase], scores: list[list[float]], role: Role = "model"
+) -> tuple[list[NiahCaseRow], list[NiahCell]]:
+    """Rank scoring: `rank_credit` of each case's candidate scores; chance = 1/candidates."""
+    if len(scores) != len(cases) or any(
+        len(s) != len(c.candidates) for s, c in zip(scores, cases, strict=True)
+    ):
+        raise ValueError("scores need one list per case with one score per candidate")
+    chances = {1.0 / len(c.candidates) for c in cases}
+    if len(chances) != 1:
+        raise ValueError("every case of one evaluation needs the same number of candidates")
+    rows = []
+    for case, row_scores in zip(cases, scores, strict=True):
+        top = case.candidates[row_scores.index(max(row_scores))]
+        credit = rank_credit(row_scores, case.candidates.index(case.passkey))
+        rows.append(_case_row(case, role, top, credit))
+    return rows, _cells(rows, chances.pop())
 
 
 def evaluate_niah(
     model: LoadedModel, config: NiahConfig, baseline: LoadedModel | None = None
 ) -> EvalResult:
-    """Passkey accuracy of `model` (and `baseline`) by context length x depth. Prompts are
-    encoded with the shards' tokenizer copy, which every model must share."""
+    """Passkey accuracy of `model` (and `baseline`) by context length x depth, with its chance
+    level and a 95% bootstrap interval over cases. Prompts are encoded with the shards'
+    tokenizer copy, which every model must share."""
     ds = open_val(config.data, verify=config.verify_data)
     pairs = roles(model, baseline)
     for _, loaded in pairs:
         check_fits(ds, loaded)
     tokenizer = load_tokenizer(ds.directory / ds.manifest.tokenizer.dir)
     cases = build_cases(ds, tokenizer, config)
+    chance = chance_level(config)
     # Room for the digits plus a leading space or punctuation piece.
     max_new_tokens = config.digits + 4
-    case_rows, cells, metrics = [], [], {}
+    case_rows, cells, metrics = [], [], {metric_key(EVAL, "chance"): chance}
     for role, loaded in pairs:
-        answer = greedy_answerer(loaded.model, tokenizer, max_new_tokens, config.batch_size)
-        rows, role_cells = score_cases(cases, answer(cases), role)
+        if config.scoring == "rank":
+            scorer = likelihood_scorer(loaded.model, tokenizer, config.batch_size)
+            rows, role_cells = score_ranked(cases, scorer(cases), role)
+        else:
+            answer = greedy_answerer(loaded.model, tokenizer, max_new_tokens, config.batch_size)
+            rows, role_cells = score_cases(cases, answer(cases), role, chance)
         case_rows += [r.model_dump() for r in rows]
         cells += [c.model_dump() for c in role_cells]
-        metrics[metric_key(EVAL, role, "accuracy")] = sum(r.correct for r in rows) / len(rows)
+        credits = np.array([r.credit for r in rows])
+        lo, hi = mean_interval(credits, config.bootstrap_samples, config.seed)
+        metrics[metric_key(EVAL, role, "accuracy")] = float(credits.mean())
+        metrics[metric_key(EVAL, role, "accuracy_lo")] = float(lo)
+        metrics[metric_key(EVAL, role, "accuracy_hi")] = float(hi)
         for context in config.contexts:
-            hits = [r.correct for r in rows if r.context == context]
-            metrics[metric_key(EVAL, role, f"ctx_{context}", "accuracy")] = sum(hits) / len(hits)
+            mine = [r.credit for r in rows if r.context == context]
+            metrics[metric_key(EVAL, role, f"ctx_{context}", "accuracy")] = sum(mine) / len(mine)
+    if config.scoring == "rank":
+        how = (
+            f"scoring rank: log-likelihood of {ANSWER.strip()!r} for the passkey and "
+            f"{config.candidates - 1} random distractor keys; credit 1 when the passkey is the "
+            f"most likely (1/m when m tie), chance {chance:.4g}"
+        )
+    else:
+        how = (
+            f"scoring greedy: {max_new_tokens} tokens generated greedily, exact match of the "
+            f"answer's leading digits; chance {chance:.3g} (a uniformly guessed key)"
+        )
     return EvalResult(
         eval=EVAL,
         device=describe_device(model_device(model.model)),
@@ -215,18 +339,32 @@ def evaluate_niah(
         tables={"cells": cells, "cases": case_rows},
         notes=[
             "haystack = val-stream token ids (BOS/EOS/PAD removed) from a seeded offset; "
-            f"needle {NEEDLE.strip()!r}, question {QUESTION.strip()!r}; greedy decoding of "
-            f"{max_new_tokens} tokens; exact match of the answer's leading digits"
+            f"needle {NEEDLE.strip()!r}, question {QUESTION.strip()!r}",
+            how,
+            f"{CONFIDENCE:.0%} interval of the accuracy: percentile bootstrap over cases, "
+            f"{config.bootstrap_samples} resamples, seed {config.seed}",
         ],
     )
 
 
 def summarize(result: EvalResult) -> str:
-    """Accuracy table: one row per (role, depth), one column per context length."""
+    """Accuracy table: one row per (role, depth), one column per context length; then each
+    role's overall accuracy with its 95% interval against the chance level."""
     cells = [NiahCell.model_validate(c) for c in result.tables["cells"]]
     contexts = sorted({c.context for c in cells})
     table: dict[tuple[str, float], dict] = {}
     for c in cells:
         row = table.setdefault((c.role, c.depth), {"role": c.role, "depth": c.depth})
         row[str(c.context)] = c.accuracy
-    return text_table(list(table.values()), ["role", "depth", *map(str, contexts)])
+    lines = [text_table(list(table.values()), ["role", "depth", *map(str, contexts)])]
+    chance = result.metrics[metric_key(EVAL, "chance")]
+    for role in dict.fromkeys(c.role for c in cells):
+        value = {
+            name: result.metrics[metric_key(EVAL, role, name)]
+            for name in ("accuracy", "accuracy_lo", "accuracy_hi")
+        }
+        interval = format_interval(value["accuracy_lo"], value["accuracy_hi"])
+        lines.append(
+            f"{role}: accuracy {value['accuracy']:.4g}, 95% CI {interval}, chance {chance:.4g}"
+        )
+    return "\n".join(lines)

@@ -2,6 +2,8 @@
 
 loss = (sum of next-token cross entropy over every predicted token) / (number of predicted
 tokens), accumulated in float64 across batches of any size; perplexity = exp(loss).
+The 95% interval is a bootstrap over sequences (rows) of that ratio (`eval_stage.bootstrap`);
+the perplexity interval is exp of the loss interval.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from .bootstrap import CONFIDENCE, format_interval, ratio_interval
 from .config import PerplexityConfig
 from .data import check_fits, open_val, row_batches
 from .device import describe_device, model_device
@@ -23,12 +26,19 @@ from .models import LoadedModel, model_info, roles
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "perplexity"
+METRICS = ("loss", "loss_lo", "loss_hi", "perplexity", "perplexity_lo", "perplexity_hi", "tokens")
 
 
 class PerplexityRow(BaseModel):
+    """`loss_lo`..`loss_hi`: 95% bootstrap interval of the loss; perplexity's is its exp."""
+
     role: Role
     loss: float
+    loss_lo: float
+    loss_hi: float
     perplexity: float
+    perplexity_lo: float
+    perplexity_hi: float
     tokens: int
     sequences: int
 
@@ -42,17 +52,33 @@ def token_losses(model: nn.Module, rows: np.ndarray) -> Tensor:
     return F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
 
 
-def measure(model: nn.Module, batches: Iterable[np.ndarray], role: Role = "model") -> PerplexityRow:
-    """Exact mean loss over every predicted token of `batches` ((b, T + 1) id arrays)."""
-    total, tokens, sequences = 0.0, 0, 0
+def measure(
+    model: nn.Module,
+    batches: Iterable[np.ndarray],
+    role: Role = "model",
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
+) -> PerplexityRow:
+    """Exact mean loss over every predicted token of `batches` ((b, T + 1) id arrays), with its
+    95% bootstrap interval over the rows."""
+    sums, counts = [], []  # per row: float64 loss sum, predicted tokens
     for rows in batches:
-        losses = token_losses(model, rows)
-        total += float(losses.double().sum())
-        tokens += losses.numel()
-        sequences += losses.shape[0]
-    loss = total / tokens
+        losses = token_losses(model, rows).double()
+        sums += losses.sum(dim=1).tolist()
+        counts += [losses.shape[1]] * losses.shape[0]
+    tokens = sum(counts)
+    loss = math.fsum(sums) / tokens
+    lo, hi = ratio_interval(np.array(sums), np.array(counts), bootstrap_samples, bootstrap_seed)
     return PerplexityRow(
-        role=role, loss=loss, perplexity=math.exp(loss), tokens=tokens, sequences=sequences
+        role=role,
+        loss=loss,
+        loss_lo=float(lo),
+        loss_hi=float(hi),
+        perplexity=math.exp(loss),
+        perplexity_lo=math.exp(lo),
+        perplexity_hi=math.exp(hi),
+        tokens=tokens,
+        sequences=len(counts),
     )
 
 
@@ -73,9 +99,9 @@ def evaluate_perplexity(
     rows, metrics = [], {}
     for role, loaded in pairs:
         batches = row_batches(ds, config.batch_size, seq_len, config.max_batches)
-        row = measure(loaded.model, batches, role)
+        row = measure(loaded.model, batches, role, config.bootstrap_samples, config.bootstrap_seed)
         rows.append(row.model_dump())
-        for name in ("loss", "perplexity", "tokens"):
+        for name in METRICS:
             metrics[metric_key(EVAL, role, name)] = float(getattr(row, name))
     return EvalResult(
         eval=EVAL,
@@ -86,11 +112,27 @@ def evaluate_perplexity(
         tables={"perplexity": rows},
         notes=[
             f"consecutive val rows cropped to {seq_len} predicted tokens; loss = sum of "
-            "per-token CE / predicted tokens (float64), perplexity = exp(loss)"
+            "per-token CE / predicted tokens (float64), perplexity = exp(loss)",
+            f"{CONFIDENCE:.0%} intervals: percentile bootstrap over rows, "
+            f"{config.bootstrap_samples} resamples, seed {config.bootstrap_seed}",
         ],
     )
 
 
 def summarize(result: EvalResult) -> str:
-    rows = result.tables["perplexity"]
-    return text_table(rows, ["role", "loss", "perplexity", "tokens", "sequences"])
+    """One line per role: loss and perplexity, each with its 95% interval."""
+    table = []
+    for raw in result.tables["perplexity"]:
+        row = PerplexityRow.model_validate(raw)
+        table.append(
+            {
+                "role": row.role,
+                "loss": row.loss,
+                "loss 95% CI": format_interval(row.loss_lo, row.loss_hi),
+                "perplexity": row.perplexity,
+                "perplexity 95% CI": format_interval(row.perplexity_lo, row.perplexity_hi),
+                "tokens": row.tokens,
+                "sequences": row.sequences,
+            }
+        )
+    return text_table(table, list(table[0]))

@@ -5,61 +5,89 @@ Uses matplotlib's object API on the Agg canvas: no pyplot, no global backend swi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from .compare_plot import plot_compare
+from .figures import LossCurve, draw_loss_panel, save_figure
 from .latency import LatencyRow
 from .niah import NiahCell
 from .position_loss import BucketRow
 from .results import EvalResult
 
 LINESTYLES = {"model": "-", "baseline": "--"}
+LOSS_TITLE = "Next-token loss by token index (bands: 95% bootstrap intervals over sequences)"
 
 
-def _label(result: EvalResult, role: str) -> str:
+def _label(result: EvalResult, role: str, who: str | None = None) -> str:
+    """`<who> (<mixer>)`; `who` defaults to the role."""
+    who = who or role
     info = result.role_info(role)
-    return f"{role} ({info.mixer})" if info else role
+    return f"{who} ({info.mixer})" if info else who
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+def position_loss_curves(result: EvalResult, name: str | None = None) -> list[LossCurve]:
+    """Every (role, length) curve of a position-loss result. Labelled `<role> (<mixer>)`, or with
+    `name` (e.g. a run's name) `<name> (<mixer>)` for the model, `<name> baseline (<mixer>)`."""
+    rows = [BucketRow.model_validate(r) for r in result.tables["buckets"]]
+    curves = []
+    for role, length in dict.fromkeys((r.role, r.length) for r in rows):
+        who = role if name is None else (name if role == "model" else f"{name} {role}")
+        mine = [r for r in rows if r.role == role and r.length == length]
+        curves.append(LossCurve(label=_label(result, role, who), length=length, buckets=mine))
+    return curves
+
+
+def plot_loss_curves(
+    curves: Sequence[LossCurve],
+    path: Path,
+    *,
+    train_len: int | None = None,
+    log_x: bool = True,
+    title: str = LOSS_TITLE,
+) -> Path:
+    """`loss_curves_figure` written to `path` (PNG); returns `path`."""
+    return save_figure(
+        loss_curves_figure(curves, train_len=train_len, log_x=log_x, title=title), path
+    )
+
+
+def loss_curves_figure(
+    curves: Sequence[LossCurve],
+    *,
+    train_len: int | None = None,
+    log_x: bool = True,
+    title: str = LOSS_TITLE,
+) -> Figure:
+    """Any number of labelled curves on shared axes: one panel per sequence length (shared y),
+    one colour per label, the 95% interval as a band, `train_len` as a dotted vertical line.
+    Token index t on x (log scale when `log_x`), from 1 to the length."""
+    if not curves:
+        raise ValueError("no loss curves to plot")
+    lengths = sorted({c.length for c in curves})
+    colours = {label: f"C{i}" for i, label in enumerate(dict.fromkeys(c.label for c in curves))}
+    fig = Figure(figsize=(4.5 * len(lengths) + 1, 4.8), layout="constrained")
+    axes = fig.subplots(1, len(lengths), sharey=True, squeeze=False)[0]
+    for ax, length in zip(axes, lengths, strict=True):
+        mine = [c for c in curves if c.length == length]
+        draw_loss_panel(ax, mine, colours, train_len=train_len, log_x=log_x)
+    axes[0].set_ylabel("next-token loss (nats / token)")
+    fig.suptitle(title)
+    return fig
 
 
 def plot_position_loss(result: EvalResult, path: Path) -> Path:
-    """Mean loss per token-index bucket, one line per (model, length); log x for log buckets."""
-    rows = [BucketRow.model_validate(r) for r in result.tables["buckets"]]
-    log = result.config["buckets"] == "log"
-    lengths = sorted({r.length for r in rows})
-    fig = Figure(figsize=(8, 5))
-    ax = fig.add_subplot()
-    for role in dict.fromkeys(r.role for r in rows):
-        for i, length in enumerate(lengths):
-            line = [r for r in rows if r.role == role and r.length == length]
-            x = [np.sqrt(r.start * r.end) if log else (r.start + r.end) / 2 for r in line]
-            ax.plot(
-                x,
-                [r.mean_loss for r in line],
-                LINESTYLES[role],
-                marker=".",
-                color=f"C{i}",
-                label=f"{_label(result, role)}, length {length}",
-            )
-    ax.axvline(result.config["train_len"], color="gray", linestyle=":", label="training length")
-    if log:
-        ax.set_xscale("log")
-    ax.set_xlabel("token index")
-    ax.set_ylabel("mean next-token loss (nats)")
-    ax.set_title("Loss vs token index")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    return save_figure(fig, path)
+    """The result's curves (model and baseline at each length) through `plot_loss_curves`."""
+    return plot_loss_curves(
+        position_loss_curves(result),
+        path,
+        train_len=result.config["train_len"],
+        log_x=result.config["buckets"] == "log",
+    )
 
 
 def plot_niah(result: EvalResult, path: Path) -> Path:
@@ -84,13 +112,22 @@ def plot_niah(result: EvalResult, path: Path) -> Path:
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
         ax.set_xlabel("context length (tokens)")
         ax.set_title(f"passkey accuracy: {_label(result, role)}")
-    axes[0].set_ylabel("needle depth")
-    fig.colorbar(image, ax=list(axes), label="exact-match accuracy")
+    axes[0].set_ylabel("needle depth (fraction of the haystack)")
+    chance = cells[0].chance
+    how = "top-1 of candidate keys" if result.config["scoring"] == "rank" else "exact match"
+    bar = fig.colorbar(image, ax=list(axes), label=f"accuracy, {how} (chance {chance:.3g})")
+    bar.ax.axhline(chance, color="red", linewidth=2)  # the chance level on the scale
     return save_figure(fig, path)
 
 
 def plot_latency(result: EvalResult, path: Path) -> Path:
-    """Decode ms/token and prefill tokens/s against context length, one line per model."""
+    """`latency_figure` written to `path` (PNG); returns `path`."""
+    return save_figure(latency_figure(result), path)
+
+
+def latency_figure(result: EvalResult) -> Figure:
+    """Decode ms/token and prefill tokens/s against context length (log x, y from 0), one line
+    per model."""
     rows = [LatencyRow.model_validate(r) for r in result.tables["latency"]]
     fig = Figure(figsize=(11, 4.5))
     decode_ax, prefill_ax = fig.subplots(1, 2)
@@ -100,18 +137,23 @@ def plot_latency(result: EvalResult, path: Path) -> Path:
         style = dict(linestyle=LINESTYLES[role], marker="o", label=_label(result, role))
         decode_ax.plot(contexts, [r.decode_ms for r in mine], **style)
         prefill_ax.plot(contexts, [r.prefill_tokens_per_s for r in mine], **style)
+    contexts = sorted({r.context for r in rows})
     for ax, ylabel in (
         (decode_ax, "decode latency (ms / token)"),
-        (prefill_ax, "prefill tokens/s"),
+        (prefill_ax, "prefill throughput (tokens / s)"),
     ):
+        # log x: contexts grow geometrically; y from 0, so a small difference looks small
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length (tokens)")
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("context length (tokens, log scale)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     device = result.device
     fig.suptitle(f"Latency, batch 1, {device.type}: {device.name}, {device.threads} threads")
-    return save_figure(fig, path)
+    return fig
 
 
 PLOTTERS: dict[str, Callable[[EvalResult, Path], Path]] = {

@@ -5,6 +5,8 @@ the start of the val stream (consecutive val rows concatenated, so for L longer 
 sequence spans several rows and the document boundaries inside them, as training rows do).
 Token index t (1-based) is the t-th predicted token, made after reading t tokens. Per-position
 means are grouped into buckets of token indices [start, end], log-spaced or of equal width.
+Each bucket's 95% interval is a bootstrap over sequences of its mean (`eval_stage.bootstrap`):
+a sequence's tokens share one context, so the sequence, not the token, is the unit resampled.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from data_stage import ShardDataset
 
+from .bootstrap import CONFIDENCE, format_interval, mean_interval
 from .config import PositionLossConfig
 from .data import available_sequences, check_fits, long_sequences, open_val, stream_length
 from .device import describe_device, model_device
@@ -30,13 +33,17 @@ EVAL = "position-loss"
 
 
 class BucketRow(BaseModel):
-    """Mean loss over token indices start..end (inclusive, 1-based) at sequence length `length`."""
+    """Mean loss over token indices start..end (inclusive, 1-based) at sequence length `length`,
+    over `sequences` sequences; `loss_lo`..`loss_hi` is its 95% bootstrap interval."""
 
     role: Role
     length: int
     start: int
     end: int
     mean_loss: float
+    loss_lo: float
+    loss_hi: float
+    sequences: int
     tokens: int
 
 
@@ -48,29 +55,37 @@ def bucket_edges(length: int, n_buckets: int, kind: str) -> list[int]:
 
 
 @torch.no_grad()
-def mean_loss_by_position(model: nn.Module, sequences: np.ndarray, batch_size: int) -> np.ndarray:
-    """Mean next-token loss at each position over sequences (n, L + 1): (L,) float64."""
-    sums = np.zeros(sequences.shape[1] - 1, dtype=np.float64)
-    for start in range(0, len(sequences), batch_size):
-        losses = token_losses(model, sequences[start : start + batch_size])
-        sums += losses.double().sum(dim=0).cpu().numpy()
-    return sums / len(sequences)
+def losses_by_position(model: nn.Module, sequences: np.ndarray, batch_size: int) -> np.ndarray:
+    """Next-token loss of every sequence (n, L + 1) at every position: (n, L) float64."""
+    parts = [
+        token_losses(model, sequences[start : start + batch_size]).double().cpu().numpy()
+        for start in range(0, len(sequences), batch_size)
+    ]
+    return np.concatenate(parts)
 
 
 def bucket_rows(
-    per_position: np.ndarray, sequences: int, edges: list[int], role: Role
+    losses: np.ndarray, edges: list[int], role: Role, samples: int, seed: int
 ) -> list[BucketRow]:
-    """Rows of `bucket_edges` buckets from per-position means (index 0 = token index 1)."""
+    """Rows of `bucket_edges` buckets from per-sequence, per-position losses (n, L) (column 0 =
+    token index 1), each with the bootstrap interval of its mean (`samples` resamples, `seed`)."""
+    n, length = losses.shape
+    spans = list(itertools.pairwise(edges))
+    per_sequence = np.stack([losses[:, lo - 1 : hi - 1].mean(axis=1) for lo, hi in spans], 1)
+    lows, highs = mean_interval(per_sequence, samples, seed)  # (buckets,) each
     return [
         BucketRow(
             role=role,
-            length=len(per_position),
+            length=length,
             start=lo,
             end=hi - 1,
-            mean_loss=float(per_position[lo - 1 : hi - 1].mean()),
-            tokens=(hi - lo) * sequences,
+            mean_loss=float(per_sequence[:, i].mean()),
+            loss_lo=float(lows[i]),
+            loss_hi=float(highs[i]),
+            sequences=n,
+            tokens=(hi - lo) * n,
         )
-        for lo, hi in itertools.pairwise(edges)
+        for i, (lo, hi) in enumerate(spans)
     ]
 
 
@@ -99,17 +114,24 @@ def evaluate_position_loss(
         check_fits(ds, loaded)
     rows: list[dict] = []
     metrics: dict[str, float] = {}
+    samples, seed = config.bootstrap_samples, config.bootstrap_seed
     for role, loaded in pairs:
         for L in lengths:
-            per_position = mean_loss_by_position(
+            losses = losses_by_position(
                 loaded.model, long_sequences(ds, L, counts[L]), config.batch_size
             )
-            buckets = bucket_rows(
-                per_position, counts[L], bucket_edges(L, config.n_buckets, config.buckets), role
-            )
+            edges = bucket_edges(L, config.n_buckets, config.buckets)
+            buckets = bucket_rows(losses, edges, role, samples, seed)
             rows += [b.model_dump() for b in buckets]
-            metrics[metric_key(EVAL, role, f"len_{L}", "mean_loss")] = float(per_position.mean())
-            metrics[metric_key(EVAL, role, f"len_{L}", "last_bucket_loss")] = buckets[-1].mean_loss
+            whole = losses.mean(axis=1)  # every sequence has L predicted tokens
+            last = buckets[-1]
+            stats = {
+                "mean_loss": (whole.mean(), *mean_interval(whole, samples, seed)),
+                "last_bucket_loss": (last.mean_loss, last.loss_lo, last.loss_hi),
+            }
+            for name, values in stats.items():
+                for suffix, value in zip(("", "_lo", "_hi"), values, strict=True):
+                    metrics[metric_key(EVAL, role, f"len_{L}", name + suffix)] = float(value)
     return EvalResult(
         eval=EVAL,
         device=describe_device(model_device(model.model)),
@@ -122,24 +144,35 @@ def evaluate_position_loss(
         },
         notes=[
             f"lengths {lengths} (train_len {train_len}); sequences of L + 1 tokens cut back to "
-            "back from the start of the val stream, i.e. consecutive val rows concatenated"
+            "back from the start of the val stream, i.e. consecutive val rows concatenated",
+            f"{CONFIDENCE:.0%} intervals: percentile bootstrap over sequences, {samples} "
+            f"resamples, seed {seed}",
         ],
     )
 
 
 def summarize(result: EvalResult) -> str:
-    """Per (role, length): mean loss over all positions, in the first and in the last bucket."""
+    """Per (role, length): mean loss over all positions (with its 95% interval), in the first
+    bucket and in the last bucket (its token range, loss and interval)."""
     rows = [BucketRow.model_validate(r) for r in result.tables["buckets"]]
     table = []
     for role, length in dict.fromkeys((r.role, r.length) for r in rows):
         mine = [r for r in rows if r.role == role and r.length == length]
+        metric = {
+            name: result.metrics[metric_key(EVAL, role, f"len_{length}", name)]
+            for name in ("mean_loss", "mean_loss_lo", "mean_loss_hi")
+        }
         table.append(
             {
                 "role": role,
                 "length": length,
-                "mean loss": result.metrics[metric_key(EVAL, role, f"len_{length}", "mean_loss")],
-                f"tokens {mine[0].start}-{mine[0].end}": mine[0].mean_loss,
-                "last bucket": mine[-1].mean_loss,
+                "sequences": mine[0].sequences,
+                "mean loss": metric["mean_loss"],
+                "95% CI": format_interval(metric["mean_loss_lo"], metric["mean_loss_hi"]),
+                "first bucket": mine[0].mean_loss,
+                "last bucket": f"{mine[-1].start}-{mine[-1].end}",
+                "last loss": mine[-1].mean_loss,
+                "last 95% CI": format_interval(mine[-1].loss_lo, mine[-1].loss_hi),
             }
         )
     columns = list(dict.fromkeys(k for row in table for k in row))

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ttt_core.files import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: intervals and NIAH chance/credit (docs/eval_stage.md)
 EvalName = Literal[
     "perplexity", "position-loss", "niah", "latency", "bench-dual-primal", "lm-eval", "compare"
 ]

@@ -50,3 +50,38 @@ def run_cli(argv: list[str]) -> int:
         return main(argv)
     except SystemExit as e:
         return int(e.code)
+
+
+class ConstantLM(UniformLM):
+    """Stub LM that ignores its input: the same seeded random logits at every position."""
+
+    def __init__(self, vocab_size: int, seed: int = 0):
+        super().__init__(vocab_size)
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("bias", 3 * torch.randn(vocab_size, generator=generator))
+
+    def forward(self, input_ids: torch.Tensor) -> ModelOutput:
+        B, T = input_ids.shape
+        return ModelOutput(logits=self.bias.expand(B, T, -1).clone())
+
+
+class InductionLM(UniformLM):
+    """Stub LM that copies perfectly: at position t it predicts the token that followed the
+    earlier position j < t whose preceding tokens match those before t the longest (ties: the
+    latest), with logit 10; all else 0. No earlier match: uniform."""
+
+    def forward(self, input_ids: torch.Tensor) -> ModelOutput:
+        B, T = input_ids.shape
+        same = input_ids[:, :, None] == input_ids[:, None, :]  # (B, t, j)
+        run = torch.zeros(B, T, T, dtype=torch.long)  # length of the common suffix ending at t, j
+        run[:, 0, :] = same[:, 0, :].long()
+        for t in range(1, T):
+            run[:, t, 0] = same[:, t, 0].long()
+            run[:, t, 1:] = same[:, t, 1:] * (run[:, t - 1, :-1] + 1)
+        run = run.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(-1), 0)  # only j < t
+        latest_best = T - 1 - run.flip(-1).argmax(-1)  # (B, T)
+        follower = input_ids.gather(1, (latest_best + 1).clamp(max=T - 1))
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        logits.scatter_(2, follower[:, :, None], 10.0)
+        logits[run.amax(-1) == 0] = 0.0
+        return ModelOutput(logits=logits)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from data_stage import ShardDataset
 from eval_stage import EvalInputError, PerplexityConfig, evaluate_perplexity, open_model
+from eval_stage.perplexity import summarize
 
 from .helpers import VOCAB, UniformLM, as_loaded, tiny_model
 
@@ -41,6 +42,33 @@ def test_loss_is_the_mean_over_every_token_of_ragged_batches(shard_dir: Path) ->
         math.exp(expected), rel=1e-6
     )
     assert result.tables["perplexity"][0]["sequences"] == len(rows)
+
+
+def test_the_interval_is_a_seeded_bootstrap_over_rows(shard_dir: Path) -> None:
+    model = as_loaded(tiny_model())
+
+    def run(max_batches: int = 8, **overrides) -> dict:
+        config = PerplexityConfig(data=shard_dir, bootstrap_samples=300, max_batches=max_batches,
+                                  **overrides)  # fmt: skip
+        return evaluate_perplexity(model, config).tables["perplexity"][0]
+
+    row = run(bootstrap_seed=1)
+    assert row["loss_lo"] < row["loss"] < row["loss_hi"]
+    assert row["perplexity_lo"] == math.exp(row["loss_lo"])
+    assert row["perplexity_hi"] == math.exp(row["loss_hi"])
+    assert run(bootstrap_seed=1) == row
+    assert run(bootstrap_seed=2)["loss_lo"] != row["loss_lo"]
+    few = run(bootstrap_seed=1, max_batches=1)  # 8 rows instead of 64
+    assert few["loss_hi"] - few["loss_lo"] > row["loss_hi"] - row["loss_lo"]
+
+
+def test_summary_states_the_intervals(shard_dir: Path) -> None:
+    config = PerplexityConfig(data=shard_dir, max_batches=2)
+    row = (result := evaluate_perplexity(as_loaded(tiny_model()), config)).tables["perplexity"][0]
+    text = summarize(result)
+    assert "loss 95% CI" in text and f"[{row['loss_lo']:.4g}, {row['loss_hi']:.4g}]" in text
+    for name in ("loss_lo", "loss_hi", "perplexity_lo", "perplexity_hi"):
+        assert result.metrics[f"perplexity/model/{name}"] == row[name]
 
 
 def test_max_batches_and_seq_len_bound_the_tokens_counted(shard_dir: Path) -> None:
