@@ -39,7 +39,8 @@ DATA_EVALS: dict[str, type[BaseModel]] = {
 
 
 class PipelineConfig(BaseModel):
-    """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset)`;
+    """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset,
+    mixer)` (the preset's tuned values for the mixer);
     `perplexity`/`position_loss`/`niah` are the eval configs without their `data` field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -147,8 +148,13 @@ class PipelineConfig(BaseModel):
         )
 
     def _train_dict(self) -> dict[str, Any]:
-        """The train preset with `train` and `mixer` merged in, as plain data."""
-        merged = deep_merge(TrainConfig.preset_dict(self.train_preset), self.train)
+        """The train preset with its tuned values for `mixer`, then `train` and `mixer` merged
+        in, as plain data (so a value set in `train` wins over the tuned one). A hybrid stack
+        (`train.model.layer_mixers` naming several mixers) gets no mixer's tuned values."""
+        layers = set(dict(self.train.get("model") or {}).get("layer_mixers") or [self.mixer])
+        tuned_for = layers.pop() if len(layers) == 1 else None
+        preset = TrainConfig.preset_dict(self.train_preset, tuned_for)
+        merged = deep_merge(preset, self.train)
         return deep_merge(merged, {"model": {"mixer": self.mixer}})
 
     def train_config(self, data: Path | None = None) -> TrainConfig:
@@ -192,7 +198,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     "small_cpu": dict(
         corpus={"format": "stdlib"},
         vocab_size=8192,
-        seq_len=128,
+        seq_len=256,
         train_preset="small_cpu",
         bench={
             "device": "cpu",

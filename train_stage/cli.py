@@ -111,7 +111,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     if args.no_verify_data:
         overrides["verify_data"] = False
     if args.preset:
-        base = TrainConfig.preset_dict(args.preset)
+        base = TrainConfig.preset_dict(args.preset, args.mixer)
     else:
         base = yaml.safe_load(args.config.read_text())
     if "curriculum" in overrides and "steps" not in overrides:
