@@ -335,8 +335,8 @@ def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
 
 def plot(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> Path:
     """Val loss against the lr axis (else the first axis), one line per value of the other
-    axes; log x when the values span 10x or more. The y axis spans at least 0.2 nats, so noise
-    between close points is not drawn as a cliff."""
+    axes; log x when the values are positive and span 2x or more (lr grids are geometric). The
+    y axis spans at least 0.2 nats, so noise between close points is not drawn as a cliff."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -360,7 +360,7 @@ def plot(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> Path:
         )
         ax.plot(xs, ys, marker="o", label=label or None)
     x_values = [v for v in sweep.axes[x_axis] if isinstance(v, int | float)]
-    if x_values and min(x_values) > 0 and max(x_values) / min(x_values) >= 10:
+    if x_values and min(x_values) > 0 and max(x_values) / min(x_values) >= 2:
         ax.set_xscale("log")
     if losses:
         low, high = min(losses), max(losses)
