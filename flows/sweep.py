@@ -334,13 +334,14 @@ def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
 
 
 def plot(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> Path:
-    """Val loss against the lr axis (else the first axis), one line per value of the other
-    axes; log x when the values are positive and span 2x or more (lr grids are geometric). The
+    """Val loss against the lr axis (else the first axis with more than one value), one line
+    per value of the other axes; log x when the values are positive and span 2x or more (lr grids are geometric). The
     y axis spans at least 0.2 nats, so noise between close points is not drawn as a cliff."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    x_axis = "train.lr" if "train.lr" in sweep.axes else next(iter(sweep.axes))
+    varied = [a for a in ("train.lr", *sweep.axes) if len(sweep.axes.get(a, [])) > 1]
+    x_axis = varied[0] if varied else next(iter(sweep.axes))
     others = [a for a in sweep.axes if a != x_axis]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
