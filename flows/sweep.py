@@ -9,8 +9,8 @@ grid axes that would change the data or those rows are refused before any work.
 
 Rerunning the same command skips finished points and resumes an interrupted one from its latest
 checkpoint; a point whose config changed is moved aside and retrained. Writes `sweep.json`,
-`sweep.md` (sorted by val loss) and `sweep.png` (val loss against the first axis, one line per
-value of the others).
+`sweep.md` (sorted by val loss) and `sweep.png` (val loss against lr, else the first axis that
+varies; one line per value of the others).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -55,7 +56,7 @@ class SweepError(ValueError):
 
 
 class Point(BaseModel):
-    """One grid point: its values (dotted keys as given) and the training run they resolve to."""
+    """One grid point: its values (dotted key -> the value the run trains with) and that run."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -98,8 +99,10 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
 
 
 def point_name(params: dict[str, Any]) -> str:
-    """A folder name from the values: `lr=0.001_model.eta_base=0.01` (the `train.` dropped)."""
-    return "_".join(f"{k.removeprefix('train.')}={v}" for k, v in params.items())
+    """A folder name from the values as given: `lr=1e-3_model.eta_base=0.01` (the `train.`
+    dropped; characters unsafe in a path, such as `/` or spaces, become `-`)."""
+    text = "_".join(f"{k.removeprefix('train.')}={v}" for k, v in params.items())
+    return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
 
 
 def _lookup(train: dict[str, Any], key: str) -> Any:
@@ -152,6 +155,8 @@ def plan(
         except InvalidRequest as e:
             raise SweepError(f"point {point_name(params)}: {e}") from None
         name = point_name(params)
+        if any(p.name == name for p in points):
+            raise SweepError(f"two points are both named {name!r}; give distinct values")
         train = cfg.train_config(out / "shards").model_copy(
             update={"run_dir": out / "points" / name}
         )
@@ -311,7 +316,7 @@ def _fmt(value: Any, spec: str) -> str:
 def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
     """A Markdown table of every point sorted by val loss, with the command that made it."""
     axes = list(sweep.axes)
-    head = [*axes, "val loss", "train loss", "tokens/s", "wall s", "status"]
+    head = [*axes, "val loss", "train loss (last step)", "tokens/s", "wall s", "status"]
     lines = [
         f"# Sweep: {sweep.base.preset} / {sweep.base.mixer}",
         "",
@@ -335,8 +340,9 @@ def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
 
 def plot(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> Path:
     """Val loss against the lr axis (else the first axis with more than one value), one line
-    per value of the other axes; log x when the values are positive and span 2x or more (lr grids are geometric). The
-    y axis spans at least 0.2 nats, so noise between close points is not drawn as a cliff."""
+    per value of the other axes; log x when the values are positive and span 2x or more (lr
+    grids are geometric). The y axis spans at least 0.2 nats, so noise between close points is
+    not drawn as a cliff."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -405,13 +411,13 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> int:
     sweep.out.mkdir(parents=True, exist_ok=True)
     build_data(sweep, log)
     val_rows = read_manifest(sweep.out / "shards").split("val").rows
-    if val_rows < sweep.points[0].train.eval_batches * sweep.points[0].train.max_batch_size:
-        log(f"[sweep] note: the val split has {val_rows} rows; every point is measured on them")
     if val_rows == 0:
         raise SweepError(
             "the shards have no validation rows, so no point could be ranked; raise "
             "val_fraction or use a larger corpus"
         )
+    if val_rows < sweep.points[0].train.eval_batches * sweep.points[0].train.max_batch_size:
+        log(f"[sweep] note: the val split has {val_rows} rows; every point is measured on them")
     records: list[dict[str, Any]] = []
     total = len(sweep.points)
     for index, point in enumerate(sweep.points, 1):

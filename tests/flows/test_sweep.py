@@ -26,6 +26,7 @@ SMALL = ["--preset", "debug_tiny", "--set", "train.steps=3"]
         (["train.batch_size=2,4"], [], "validation rows"),
         (["train.seq_len=16,32"], [], "validation rows"),
         (["train.lr=1e-3,1e-3"], [], "repeated"),
+        (["train.resume=a/b,a b"], [], "both named"),
         (["train.lr=1e-3", "train.lr=3e-3"], [], "twice"),
         (["train.lr"], [], "KEY=V1,V2"),
         (["train.lr=1e-3"], ["--set", "train.lr=3e-3"], "both"),
