@@ -12,6 +12,7 @@ from data_stage.config_cli import CliParser, read_config_file
 from data_stage.corpus import Corpus, stdlib_root
 from data_stage.dataset import ShardDataset, verify_shards
 from data_stage.errors import CorpusError, DataStageError, ShardError, TokenizerError
+from data_stage.faults import output_dir_problem, run_cli
 from data_stage.manifest import Manifest, read_manifest
 from data_stage.order import SampleOrder
 from data_stage.outputs import ShardOutputs, TokenizerOutputs
@@ -52,9 +53,11 @@ __all__ = [
     "command",
     "copy_tokenizer",
     "load_tokenizer",
+    "output_dir_problem",
     "parse_command",
     "read_config_file",
     "read_manifest",
+    "run_cli",
     "split_fraction",
     "stdlib_root",
     "train_tokenizer",

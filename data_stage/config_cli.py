@@ -144,8 +144,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
 class ConfigFlags(Generic[C]):
     """The flags of config class `cls` on `parser` (a command or subcommand parser).
 
-    `presets` maps a name to its recipe as plain data (adds `--preset NAME`, exclusive with
-    `--config`); `base_required`: one of the two must be given. `merge(base, overrides)` puts
+    `presets` maps a name to a function of the flags given (as a nested dict) returning its
+    recipe as plain data, so a recipe may depend on what is asked, e.g. tuned per mixer (adds
+    `--preset NAME`, exclusive with `--config`); `base_required`: one of the two must be given. `merge(base, overrides)` puts
     the flags given over the base (default `deep_merge`). The parser's defaults get
     `config_flags=self`, so `main` finds the config of the subcommand that was chosen."""
 
@@ -155,7 +156,7 @@ class ConfigFlags(Generic[C]):
         cls: type[C],
         *,
         aliases: Sequence[Alias] = (),
-        presets: Mapping[str, Callable[[], dict[str, Any]]] | None = None,
+        presets: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] | None = None,
         base_required: bool = False,
         merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] = deep_merge,
     ) -> None:
@@ -242,7 +243,9 @@ class ConfigFlags(Generic[C]):
         if getattr(args, _CONFIG_DEST, None) is not None:
             return read_config_file(getattr(args, _CONFIG_DEST))
         name = getattr(args, _PRESET_DEST, None)
-        return self.presets[name]() if self.presets is not None and name is not None else {}
+        if self.presets is None or name is None:
+            return {}
+        return self.presets[name](self.overrides(args))
 
     def config(self, args: argparse.Namespace) -> C:
         """The validated config: `base` with `overrides` merged over it; a missing required field

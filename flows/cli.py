@@ -1,4 +1,5 @@
-"""`python -m flows run|serve|up`: one bring-up in-process, the deployments, or the whole stack.
+"""`python -m flows run|serve|up|sweep`: one bring-up in-process, the deployments, the whole stack,
+or a grid of training runs on shared data.
 
 Prefect is imported only after `prepare_env` has pointed it at the run root's state dir.
 """
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.set_defaults(func=cmd_up)
+    from flows.sweep import add_sweep_args
+
+    add_sweep_args(sub.add_parser("sweep", help="train a grid of points on shared data"))
     return p
 
 

@@ -34,7 +34,8 @@ DATA_EVALS: dict[str, type[BaseModel]] = {
 
 
 class PipelineConfig(BaseModel):
-    """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset)`;
+    """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset,
+    mixer)` (the preset's tuned values for the mixer);
     `perplexity`/`position_loss`/`niah` are the eval configs without their `data` field."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -52,7 +53,7 @@ class PipelineConfig(BaseModel):
     controls: list[Mixer] = Field(
         default_factory=list,
         description="mixers brought up beside this one on its data and budget, then compared "
-        "(`none`: the no-context control; `attention`)",
+        "(`none`: the no-context control; `attention`); the bring-up's own mixer is skipped",
     )
     data_from: Path | None = Field(
         None,
@@ -96,8 +97,8 @@ class PipelineConfig(BaseModel):
             object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{root}/mlflow.db")
         if len(set(self.controls)) != len(self.controls):
             raise ValueError(f"controls has repeats: {self.controls}")
-        if self.mixer in self.controls:
-            raise ValueError(f"controls: {self.mixer!r} is the mixer being brought up")
+        if self.mixer in self.controls:  # a model is not its own control (small_cpu, mixer=none)
+            object.__setattr__(self, "controls", [m for m in self.controls if m != self.mixer])
         if self.data_from is not None:
             object.__setattr__(self, "data_from", self.data_from.expanduser().resolve())
         if len(set(self.evals)) != len(self.evals):
@@ -178,8 +179,13 @@ class PipelineConfig(BaseModel):
         )
 
     def _train_dict(self) -> dict[str, Any]:
-        """The train preset with `train` and `mixer` merged in, as plain data."""
-        merged = deep_merge(TrainConfig.preset_dict(self.train_preset), self.train)
+        """The train preset with its tuned values for `mixer`, then `train` and `mixer` merged
+        in, as plain data (so a value set in `train` wins over the tuned one). A hybrid stack
+        (`train.model.layer_mixers` naming several mixers) gets no mixer's tuned values."""
+        layers = set(dict(self.train.get("model") or {}).get("layer_mixers") or [self.mixer])
+        tuned_for = layers.pop() if len(layers) == 1 else None
+        preset = TrainConfig.preset_dict(self.train_preset, tuned_for)
+        merged = deep_merge(preset, self.train)
         return deep_merge(merged, {"model": {"mixer": self.mixer}})
 
     def train_config(self, data: Path | None = None) -> TrainConfig:
@@ -223,7 +229,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
     "small_cpu": dict(
         corpus={"format": "stdlib"},
         vocab_size=8192,
-        seq_len=128,
+        seq_len=256,
         train_preset="small_cpu",
         controls=["none"],
         bench={

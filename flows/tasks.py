@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -31,19 +28,10 @@ from flows.fingerprint import (
     manifest_sha256,
     tokenizer_hash,
 )
-from flows.torchrun import (
-    NOT_RETRYABLE,
-    ProcessFailed,
-    run_streaming,
-    wait_for_previous_launch,
-)
+from flows.torchrun import NOT_RETRYABLE, ProcessFailed, run_streaming
 from flows.tracking import system_metrics
-from train_stage import TrainConfig, TrainOutputs, export_model, torchrun_command
-from ttt_core import atomic_write_text
-
-# The flow's own files in a training run dir: the cache key it trained for, the launch marker,
-# and the config it hands train_stage (`--config`).
-KEY_FILE, LAUNCH_FILE, TRAIN_CONFIG_FILE = ".flow_cache_key", ".launch", "train_config.yaml"
+from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
+from train_stage import TrainConfig, TrainOutputs, export_model
 
 
 # --- cache keys -------------------------------------------------------------------------------
@@ -56,13 +44,6 @@ def shards_key(_context: Any, p: dict[str, Any]) -> str:
     cfg: ShardConfig = p["cfg"]
     settings = cfg.model_dump(mode="json", exclude={"workers"})  # output is worker-independent
     return digest("shards", corpus_fingerprint(cfg.corpus), tokenizer_hash(cfg.tokenizer), settings)
-
-
-def train_run_key(cfg: TrainConfig, nproc: int) -> str:
-    """What makes a training run the same run: the data's content, the config's identity
-    (`TrainConfig.identity()`) and the world size (global batch, data partition). Operational
-    fields (save/log/eval cadence, checkpoint_n_chunks, paths, MLflow) are not in it."""
-    return digest("train", manifest_sha256(cfg.data), cfg.identity(), nproc)
 
 
 def train_key(_context: Any, p: dict[str, Any]) -> str:
@@ -137,18 +118,8 @@ def train_task(
     save, and how long this launch waits for ranks left from a killed earlier one."""
     logger = get_run_logger()
     run_dir, run = cfg.run_dir, TrainOutputs(cfg.run_dir)
-    launch_file = run_dir / LAUNCH_FILE
-    wait_for_previous_launch(launch_file, grace_s, logger.info)  # before anything moves
-    claim_run_dir(run_dir, train_run_key(cfg, nproc), fresh, logger.info)
-    config_path = run_dir / TRAIN_CONFIG_FILE
-    atomic_write_text(config_path, cfg.to_yaml())
-    args = ["--config", str(config_path), "--resume", "auto"]
-    if mlflow is None:
-        args.append("--no-mlflow")
-    else:
-        args += [f"--mlflow-{key.replace('_', '-')}={value}" for key, value in mlflow.items()]
+    command = prepare_launch(cfg, nproc, fresh, grace_s, logger.info, mlflow)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = torchrun_command(nproc, "train_stage", args)
     monitor = (
         nullcontext()
         if mlflow is None
@@ -161,23 +132,9 @@ def train_task(
             env=env,
             grace_s=grace_s,
             what="train_stage",
-            launch_file=launch_file,
+            launch_file=run_dir / LAUNCH_FILE,
         )
     return {"dir": str(run_dir), "mlflow_run_id": run.mlflow_run_id(), **run.summary()}
-
-
-def claim_run_dir(run_dir: Path, key: str, fresh: bool, log: Callable[[str], None]) -> None:
-    """Make `run_dir` hold the run keyed `key`: a dir trained for another key (or any, when
-    `fresh`) is moved to `<parent>/.replaced/`; one trained for this key stays, to resume."""
-    key_file = run_dir / KEY_FILE
-    stale = key_file.is_file() and key_file.read_text().strip() != key
-    if run_dir.exists() and (fresh or stale):
-        aside = run_dir.parent / ".replaced" / f"{run_dir.name}-{int(time.time())}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(run_dir), aside)
-        log(f"moved the previous training run to {aside}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(key_file, key + "\n")
 
 
 @task(name="export", cache_policy=NO_CACHE)

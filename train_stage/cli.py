@@ -81,10 +81,15 @@ def train_parser() -> CliParser:
         "torchrun --nproc_per_node N -m train_stage. Every TrainConfig field is a flag; the "
         "defaults shown are TrainConfig's, the --preset or --config file replaces them.",
     )
-    presets = {name: partial(TrainConfig.preset_dict, name) for name in TRAIN_PRESETS}
+    presets = {name: partial(_recipe, name) for name in TRAIN_PRESETS}
     aliases = (*ALIASES, CURRICULUM)
     ConfigFlags(p, TrainConfig, aliases=aliases, presets=presets, base_required=True, merge=_merge)
     return p
+
+
+def _recipe(name: str, flags: dict[str, Any]) -> dict[str, Any]:
+    """Preset `name` tuned for the mixer the flags ask for (`--mixer`), else for its own."""
+    return TrainConfig.preset_dict(name, (flags.get("model") or {}).get("mixer"))
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -215,22 +215,31 @@ class TrainConfig(IdentityConfig):
             return cls.model_validate(yaml.safe_load(f))
 
     @classmethod
-    def preset_dict(cls, name: str) -> dict[str, Any]:
-        """The named recipe as plain data, its model preset expanded."""
+    def preset_dict(cls, name: str, mixer: str | None = None) -> dict[str, Any]:
+        """The named recipe as plain data, its model preset expanded. With `mixer`, the model
+        uses that mixer and the recipe's `tuned[mixer]` values (measured per mixer, see
+        docs/tuning.md) are merged in; callers merge explicit settings on top, so theirs win."""
         if name not in TRAIN_PRESETS:
             raise ValueError(
                 f"unknown train preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}"
             )
         recipe = dict(TRAIN_PRESETS[name])
+        tuned = recipe.pop("tuned", {})
         model = ModelConfig.from_preset(recipe.pop("model_preset")).model_dump(mode="json")
-        return {"preset": name, **recipe, "model": model}
+        if mixer is not None:
+            model["mixer"] = mixer
+        return deep_merge({"preset": name, **recipe, "model": model}, tuned.get(model["mixer"], {}))
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
-        """A named recipe with `overrides` merged in (`model` and `mlflow` as partial dicts)."""
-        return cls.model_validate(deep_merge(cls.preset_dict(name), overrides))
+        """A named recipe with `overrides` merged in (`model` and `mlflow` as partial dicts); the
+        recipe's tuned values for the mixer of `overrides` (else of the preset) apply first."""
+        mixer = dict(overrides.get("model") or {}).get("mixer")
+        return cls.model_validate(deep_merge(cls.preset_dict(name, mixer), overrides))
 
 
+# A recipe's `tuned` maps a mixer to the values measured best for it on this recipe (a partial
+# recipe: `lr`, `model.eta_base`, ...); `TrainConfig.preset_dict(name, mixer)` applies them.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "debug_tiny": dict(
         model_preset="debug_tiny",
@@ -246,11 +255,18 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         model_preset="small_cpu",
         steps=200,
         batch_size=8,
-        seq_len=128,
+        seq_len=256,
         lr=3e-3,
         warmup_steps=20,
         save_every=50,
         eval_every=100,
+        # the best point per mixer of the sweeps in docs/tuning.md (`python -m flows sweep`,
+        # this recipe on the embedded corpus); every one is inside its grid
+        tuned={
+            "ttt_linear": {"lr": 3e-3, "model": {"eta_base": 0.01, "chunk_size": 16}},
+            "attention": {"lr": 1e-3},
+            "none": {"lr": 3e-3},
+        },
     ),
     "bringup_125m": dict(
         model_preset="bringup_125m",

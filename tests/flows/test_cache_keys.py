@@ -10,14 +10,8 @@ import torch
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
 from flows import fingerprint
 from flows.config import PipelineConfig
-from flows.tasks import (
-    claim_run_dir,
-    eval_key,
-    shards_key,
-    tokenizer_key,
-    train_key,
-    train_run_key,
-)
+from flows.tasks import eval_key, shards_key, tokenizer_key, train_key
+from flows.train_run import claim_run_dir, train_run_key
 from ttt_core import TTTLM, ModelConfig
 
 

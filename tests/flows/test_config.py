@@ -61,6 +61,12 @@ def test_a_control_shares_the_data_and_budget_and_lives_under_the_run(tmp_path):
         assert train.model.mixers == (mixer, mixer)  # the hybrid's layer list is not inherited
         assert train.model.n_layers == cfg.train_config().model.n_layers
     assert PipelineConfig.from_preset("small_cpu").controls == ["none"]
+    # a model is not its own control: small_cpu's `none` control is skipped for mixer=none
+    assert PipelineConfig.from_preset("small_cpu", mixer="none").controls == []
+    both = PipelineConfig.from_preset(
+        "small_cpu", mixer="attention", controls=["none", "attention"]
+    )
+    assert both.controls == ["none"]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +79,6 @@ def test_a_control_shares_the_data_and_budget_and_lives_under_the_run(tmp_path):
         ({"evals": ["perplexity", "bogus"]}, "evals"),
         ({"run_name": "../escape"}, "run_name"),
         ({"controls": ["none", "none"]}, "controls has repeats"),
-        ({"controls": ["ttt_linear"]}, "controls: 'ttt_linear' is the mixer being brought up"),
         ({"controls": ["bogus"]}, "controls"),
     ],
 )
@@ -114,3 +119,21 @@ def test_cli_refuses_a_bad_value_with_exit_2_naming_it(tmp_path, capsys):
     assert info.value.code == 2
     assert "nproc" in capsys.readouterr().err
     assert not (tmp_path / ".prefect").exists()  # refused before anything was set up
+
+
+def test_the_train_preset_tuned_for_the_mixer_applies_and_explicit_values_win(tmp_path):
+    from flows.request import BringupRequest, resolve
+    from train_stage.config import TRAIN_PRESETS
+
+    tuned = TRAIN_PRESETS["small_cpu"]["tuned"]
+    for mixer in ("ttt_linear", "attention", "none"):
+        cfg = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, mixer=mixer)
+        assert cfg.train_config().lr == tuned[mixer]["lr"]
+        request = BringupRequest(preset="small_cpu", mixer=mixer)
+        assert resolve(request, tmp_path).train_config().lr == tuned[mixer]["lr"]
+        explicit = BringupRequest(preset="small_cpu", mixer=mixer, overrides={"train.lr": 0.0123})
+        assert resolve(explicit, tmp_path).train_config().lr == 0.0123
+    # a hybrid stack is no single mixer: it keeps the recipe's own values
+    hybrid = {"model": {"layer_mixers": ["attention", "ttt_linear", "ttt_linear", "ttt_linear"]}}
+    cfg = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, train=hybrid)
+    assert cfg.train_config().lr == TRAIN_PRESETS["small_cpu"]["lr"]
