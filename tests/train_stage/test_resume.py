@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -84,10 +83,10 @@ def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, tmp_path):
+def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, tmp_path, rng):
     """SIGKILL three times, resuming each time: after a random logged step, as soon as a save's
     temporary directory is seen, after a later random step. Kills are placed on these observed
-    events, not on elapsed time; the seed is printed."""
+    events, not on elapsed time; `rng` prints its seed."""
     args = (
         *TINY,
         "--data",
@@ -101,9 +100,6 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, t
     )
     whole, run_dir = tmp_path / "whole", tmp_path / "killed"
     run_train(*args, "--run-dir", str(whole))
-    seed = random.randrange(2**32)
-    print(f"kill placement seed: {seed}")
-    rng = random.Random(seed)
     metrics, checkpoints = run_dir / "metrics.jsonl", run_dir / "checkpoints"
 
     def logged(step: int):
