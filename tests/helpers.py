@@ -5,6 +5,10 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Sequence
 
+# A wait in a test is for an observed event; this limit only turns a hang into a failure.
+# Generous: on a 2-core machine shared with other work, a stage can take minutes.
+HANG_GUARD_S = 900
+
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str], capsys) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of a CLI's `main(argv)`; argparse exits are exit codes, and

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from data_stage import verify_shards
-from tests.helpers import NoCapture, run_main  # noqa: F401  (the fault tests' import)
+from tests.helpers import HANG_GUARD_S, NoCapture, run_main  # noqa: F401  (the fault tests' import)
 from train_stage.checkpoint import CHECKPOINTS, verify_checkpoint
 
 # The smallest training that saves twice: checkpoints at steps 2 and 4.
@@ -79,7 +79,9 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(raw))
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, limit_s: float = 300) -> None:
+def wait_for(
+    condition, process: subprocess.Popen, what: str, limit_s: float = HANG_GUARD_S
+) -> None:
     """Poll until `condition()` (an observed event); the limit only guards against a hang."""
     deadline = time.monotonic() + limit_s
     while not condition():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_main
+from train_stage.cli import main
 from train_stage.distributed import torchrun_command
 
 
@@ -40,6 +42,14 @@ def run_train(
             f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+def run_in_process(capsys, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m train_stage ARGS` as `main(ARGS)` in this process (same exit code and
+    output); `check` asserts exit 0."""
+    code, out, err = run_main(main, args, capsys)
+    assert code == 0 or not check, err
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -7,23 +7,10 @@ in this process; one case runs the real command to pin the exit code end to end.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 
-from tests.helpers import run_main
-from train_stage.cli import main
-
-from .conftest import run_train
-
-
-def run_in_process(capsys, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m train_stage ARGS` as `main(ARGS)` in this process (same exit code and
-    output); `check` asserts exit 0."""
-    code, out, err = run_main(main, args, capsys)
-    assert code == 0 or not check, err
-    return subprocess.CompletedProcess(args, code, out, err)
-
+from .conftest import run_in_process, run_train
 
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "2")
 
