@@ -122,13 +122,15 @@ class PipelineConfig(BaseModel):
         return self
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> PipelineConfig:
-        """The named preset with `overrides` deep-merged in (nested dicts key by key)."""
-        if name not in PIPELINE_PRESETS:
+    def from_preset(cls, preset: str, /, **overrides: Any) -> PipelineConfig:
+        """The named preset with `overrides` deep-merged in (nested dicts key by key). `preset`
+        is positional-only: `name` (the MLflow experiment) is an override like any other."""
+        if preset not in PIPELINE_PRESETS:
             raise ValueError(
-                f"unknown pipeline preset {name!r}; choose one of {sorted(PIPELINE_PRESETS)}"
+                f"unknown pipeline preset {preset!r}; choose one of {sorted(PIPELINE_PRESETS)}"
             )
-        return cls.model_validate(deep_merge({"preset": name, **PIPELINE_PRESETS[name]}, overrides))
+        merged = deep_merge({"preset": preset, **PIPELINE_PRESETS[preset]}, overrides)
+        return cls.model_validate(merged)
 
     # --- layout of one bring-up: <run_root>/<run_name>/... ---
     @property

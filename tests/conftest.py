@@ -1,7 +1,48 @@
-"""Shared pytest setup: the `gpu` marker skips itself when CUDA is absent."""
+"""Shared pytest setup.
+
+- The `gpu` marker skips itself when CUDA is absent.
+- One random seed per session, printed in the header (`random seed: N`); `TTT_TEST_SEED=N`
+  repeats it. Hypothesis draws from it (unless `--hypothesis-seed` is given) and tests that
+  place something at random take the `rng` fixture, seeded from it and the test's id.
+- Session fixtures for the stages' tests (see tests/README.md): `debug_tiny_data`, the
+  tokenizer and shards of the flows `debug_tiny` preset, built once per session.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
+
+SEED_ENV = "TTT_TEST_SEED"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    seed = int(os.environ.get(SEED_ENV) or random.randrange(2**32))
+    config.stash[_SEED] = seed
+    if getattr(config.option, "hypothesis_seed", "absent") is None:
+        config.option.hypothesis_seed = seed  # read by Hypothesis' own pytest_configure
+
+
+_SEED = pytest.StashKey[int]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.stash[_SEED]
+    return f"random seed: {seed} (repeat with {SEED_ENV}={seed}; Hypothesis uses it too)"
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A generator seeded from the session seed and this test's id (printed with the test)."""
+    seed = request.config.stash[_SEED]
+    print(f"rng: session seed {seed}, test {request.node.nodeid}")
+    return random.Random(f"{seed}:{request.node.nodeid}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -11,3 +52,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+class TinyData(NamedTuple):
+    tokenizer: Path  # a tokenizer dir (tokenizer.model, tokenizer.json)
+    shards: Path  # a shard dir: manifest.json, train and val splits
+
+
+@pytest.fixture(scope="session")
+def debug_tiny_data(tmp_path_factory: pytest.TempPathFactory) -> TinyData:
+    """The data of the flows `debug_tiny` preset (1 MB of the embedded stdlib corpus, a
+    512-token SentencePiece model, rows of 65 ids, 10% validation), built once per session.
+    Read-only: a test that changes files copies them first."""
+    from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+
+    corpus = CorpusConfig(format="stdlib", max_bytes=1_000_000)
+    root = tmp_path_factory.mktemp("debug_tiny_data")
+    train_tokenizer(TokenizerConfig(corpus=corpus, out=root / "tok", vocab_size=512))
+    shards = ShardConfig(corpus=corpus, tokenizer=root / "tok", seq_len=64, out=root / "shards",
+                         val_fraction=0.1, workers=2)  # fmt: skip
+    build_shards(shards)
+    return TinyData(root / "tok", root / "shards")

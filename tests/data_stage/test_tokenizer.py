@@ -79,8 +79,12 @@ def test_round_trip_on_unicode_text_and_code(tokenizer_dir: Path) -> None:
         assert tok.decode(ids) == text
 
 
+# Text is Unicode scalar values: a lone surrogate (category Cs) cannot come out of a UTF-8 file
+# and SentencePiece cannot take one (seen as a random failure on '\ud800').
 @settings(max_examples=60, deadline=None)
-@given(st.text(st.characters(blacklist_characters="\u2581"), max_size=60))
+@given(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\u2581"), max_size=60)
+)
 def test_round_trip_on_arbitrary_text(tokenizer_dir: Path, text: str) -> None:
     tok = load_tokenizer(tokenizer_dir)
     assert tok.decode(tok.encode(text)) == text

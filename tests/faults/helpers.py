@@ -4,41 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from data_stage import verify_shards
+from tests.helpers import HANG_GUARD_S, NoCapture, run_main  # noqa: F401  (the fault tests' import)
 from train_stage.checkpoint import CHECKPOINTS, verify_checkpoint
 
 # The smallest training that saves twice: checkpoints at steps 2 and 4.
 TRAIN = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--batch-size", "4",
          "--steps", "4", "--save-every", "2", "--stats-every", "0")  # fmt: skip
-
-
-def run_main(main: Callable[[list[str]], int], argv: Sequence[str], capsys) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of a CLI's `main(argv)`; argparse exits are exit codes, and
-    the trainer's SIGTERM/SIGINT handlers do not outlive the call."""
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-class NoCapture:
-    """Stands in for capsys where there is none (session and module fixtures)."""
-
-    def readouterr(self) -> tuple[str, str]:
-        return "", ""
 
 
 def failure_line(err: str, prog: str) -> str:
@@ -102,7 +79,9 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(raw))
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, limit_s: float = 300) -> None:
+def wait_for(
+    condition, process: subprocess.Popen, what: str, limit_s: float = HANG_GUARD_S
+) -> None:
     """Poll until `condition()` (an observed event); the limit only guards against a hang."""
     deadline = time.monotonic() + limit_s
     while not condition():

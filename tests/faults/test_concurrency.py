@@ -15,6 +15,7 @@ from eval_stage.cli import main as eval_main
 from train_stage.cli import main as train_main
 
 from .helpers import (
+    HANG_GUARD_S,
     TRAIN,
     assert_run_intact,
     failure_line,
@@ -80,7 +81,7 @@ def test_two_real_trainers_on_one_run_dir(shards, tmp_path, capsys):
         err, "train_stage: refused:"
     )
     first.send_signal(signal.SIGTERM)  # the first trainer saves where it is and stops
-    assert first.wait(timeout=300) == 143, first.stdout.read()[-2000:]
+    assert first.wait(timeout=HANG_GUARD_S) == 143, first.stdout.read()[-2000:]
     history = losses(run_dir)
     assert sorted(history) == list(range(1, len(history) + 1))  # one writer, one history
     assert_run_intact(run_dir)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from flows.config import PipelineConfig
+from flows.fingerprint import manifest_sha256
+from tests.helpers import HANG_GUARD_S
 
 
 def cmdlines() -> dict[int, str]:
@@ -69,13 +71,15 @@ def kill_after_step(
     observed event, never on elapsed time, and the result holds at any machine speed; a next
     attempt cannot have saved yet (it waits for these ranks, then loads and trains first)."""
     metrics = run_dir / "metrics.jsonl"
-    wait_for(lambda: last_step(metrics) >= step, 240, f"training to pass step {step}")
+    wait_for(lambda: last_step(metrics) >= step, HANG_GUARD_S, f"training to pass step {step}")
     pids = training_pids(str(run_dir))
     targets = victim(pids)
     sent_at = last_step(metrics)
     for pid in targets:
         os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: all(exited(p) for p in pids["workers"]), 240, "the killed ranks to exit")
+    wait_for(
+        lambda: all(exited(p) for p in pids["workers"]), HANG_GUARD_S, "the killed ranks to exit"
+    )
     kill = Kill(sent_at, last_step(metrics), latest_step(run_dir))
     print(f"kill placed after step {step}: {kill}")
     return kill
@@ -104,14 +108,26 @@ def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> ob
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+# (train config with its run dir blanked, sha256 of the shards' manifest) -> final loss
+_UNINTERRUPTED: dict[tuple[str, str], float] = {}
+
+
 def uninterrupted_final_loss(cfg: PipelineConfig, out: Path) -> float:
-    """Train the bring-up's recorded train config in one go into `out`; its final loss."""
-    subprocess.run(
-        [sys.executable, "-m", "train_stage", "--config",
-         str(cfg.stage_dir("train") / "train_config.yaml"),
-         "--run-dir", str(out), "--no-mlflow"],
-        check=True, capture_output=True, timeout=240,
-    )  # fmt: skip
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == cfg.train_config().steps
-    return summary["final_loss"]
+    """Train the bring-up's recorded train config in one go into `out`; its final loss. Trained
+    once per session for the same config on the same shards (the manifest lists every shard's
+    sha256): the kill/resume tests of several recovery paths compare against one reference."""
+    config = cfg.stage_dir("train") / "train_config.yaml"
+    key = (
+        config.read_text().replace(str(cfg.run_dir), "<run_dir>"),
+        manifest_sha256(cfg.stage_dir("shards")),
+    )
+    if key not in _UNINTERRUPTED:
+        subprocess.run(
+            [sys.executable, "-m", "train_stage", "--config", str(config),
+             "--run-dir", str(out), "--no-mlflow"],
+            check=True, capture_output=True, timeout=HANG_GUARD_S,
+        )  # fmt: skip
+        summary = json.loads((out / "train_summary.json").read_text())
+        assert summary["steps"] == cfg.train_config().steps
+        _UNINTERRUPTED[key] = summary["final_loss"]
+    return _UNINTERRUPTED[key]

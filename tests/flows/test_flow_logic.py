@@ -133,3 +133,16 @@ def test_resume_picks_bring_ups_neither_completed_nor_running(tmp_path):
     make("crashed", "running", locked_by=999999999)  # its process is gone
     make("live", "running", locked_by=os.getpid())
     assert sorted(r.config.run_name for r in unfinished(tmp_path)) == ["crashed", "failed"]
+
+
+def test_a_missing_baseline_export_fails_evaluate_before_any_eval(tmp_path, monkeypatch):
+    """The served restart-cap test fails at the first stage; this pins the evaluate refusal it
+    used to reach: a `baseline` with no export is named, with the path, before any eval runs."""
+    request = BringupRequest(preset="debug_tiny", overrides={"baseline": "missing"})
+    work = object.__new__(bringup_module.Bringup)  # only its config is read before the refusal
+    work.cfg = resolve(request, tmp_path)
+    monkeypatch.setattr(bringup_module, "export_task", lambda _train, _export: {})
+    monkeypatch.setattr(bringup_module, "call_cached", lambda *_a, **_k: pytest.fail("eval ran"))
+    missing = tmp_path.resolve() / "missing" / "export"
+    with pytest.raises(FileNotFoundError, match=f"baseline 'missing': no export at {missing}"):
+        work.evaluate()

@@ -66,6 +66,9 @@ def test_resolve_builds_the_requested_bring_up_under_the_served_root(tmp_path):
     # `--set mixer=…` (an override) and the parameter name the same run
     via_override = BringupRequest(preset="debug_tiny", overrides={"mixer": "attention"})
     assert resolve(via_override, tmp_path).run_name == "debug_tiny-attention"
+    # `name` (the MLflow experiment) is an override too, and names no other run dir
+    named = resolve(BringupRequest(preset="debug_tiny", overrides={"name": "other"}), tmp_path)
+    assert (named.name, named.run_name) == ("other", "debug_tiny-ttt_linear")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from flows.request import BringupRequest, resolve
-from tests.flows.helpers import kill_after_step, uninterrupted_final_loss
+from tests.flows.helpers import HANG_GUARD_S, kill_after_step, uninterrupted_final_loss
 from ttt_core import parse_assignments as parse_sets
 
 
@@ -25,7 +25,7 @@ def test_sigkilled_training_resumes_to_the_uninterrupted_loss(tmp_path):
         flow = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
         try:
             kill = kill_after_step(cfg.stage_dir("train"), 15, lambda pids: pids["workers"])
-            flow.wait(timeout=240)
+            flow.wait(timeout=HANG_GUARD_S)
         finally:
             flow.kill()  # a no-op once it has exited
             flow.wait()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from flows.record import read_record
 from flows.request import BringupRequest, resolve
 from flows.up import free_port, services
 from tests.flows.helpers import (
+    HANG_GUARD_S,
     Kill,
     kill_after_step,
     parent_pid,
@@ -28,39 +30,41 @@ from tests.flows.helpers import (
 )
 
 
-@pytest.fixture
-def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Starts a Prefect server on a free port and `flows serve` (resume schedule paused unless
-    asked), stopped by process group afterwards. Its database is its own
-    (`<tmp_path>/.prefect`), not the session's Prefect home. Returns (run_root, serve env)."""
-    monkeypatch.delenv("PREFECT_HOME")
+@contextmanager
+def serving(run_root: Path, resume_paused: bool = True, resume_every_s: float = 3600):
+    """A Prefect server on a free port and `flows serve` (resume schedule paused unless asked)
+    over `run_root`, stopped by process group afterwards. Its database is its own
+    (`<run_root>/.prefect`), not the session's Prefect home. Yields the serve env."""
     started = []
-
-    def start(resume_paused: bool = True, resume_every_s: float = 3600) -> tuple[Path, dict]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("PREFECT_HOME")
         server, _mlflow, serve = services(
-            tmp_path, free_port(), free_port(), resume_every_s, resume_paused
+            run_root, free_port(), free_port(), resume_every_s, resume_paused
         )
-        server.start(tmp_path / "logs")
-        started.append(server)
-        server.wait_healthy(120)
-        serve.start(tmp_path / "logs")
-        started.append(serve)
-        return tmp_path, serve.env
-
     try:
-        yield start
+        server.start(run_root / "logs")
+        started.append(server)
+        server.wait_healthy(HANG_GUARD_S)
+        serve.start(run_root / "logs")
+        started.append(serve)
+        yield serve.env
     finally:
         for service in reversed(started):
             service.stop()
         for service in started:  # the whole group is gone, not just the leader
             with pytest.raises(ProcessLookupError):
                 os.killpg(service.proc.pid, 0)
-        assert training_pids(str(tmp_path)) == {"launcher": [], "workers": []}
+        assert training_pids(str(run_root)) == {"launcher": [], "workers": []}
 
 
-@pytest.fixture
-def served(stack):
-    return stack()
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One stack (resume schedule paused) shared by this module's tests: each asks for its own
+    bring-up (its own run dir; `name`, the MLflow experiment, where it reads MLflow) and reads
+    only its own flow runs (`flow_runs(..., request)`). Returns (run_root, serve env)."""
+    run_root = tmp_path_factory.mktemp("served")
+    with serving(run_root) as env:
+        yield run_root, env
 
 
 def run_deployment(
@@ -76,7 +80,7 @@ def run_deployment(
     ]  # fmt: skip
     for _ in range(60):
         done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=300, cwd=cwd
+            command, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S + 60, cwd=cwd
         )
         if "not found" not in done.stdout + done.stderr:
             break
@@ -103,11 +107,14 @@ def read_deployment(api_url: str, name: str, timeout_s: float = 120):
 
 @pytest.mark.slow
 def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factory):
-    run_root, env = served
-    request = BringupRequest(preset="debug_tiny")
+    run_root, env = served  # the default experiment `bringup` is this test's alone
+    # with the no-context control: it trains on the model's data and ends in a comparison
+    request = BringupRequest(preset="debug_tiny", overrides={"controls": ["none"]})
     cfg = resolve(request, run_root)
     elsewhere = tmp_path_factory.mktemp("caller")  # the served process owns where runs live
-    done = run_deployment(request, env, "--watch", "--watch-timeout", "240", cwd=elsewhere)
+    done = run_deployment(
+        request, env, "--watch", "--watch-timeout", str(HANG_GUARD_S), cwd=elsewhere
+    )
     assert not list(elsewhere.iterdir())
     assert "Completed" in done.stdout
     assert read_deployment(env["PREFECT_API_URL"], "resume/resume").paused  # --resume-paused
@@ -122,8 +129,11 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     parent = parents[0]
     assert parent.data.tags["prefect.flow_run_id"]
     assert parent.data.tags["prefect.flow_run_url"].startswith("http://127.0.0.1:")
-    children = {r.info.run_name.split("/")[-1]: r for r in runs if r is not parent}
-    assert set(children) == {"tokenizer", "shards", "train", "bench", "evaluate"}
+    children = {
+        r.info.run_name.removeprefix(f"{cfg.run_name}/"): r for r in runs if r is not parent
+    }
+    stages = {"tokenizer", "shards", "train", "bench", "evaluate"}
+    assert set(children) == stages | {"none/train", "none/evaluate"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
     history = client.get_metric_history(children["train"].info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, 21))
@@ -141,53 +151,76 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     assert "model/model.safetensors" in artifacts("evaluate", "model")
     record = read_record(cfg.run_dir)
     assert record.status == "completed" and record.request == request
-    assert set(record.commands) >= {"tokenizer", "shards", "train", "bench", "eval.niah"}
+    assert set(record.commands) >= {"tokenizer", "shards", "train", "bench", "eval.niah",
+                                    "controls.none.train", "compare"}  # fmt: skip
+    assert (cfg.run_dir / "controls" / "none" / "eval" / "perplexity.json").is_file()
+    assert "controls" not in {p.name for p in (cfg.run_dir / "controls" / "none").iterdir()}
     # the parent compares: headline metrics, identity params, no paths among them
     headline = {"train/loss", "val/loss", "val/perplexity", "val/loss_last_bucket",
                 "niah/accuracy", "latency/decode_ms_longest",
                 "latency/prefill_tokens_per_s_longest", "bench/dual_over_primal_speedup"}  # fmt: skip
-    assert set(parent.data.metrics) == headline == set(record.summary)
+    compared = {k for k in parent.data.metrics if k.startswith("compare/")}
+    assert {"compare/ttt_linear/val_loss", "compare/none/val_loss_vs_reference_pct"} <= compared
+    assert set(parent.data.metrics) - compared == headline == set(record.summary)
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "eval/compare")}
+    assert {"eval/compare/compare.png", "eval/compare/compare.md"} <= parent_files
     assert parent.data.params["preset"] == "debug_tiny" and "model_params" in parent.data.params
     for run in runs:
         if run.info.run_id != children["train"].info.run_id:  # train_stage logs its own
             assert not [v for v in run.data.params.values() if Path(v).is_absolute()]
 
     # an unknown key fails the flow run at once, naming it, before any stage
+    bring_ups = sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists())
+    assert cfg.run_name in bring_ups
     bad = BringupRequest(preset="debug_tiny", overrides={"train.bogus": 1})
-    done = run_deployment(bad, env, "--watch", "--watch-timeout", "120", check=False)
+    done = run_deployment(bad, env, "--watch", "--watch-timeout", str(HANG_GUARD_S), check=False)
     assert "Failed" in done.stdout
-    failed = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_failed()]
-    assert len(failed) == 1 and "train.bogus" in failed[0].state.message
-    assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == [
-        cfg.run_name
+    failed = [
+        r for _, r in flow_runs(env["PREFECT_API_URL"], bad) if r.state and r.state.is_failed()
     ]
+    assert len(failed) == 1 and "train.bogus" in failed[0].state.message
+    assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == bring_ups
 
 
-def flow_runs(api_url: str) -> list[tuple[str, Any]]:
-    """(flow name, flow run) of every flow run on the server."""
+def flow_runs(api_url: str, request: BringupRequest | None = None) -> list[tuple[str, Any]]:
+    """(flow name, flow run) of every flow run on the server; with `request`, only the
+    `bringup` runs of that request (a restart copies the request's overrides)."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
         names = {f.id: f.name for f in client.read_flows()}
-        return [(names[r.flow_id], r) for r in client.read_flow_runs()]
+        found = [(names[r.flow_id], r) for r in client.read_flow_runs()]
+    if request is None:
+        return found
+    return [
+        (name, run)
+        for name, run in found
+        if name == "bringup" and run.parameters.get("overrides", {}) == request.overrides
+    ]
 
 
 @pytest.mark.slow
 def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     run_root, env = served
+    missing = run_root / "no-such-corpus.txt"
     request = BringupRequest(
         preset="debug_tiny",
-        overrides={"baseline": "missing", "evals": ["perplexity"], "max_restarts": 1},
-    )  # fails deterministically at evaluate: the baseline export does not exist
+        overrides={"corpus.format": "text", "corpus.paths": [str(missing)],
+                   "name": "restart-cap", "max_restarts": 1},
+    )  # fmt: skip  # fails deterministically at the first stage: the corpus does not exist
     cfg = resolve(request, run_root)
     run_deployment(request, env)
-    deadline = time.monotonic() + 200
-    while time.monotonic() < deadline:
-        runs = [r for _, r in flow_runs(env["PREFECT_API_URL"]) if r.state and r.state.is_final()]
-        if any(r.state.is_cancelled() for r in runs):
-            break
-        time.sleep(3)
+    runs = wait_for(
+        lambda: (
+            (r := [run for _, run in flow_runs(env["PREFECT_API_URL"], request)])
+            and any(run.state and run.state.is_cancelled() for run in r)
+            and all(run.state and run.state.is_final() for run in r)
+            and r
+        ),
+        HANG_GUARD_S,
+        "the restarts to end in a cancelled run",
+    )
     by_restart: dict[int, set[str]] = {}
     for run in runs:
         by_restart.setdefault(run.parameters.get("restart_count", 0), set()).add(run.state.name)
@@ -196,7 +229,8 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
     assert "max_restarts=1" in cancelled.state.message
     record = json.loads((cfg.run_dir / "bringup.json").read_text())
     assert record["status"] == "failed" and record["attempts"] == 2
-    assert "baseline 'missing'" in record["error"]
+    assert str(missing) in record["error"]
+    assert not cfg.stage_dir("train").exists()  # nothing after the failing stage ran
 
 
 RESTARTABLE = BringupRequest(
@@ -253,10 +287,13 @@ def assert_resumed_exactly(cfg: PipelineConfig, restart_count: int, kill: Kill) 
     return record
 
 
-def flow_run_states(api_url: str, flow_name: str) -> dict[int, list[str]]:
-    """restart_count -> state names of the `flow_name` flow runs that have a state."""
+def flow_run_states(
+    api_url: str, flow_name: str, request: BringupRequest | None = None
+) -> dict[int, list[str]]:
+    """restart_count -> state names of the `flow_name` flow runs (of `request`, if given) that
+    have a state."""
     states: dict[int, list[str]] = {}
-    for name, run in flow_runs(api_url):
+    for name, run in flow_runs(api_url, request):
         if name == flow_name and run.state is not None:
             states.setdefault(run.parameters.get("restart_count", 0), []).append(run.state.name)
     return states
@@ -268,13 +305,19 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
     run Crashed, the automation runs the deployment again with restart_count 1, and training
     resumes from the latest checkpoint to exactly the uninterrupted loss."""
     run_root, env = served
-    cfg = restartable(run_root)
-    run_deployment(RESTARTABLE, env)
+    request = RESTARTABLE.model_copy(
+        update={"overrides": {**RESTARTABLE.overrides, "name": "kill"}}
+    )
+    cfg = resolve(request, run_root)
+    run_deployment(request, env)
     kill = kill_mid_training(cfg, parent_pid)  # torchrun's parent is the flow-run process
     api = env["PREFECT_API_URL"]
     states = wait_for(
-        lambda: (s := flow_run_states(api, "bringup")).get(1) in (["Completed"], ["Failed"]) and s,
-        300,
+        lambda: (
+            (s := flow_run_states(api, "bringup", request)).get(1) in (["Completed"], ["Failed"])
+            and s
+        ),
+        HANG_GUARD_S,
         "the restarted bring-up to finish",
     )
     assert states == {0: ["Crashed"], 1: ["Completed"]}
@@ -282,10 +325,15 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
 
 
 @pytest.mark.slow
-def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(stack):
+def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(tmp_path):
     """`flows run` (no runner watching it) is SIGKILLed mid-training; while it ran, the active
-    resume schedule left it alone (its lock was live); after, the next resume run finishes it."""
-    run_root, env = stack(resume_paused=False, resume_every_s=5)
+    resume schedule left it alone (its lock was live); after, the next resume run finishes it.
+    Its own stack: an active resume schedule would act on the other tests' bring-ups."""
+    with serving(tmp_path, resume_paused=False, resume_every_s=5) as env:
+        scheduled_resume_finishes_a_dead_bringup(tmp_path, env)
+
+
+def scheduled_resume_finishes_a_dead_bringup(run_root: Path, env: dict) -> None:
     api = env["PREFECT_API_URL"]
     assert not read_deployment(api, "resume/resume").paused  # --resume-active
     cfg = restartable(run_root)
@@ -301,7 +349,7 @@ def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(stack):
     assert read_record(cfg.run_dir).status == "running"  # what a dead process leaves behind
     wait_for(
         lambda: (r := read_record(cfg.run_dir)) and r.status != "running" and r.attempts == 2,
-        300,
+        HANG_GUARD_S,
         "the scheduled resume to finish the bring-up",
     )
     assert_resumed_exactly(cfg, restart_count=1, kill=kill)

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,32 @@ from flows.torchrun import (
     wait_for_previous_launch,
     worker_exit_code,
 )
+from tests.flows.helpers import exited
 
 
 def python(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def test_lines_reach_the_callback_while_the_child_runs():
-    seen: list[tuple[str, float]] = []
-    code = "import time\nfor i in range(3):\n    print(f'line {i}', flush=True); time.sleep(0.3)"
-    run_streaming(python(code), lambda line: seen.append((line, time.monotonic())))
-    assert [line for line, _ in seen] == ["line 0", "line 1", "line 2"]
-    assert seen[2][1] - seen[0][1] > 0.4  # delivered as printed, not all at exit
+def test_lines_reach_the_callback_while_the_child_runs(tmp_path):
+    """The child prints its second line only once the callback has seen the first (an observed
+    event, no clock): a launcher that delivered lines at exit would leave it waiting."""
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\nprint('line 0', flush=True)\n"
+        f"for _ in range(3000):  # a hang guard only\n    if os.path.exists({str(go)!r}): break\n"
+        "    time.sleep(0.1)\nelse:\n    print('line 0 was not delivered', flush=True)\n"
+        "print('line 1', flush=True)"
+    )
+    seen: list[str] = []
+
+    def on_line(line: str) -> None:
+        seen.append(line)
+        if line == "line 0":
+            go.touch()
+
+    run_streaming(python(code), on_line)
+    assert seen == ["line 0", "line 1"]
 
 
 def test_a_refusal_surfaces_its_line_and_exit_code():
@@ -81,29 +94,27 @@ def test_workers_left_behind_are_stopped_when_the_launcher_exits(tmp_path):
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
     )
     run_streaming(python(code), lambda _line: None, grace_s=2)
-    worker = int(pid_file.read_text())
-    time.sleep(0.2)
-    assert not pid_alive(worker)
+    assert exited(int(pid_file.read_text()))  # stopped before run_streaming returned
 
 
 def test_an_error_in_the_caller_stops_the_whole_group(tmp_path):
+    """Child and grandchild would sleep an hour: run_streaming returning at all, with both gone,
+    shows the group was stopped (no clock involved)."""
     pid_file = tmp_path / "pid"
     code = (
         "import subprocess, sys, time\n"
-        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(3600)'])\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
-        "print('started', flush=True); time.sleep(60)"
+        "print('started', flush=True); time.sleep(3600)"
     )
 
     def cancel(line: str) -> None:
         if line == "started":
             raise KeyboardInterrupt  # what a Prefect cancel/timeout looks like from here
 
-    start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run_streaming(python(code), cancel, grace_s=2)
-    assert time.monotonic() - start < 20
-    assert not pid_alive(int(pid_file.read_text()))
+    assert exited(int(pid_file.read_text()))
 
 
 @pytest.mark.slow
@@ -130,15 +141,18 @@ def test_train_task_refusal_through_torchrun_is_not_retried(tmp_path: Path):
 def test_a_killed_caller_leaves_no_orphans_and_the_next_launch_waits_for_them(tmp_path):
     """SIGKILL the process running `run_streaming`: its child gets SIGTERM from the kernel (no
     cleanup code of the caller runs), and a new launch with the same launch file waits for the
-    old group to finish what it does on SIGTERM before it starts."""
-    launch, stopped = tmp_path / "launch", tmp_path / "stopped"
+    old group to finish what it does on SIGTERM before it starts. The child's SIGTERM handler
+    ends only once the waiter has said it waits (an observed event), and without the kernel's
+    SIGTERM it would sleep an hour, longer than the waiter's grace: no clock decides."""
+    launch, stopped, go = tmp_path / "launch", tmp_path / "stopped", tmp_path / "go"
     child = (
         "import os, signal, sys, time\n"
         "def on_term(*_):\n"
-        "    time.sleep(1.0)  # a checkpoint being saved\n"
+        f"    while not os.path.exists({str(go)!r}):  # a checkpoint being saved\n"
+        "        time.sleep(0.05)\n"
         f"    open({str(stopped)!r}, 'w').write(str(time.time())); sys.exit(143)\n"
         "signal.signal(signal.SIGTERM, on_term)\n"
-        "print(os.getpid(), flush=True); time.sleep(60)"
+        "print(os.getpid(), flush=True); time.sleep(3600)"
     )
     caller = (
         "import sys\nfrom pathlib import Path\nfrom flows.torchrun import run_streaming\n"
@@ -151,24 +165,27 @@ def test_a_killed_caller_leaves_no_orphans_and_the_next_launch_waits_for_them(tm
     proc.kill()
     proc.wait()
     seen: list[str] = []
-    start = time.monotonic()
+
+    def log(line: str) -> None:
+        seen.append(line)
+        go.touch()
+
+    wait_for_previous_launch(launch, 3600, log)
     second = "import time; print(time.time())"
-    wait_for_previous_launch(launch, 30, seen.append)
     run_streaming(python(second), seen.append, grace_s=30, launch_file=launch)
-    assert time.monotonic() - start < 15  # the kernel's SIGTERM stopped it, not our grace timeout
     assert "is still running" in seen[0]
     assert float(stopped.read_text()) <= float(seen[-1])  # it had saved before the second began
     assert not pid_alive(grandchild) and not launch.exists()
 
 
 def test_a_launch_file_naming_a_reused_pid_is_ignored(tmp_path):
-    other = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "3600"], start_new_session=True)
     launch = tmp_path / "launch"
     launch.write_text(f"{other.pid} 1\n")  # a live group leader, but not the recorded start time
     try:
-        start = time.monotonic()
-        wait_for_previous_launch(launch, 30, lambda _line: None)
-        assert time.monotonic() - start < 10 and other.poll() is None
+        said: list[str] = []
+        wait_for_previous_launch(launch, 0, said.append)  # would log, then stop the group
+        assert said == [] and other.poll() is None
     finally:
         other.kill()
         other.wait()

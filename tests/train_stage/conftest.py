@@ -1,5 +1,6 @@
-"""A tiny real dataset (stdlib text, 512-token SentencePiece, rows of 65 ids) and helpers to run
-the trainer as a user would: `python -m train_stage` in a subprocess, alone or under torchrun."""
+"""A tiny real dataset (the session's `debug_tiny_data`: stdlib text, 512-token SentencePiece,
+rows of 65 ids) and helpers to run the trainer as a user would: `python -m train_stage` in a
+subprocess, alone or under torchrun."""
 
 from __future__ import annotations
 
@@ -11,27 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
+from tests.helpers import run_main
+from train_stage.cli import main
 from train_stage.distributed import torchrun_command
-
-CORPUS = CorpusConfig(format="stdlib", max_bytes=1_000_000)
 
 
 @pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("train_data")
-    train_tokenizer(TokenizerConfig(corpus=CORPUS, out=root / "tok", vocab_size=512))
-    build_shards(
-        ShardConfig(
-            corpus=CORPUS,
-            tokenizer=root / "tok",
-            seq_len=64,
-            out=root / "shards",
-            val_fraction=0.1,
-            workers=2,
-        )
-    )
-    return root / "shards"
+def tiny_shards(debug_tiny_data) -> Path:
+    return debug_tiny_data.shards
 
 
 def train_env() -> dict[str, str]:
@@ -54,6 +42,14 @@ def run_train(
             f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
         )
     return result
+
+
+def run_in_process(capsys, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m train_stage ARGS` as `main(ARGS)` in this process (same exit code and
+    output); `check` asserts exit 0."""
+    code, out, err = run_main(main, args, capsys)
+    assert code == 0 or not check, err
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

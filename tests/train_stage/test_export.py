@@ -19,6 +19,7 @@ import torch
 from data_stage import load_tokenizer, read_manifest
 from data_stage.__main__ import main as data_stage_main
 from eval_stage import open_model
+from tests.helpers import HANG_GUARD_S
 from train_stage import load_run_model
 from train_stage.cli import main as train_main
 from train_stage.config import TrainConfig
@@ -145,7 +146,7 @@ def test_sigkill_mid_export_leaves_the_previous_export_and_the_next_run_cleans_u
     argv = ["export", "--run-dir", str(run_dir), "--out", str(out), "--force"]
     proc = subprocess.Popen([sys.executable, "-c", STALLED_EXPORT, *argv], env=train_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    marker, deadline = tmp_path / ".export.tmp" / STALL_MARKER, time.monotonic() + 300
+    marker, deadline = tmp_path / ".export.tmp" / STALL_MARKER, time.monotonic() + HANG_GUARD_S
     try:
         while not marker.exists():  # the observed event: the new export is built, not committed
             assert proc.poll() is None, proc.communicate()[1]

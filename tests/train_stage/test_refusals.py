@@ -7,20 +7,10 @@ in this process; one case runs the real command to pin the exit code end to end.
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
 
-from train_stage.cli import main
-
-from .conftest import run_train
-
-
-def run_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
+from .conftest import run_in_process, run_train
 
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "2")
 
@@ -41,11 +31,11 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "
     ],
 )
 def test_refusals_exit_2_with_a_clear_message_and_write_nothing(
-    tiny_shards, tmp_path, extra, message
+    tiny_shards, tmp_path, capsys, extra, message
 ):
     run_dir = tmp_path / "run"
-    result = run_train(
-        *TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), *extra, check=False
+    result = run_in_process(
+        capsys, *TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), *extra, check=False
     )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
@@ -60,24 +50,27 @@ def test_corrupt_shard_is_refused_naming_it(tiny_shards, tmp_path, capsys):
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    result = run_train(*TINY, "--data", str(data), "--run-dir", str(tmp_path / "run"), check=False)
+    argv = (*TINY, "--data", str(data), "--run-dir", str(tmp_path / "run"))
+    result = run_in_process(capsys, *argv, check=False)
     assert result.returncode == 2
     assert "fails verification" in result.stderr and shard.name in result.stderr
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_dir_is_refused(tmp_path):
+    """The real command, end to end (its exit code as a process)."""
     result = run_train(
         *TINY, "--data", str(tmp_path / "nope"), "--run-dir", str(tmp_path / "run"), check=False
     )
     assert result.returncode == 2 and "is unusable" in result.stderr
 
 
-def test_resume_never_refuses_to_overwrite_checkpoints(tiny_shards, tmp_path):
+def test_resume_never_refuses_to_overwrite_checkpoints(tiny_shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
+    run_in_process(capsys, *TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    result = run_train(
+    result = run_in_process(
+        capsys,
         *TINY,
         "--data",
         str(tiny_shards),
@@ -91,10 +84,11 @@ def test_resume_never_refuses_to_overwrite_checkpoints(tiny_shards, tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
-def test_resume_with_another_model_is_refused(tiny_shards, tmp_path):
+def test_resume_with_another_model_is_refused(tiny_shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    run_train(*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
-    result = run_train(
+    run_in_process(capsys, *TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir))
+    result = run_in_process(
+        capsys,
         *TINY,
         "--data",
         str(tiny_shards),

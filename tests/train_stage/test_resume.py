@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from train_stage.distributed import torchrun_command
 from train_stage.preflight import ConfigError, preflight
 from ttt_core import ModelConfig
 
-from .conftest import losses, run_train, train_env
+from .conftest import losses, run_in_process, run_train, train_env
 
 TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--batch-size", "4")
 
@@ -29,8 +28,10 @@ def test_resume_is_bitwise_exact_single_process_even_with_operational_changes(
     it resumes, and the losses are those of the uninterrupted run, bit for bit."""
     common = (*TINY, "--data", str(tiny_shards), "--steps", "16")
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    run_train(*common, "--run-dir", str(whole), "--save-every", "8")
-    run_train(*common, "--run-dir", str(parts), "--stop-at", "8", "--save-every", "100")
+    run_in_process(capsys, *common, "--run-dir", str(whole), "--save-every", "8")
+    run_in_process(
+        capsys, *common, "--run-dir", str(parts), "--stop-at", "8", "--save-every", "100"
+    )
     summary = json.loads((parts / "train_summary.json").read_text())
     assert (summary["status"], summary["steps"], summary["resumed_from_step"]) == (
         "stopped",
@@ -39,7 +40,9 @@ def test_resume_is_bitwise_exact_single_process_even_with_operational_changes(
     )
     operational = ("--save-every", "3", "--keep-last", "1", "--stats-every", "1")
     operational += ("--eval-every", "4", "--eval-batches", "2", "--checkpoint-n-chunks", "2")
-    result = run_train(*common, "--run-dir", str(parts), "--resume", "auto", *operational)
+    result = run_in_process(
+        capsys, *common, "--run-dir", str(parts), "--resume", "auto", *operational
+    )
     assert "changed training settings" not in result.stderr
     assert losses(parts) == losses(whole)
     assert len(losses(whole)) == 16
@@ -84,10 +87,10 @@ def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, tmp_path):
+def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, tmp_path, rng):
     """SIGKILL three times, resuming each time: after a random logged step, as soon as a save's
     temporary directory is seen, after a later random step. Kills are placed on these observed
-    events, not on elapsed time; the seed is printed."""
+    events, not on elapsed time; `rng` prints its seed."""
     args = (
         *TINY,
         "--data",
@@ -101,9 +104,6 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, t
     )
     whole, run_dir = tmp_path / "whole", tmp_path / "killed"
     run_train(*args, "--run-dir", str(whole))
-    seed = random.randrange(2**32)
-    print(f"kill placement seed: {seed}")
-    rng = random.Random(seed)
     metrics, checkpoints = run_dir / "metrics.jsonl", run_dir / "checkpoints"
 
     def logged(step: int):
@@ -157,11 +157,11 @@ def test_world_size_two_checkpoint_resumes_in_one_process(tiny_shards, tmp_path)
     assert meta["world_size"] == 1 and meta["tokens_seen"] == 4 * 2 * 4 * 32 + 4 * 4 * 32
 
 
-def test_resuming_a_finished_run_is_a_clean_no_op(tiny_shards, tmp_path):
+def test_resuming_a_finished_run_is_a_clean_no_op(tiny_shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = (*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), "--steps", "3")
-    run_train(*args)
+    run_in_process(capsys, *args)
     before = losses(run_dir)
-    result = run_train(*args, "--resume", "auto")  # e.g. killed after its last save
+    result = run_in_process(capsys, *args, "--resume", "auto")  # e.g. killed after its last save
     assert "resumed from" in result.stdout and "3 steps" in result.stdout
     assert losses(run_dir) == before

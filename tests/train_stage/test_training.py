@@ -12,22 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import HANG_GUARD_S
 from train_stage import load_run_model
 from train_stage.config import TrainConfig
 from train_stage.run import run_training
 from ttt_core import TTTLM
 
-from .conftest import losses, run_train, train_env
+from .conftest import losses, run_in_process, run_train, train_env
 
 TINY = ("--preset", "debug_tiny", "--seq-len", "32", "--batch-size", "4")
 
 
-def test_mlflow_gets_params_metric_history_and_tags(tiny_shards, tmp_path):
+def test_mlflow_gets_params_metric_history_and_tags(tiny_shards, tmp_path, capsys):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
-    run_train(
+    run_in_process(
+        capsys,
         *TINY,
         "--data",
         str(tiny_shards),
@@ -57,7 +59,8 @@ def test_mlflow_gets_params_metric_history_and_tags(tiny_shards, tmp_path):
     for name in ("lr", "grad_norm", "tokens_per_s", "final_val_loss"):
         assert client.get_metric_history(run_id, name), name
     # A resumed run logs into the same MLflow run.
-    run_train(
+    run_in_process(
+        capsys,
         *TINY,
         "--data",
         str(tiny_shards),
@@ -73,6 +76,7 @@ def test_mlflow_gets_params_metric_history_and_tags(tiny_shards, tmp_path):
 
 
 def test_unreachable_mlflow_is_a_warning_not_a_lost_run(tiny_shards, tmp_path):
+    """The real command: the warning is what its user sees on stderr."""
     run_dir = tmp_path / "run"
     result = run_train(
         *TINY,
@@ -90,37 +94,12 @@ def test_unreachable_mlflow_is_a_warning_not_a_lost_run(tiny_shards, tmp_path):
 
 
 @pytest.mark.slow
-def test_export_loads_without_distributed_and_matches_the_checkpoint(tiny_shards, tmp_path):
+def test_export_loads_without_distributed_and_matches_the_checkpoint(tiny_shards, tmp_path, capsys):
+    """A 2-rank FSDP checkpoint, exported and loaded in this process (no process group)."""
     run_dir, out = tmp_path / "run", tmp_path / "export"
-    run_train(
-        *TINY,
-        "--no-mlflow",
-        "--data",
-        str(tiny_shards),
-        "--run-dir",
-        str(run_dir),
-        "--steps",
-        "4",
-        "--strategy",
-        "fsdp",
-        nproc=2,
-    )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "train_stage",
-            "export",
-            "--run-dir",
-            str(run_dir),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=train_env(),
-    )
-    assert result.returncode == 0, result.stderr
+    run_train(*TINY, "--no-mlflow", "--data", str(tiny_shards), "--run-dir", str(run_dir),
+              "--steps", "4", "--strategy", "fsdp", nproc=2)  # fmt: skip
+    run_in_process(capsys, "export", "--run-dir", str(run_dir), "--out", str(out))
     assert {p.name for p in out.iterdir()} >= {
         "model.safetensors",
         "config.json",
@@ -133,21 +112,8 @@ def test_export_loads_without_distributed_and_matches_the_checkpoint(tiny_shards
     ids = torch.arange(20)[None]
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, from_run.model(ids).logits, rtol=0, atol=0)
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "train_stage",
-            "export",
-            "--run-dir",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        env=train_env(),
-    )
+    nope = ("export", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    missing = run_in_process(capsys, *nope, check=False)
     assert missing.returncode == 2 and "no config.yaml" in missing.stderr
 
 
@@ -179,12 +145,12 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert sorted(losses(cfg.run_dir)) == [1, 2, 3, 4]
 
 
-def test_curriculum_changes_length_and_resumes_across_stages(tiny_shards, tmp_path):
+def test_curriculum_changes_length_and_resumes_across_stages(tiny_shards, tmp_path, capsys):
     run_dir, whole = tmp_path / "run", tmp_path / "whole"
     args = (*TINY, "--no-mlflow", "--data", str(tiny_shards), "--curriculum", "16:4,48:4:1e-3:2")
-    run_train(*args, "--run-dir", str(whole))
-    run_train(*args, "--run-dir", str(run_dir), "--stop-at", "5")
-    run_train(*args, "--run-dir", str(run_dir))
+    run_in_process(capsys, *args, "--run-dir", str(whole))
+    run_in_process(capsys, *args, "--run-dir", str(run_dir), "--stop-at", "5")
+    run_in_process(capsys, *args, "--run-dir", str(run_dir))
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["seq_len"] for r in records] == [16.0] * 4 + [48.0] * 4
     assert records[-1]["tokens_seen"] == 4 * 4 * 16 + 4 * 2 * 48
@@ -225,7 +191,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_shards, tmp_path, console
     metrics = run_dir / "metrics.jsonl"
 
     def wait_for_steps(n: int) -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S
         while logged_steps(metrics) < n:
             assert time.monotonic() < deadline and proc.poll() is None, proc.returncode
             time.sleep(0.05)
@@ -236,10 +202,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_shards, tmp_path, console
         proc.stderr.close()
         wait_for_steps(logged_steps(metrics) + 2)  # progress lines went into the broken pipe
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=120) == 143
+        assert proc.wait(timeout=HANG_GUARD_S) == 143
     else:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=HANG_GUARD_S)
         assert proc.returncode == 143, err
         assert "stopped by signal" in err
     step = int((run_dir / "checkpoints" / "latest").read_text().strip().split("_")[1])
