@@ -292,7 +292,9 @@ def markdown(result: EvalResult) -> str:
     lines += [
         "",
         f"- vs ref: val loss relative to {rows[0].name} (the first run).",
-        "- loss @mx: mean next-token loss over sequences of m x the training length.",
+        "- loss @mx: mean next-token loss over sequences of m x the training length, cut from the "
+        "start of the val stream (longer sequences cover more text): compare models within a "
+        "column, not columns with each other.",
         f"- decode ms: ms per generated token at a {decode}-token context (batch 1); prefill "
         "tok/s at the same context; train tok/s: training throughput the trainer logged.",
     ]
