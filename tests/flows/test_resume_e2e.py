@@ -11,13 +11,13 @@ import pytest
 
 from flows.request import BringupRequest, resolve
 from tests.flows.helpers import HANG_GUARD_S, kill_after_step, uninterrupted_final_loss
-from ttt_core import parse_assignments as parse_sets
+from ttt_core import parse_assignments
 
 
 @pytest.mark.slow
 def test_sigkilled_training_resumes_to_the_uninterrupted_loss(tmp_path):
     sets = ["train.steps=40", "train.save_every=10", "evals=[perplexity]"]
-    cfg = resolve(BringupRequest(preset="debug_tiny", overrides=parse_sets(sets)), tmp_path)
+    cfg = resolve(BringupRequest(preset="debug_tiny", overrides=parse_assignments(sets)), tmp_path)
     command = [sys.executable, "-m", "flows", "run", "--preset", "debug_tiny",
                "--run-root", str(tmp_path)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
     log = tmp_path / "flow.log"
