@@ -15,16 +15,16 @@ by the trainer, carried by the export).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from data_stage import read_manifest
+from ttt_core import sha256_bytes
 
 from .errors import EvalInputError
-from .results import DeviceInfo, EvalResult, metric_key, read_result, result_file, text_table
+from .results import EvalResult, metric_key, read_result, result_file, text_table
 
 EVAL = "compare"
 RESULTS_SUBDIR = "eval"
@@ -87,7 +87,7 @@ def val_data_fingerprint(results: dict[str, EvalResult]) -> str | None:
             except (OSError, ValueError):
                 return None
             text = "\n".join([manifest.tokenizer.hash, *(s.sha256 for s in manifest.val.shards)])
-            return hashlib.sha256(text.encode()).hexdigest()
+            return sha256_bytes(text.encode())
     return None
 
 
@@ -174,7 +174,7 @@ def compare_runs(runs: list[Path]) -> EvalResult:
             metrics[metric_key(EVAL, row.name, key)] = value
     return EvalResult(
         eval=EVAL,
-        device=_first_device(loaded),
+        device=next(iter(loaded[0][1].values())).device,  # the reference run's
         config={"runs": [str(run) for run, _ in loaded], "reference": reference.name},
         metrics=metrics,
         tables={
@@ -213,10 +213,6 @@ def _row_metrics(row: RunRow) -> dict[str, float]:
         **{f"loss_at_{m}x": v for m, v in row.loss_at.items()},
     }
     return {k: float(v) for k, v in flat.items() if v is not None}
-
-
-def _first_device(loaded: list[tuple[Path, dict[str, EvalResult]]]) -> DeviceInfo:
-    return next(iter(loaded[0][1].values())).device
 
 
 def table_columns(rows: list[RunRow]) -> list[str]:
