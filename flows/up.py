@@ -85,7 +85,8 @@ class Service:
 def services(
     run_root: Path, prefect_port: int, mlflow_port: int, resume_every_s: float, resume_paused: bool
 ) -> list[Service]:
-    """The three services, in start order."""
+    """The three services: the two servers (started together), then `flows serve`, which
+    registers its deployments with the Prefect server."""
     env = prepare_env(run_root, dict(os.environ))
     api = f"http://127.0.0.1:{prefect_port}/api"
     serve_env = {**env, "PREFECT_API_URL": api, UI_ENV: f"http://127.0.0.1:{mlflow_port}"}
@@ -150,12 +151,17 @@ def up(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started: list[Service] = []
+    servers = [s for s in stack if s.health_url]
     try:
-        for service in stack:
+        for service in servers:  # side by side: together they come up in the time of the slower
             service.start(log_dir)
             started.append(service)
-            if service.health_url:
-                service.wait_healthy(120)
+        for service in servers:
+            service.wait_healthy(120)
+        for service in stack:
+            if service not in servers:
+                service.start(log_dir)
+                started.append(service)
         mlflow_ui = f"http://127.0.0.1:{mlflow_port}"
         print(f"Prefect UI: http://127.0.0.1:{prefect_port}", flush=True)
         print(f"MLflow UI:  {mlflow_ui}", flush=True)

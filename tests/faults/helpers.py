@@ -6,11 +6,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from data_stage import verify_shards
-from tests.helpers import HANG_GUARD_S, NoCapture, run_main  # noqa: F401  (the fault tests' import)
+from tests.helpers import HANG_GUARD_S, NoCapture, run_main, wait_for  # noqa: F401  (the fault tests' import)
 from train_stage.checkpoint import CHECKPOINTS, verify_checkpoint
 
 # The smallest training that saves twice: checkpoints at steps 2 and 4.
@@ -77,22 +76,6 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2 if offset is None else offset] ^= 0xFF
     path.write_bytes(bytes(raw))
-
-
-def wait_for(
-    condition, process: subprocess.Popen, what: str, limit_s: float = HANG_GUARD_S
-) -> None:
-    """Poll until `condition()` (an observed event); the limit only guards against a hang."""
-    deadline = time.monotonic() + limit_s
-    while not condition():
-        if process.poll() is not None:
-            raise AssertionError(
-                f"the trainer ended before {what}: {process.stdout.read()[-2000:]}"
-            )
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"no {what} after {limit_s}s")
-        time.sleep(0.01)
 
 
 def trainer_process(run_dir: Path, shards: Path, *extra: str) -> subprocess.Popen:

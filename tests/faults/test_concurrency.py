@@ -71,7 +71,7 @@ def test_eval_writing_into_a_locked_run_dir_is_refused_and_elsewhere_allowed(
 def test_two_real_trainers_on_one_run_dir(shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
     first = trainer_process(run_dir, shards, "--steps", "100000", "--save-every", "5")
-    wait_for(lambda: metrics_lines(run_dir) >= 1, first, "a first logged step")
+    wait_for(lambda: metrics_lines(run_dir) >= 1, "a first logged step", process=first)
     owner = json.loads((run_dir / OWNER_FILE).read_text())
     assert owner["pid"] == first.pid
     argv = [*TRAIN, "--data", str(shards), "--run-dir", str(run_dir), "--steps", "100000"]

@@ -58,7 +58,9 @@ def test_sigkill_in_the_middle_of_a_save(shards, tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
     trainer = trainer_process(run_dir, shards, *KILL_ARGS)
     # Step 2's save happens before step 2 is logged: 3 lines logged means a later save.
-    wait_for(lambda: _saving(run_dir) and metrics_lines(run_dir) >= 3, trainer, "a later save")
+    wait_for(
+        lambda: _saving(run_dir) and metrics_lines(run_dir) >= 3, "a later save", process=trainer
+    )
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
     partial = sorted((run_dir / "checkpoints").glob(".tmp-step_*"))
@@ -75,7 +77,7 @@ def test_sigkill_in_the_middle_of_a_save(shards, tmp_path, reference, capsys):
 def test_sigkill_between_steps(shards, tmp_path, reference, capsys):
     run_dir = tmp_path / "run"
     trainer = trainer_process(run_dir, shards, *KILL_ARGS)
-    wait_for(lambda: metrics_lines(run_dir) >= 3, trainer, "three logged steps")
+    wait_for(lambda: metrics_lines(run_dir) >= 3, "three logged steps", process=trainer)
     trainer.send_signal(signal.SIGKILL)
     trainer.wait()
     _kill_and_resume(run_dir, shards, capsys)

@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from flows.config import PipelineConfig
 from flows.fingerprint import manifest_sha256
-from tests.helpers import HANG_GUARD_S
+from tests.helpers import HANG_GUARD_S, wait_for
 
 
 def cmdlines() -> dict[int, str]:
@@ -44,7 +43,7 @@ def exited(pid: int) -> bool:
     """The process is gone or a zombie (it has exited, only its parent has not reaped it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except OSError:  # gone: no such file, or ESRCH when it exits between open and read
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
@@ -71,18 +70,40 @@ def kill_after_step(
     observed event, never on elapsed time, and the result holds at any machine speed; a next
     attempt cannot have saved yet (it waits for these ranks, then loads and trains first)."""
     metrics = run_dir / "metrics.jsonl"
-    wait_for(lambda: last_step(metrics) >= step, HANG_GUARD_S, f"training to pass step {step}")
+    wait_for(lambda: last_step(metrics) >= step, f"training to pass step {step}")
     pids = training_pids(str(run_dir))
     targets = victim(pids)
     sent_at = last_step(metrics)
     for pid in targets:
         os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: all(exited(p) for p in pids["workers"]), HANG_GUARD_S, "the killed ranks to exit"
-    )
+    wait_for(lambda: all(exited(p) for p in pids["workers"]), "the killed ranks to exit")
     kill = Kill(sent_at, last_step(metrics), latest_step(run_dir))
     print(f"kill placed after step {step}: {kill}")
     return kill
+
+
+def flows_up(run_root: Path, prefect_port: int, mlflow_port: int, *flags: str, **popen):
+    """`python -m flows up` over `run_root` in its own process group, output piped as text."""
+    command = [sys.executable, "-m", "flows", "up", "--run-root", str(run_root),
+               "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port), *flags]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)  # fmt: skip
+
+
+def children_of(pid: int) -> set[int]:
+    """Every descendant of `pid` (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = parent_pid(int(entry))
+            except OSError:  # exited meanwhile
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
 
 
 def parent_pid(pid: int) -> int:
@@ -95,17 +116,6 @@ def last_step(metrics: Path) -> int:
         return 0
     lines = [line for line in metrics.read_text().splitlines() if line.strip()]
     return json.loads(lines[-1])["step"] if lines else 0
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
-    """Poll `condition` until it returns something truthy; the timeout fails naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
 # (train config with its run dir blanked, sha256 of the shards' manifest) -> final loss

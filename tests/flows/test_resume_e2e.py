@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from flows.request import BringupRequest, resolve
-from tests.flows.helpers import HANG_GUARD_S, kill_after_step, uninterrupted_final_loss
+from tests.flows.helpers import kill_after_step, uninterrupted_final_loss
+from tests.helpers import HANG_GUARD_S
 from ttt_core import parse_assignments
 
 

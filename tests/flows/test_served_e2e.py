@@ -1,12 +1,15 @@
-"""End to end through a real Prefect server: `flows serve` + `prefect deployment run --watch`."""
+"""End to end as a person runs it: `flows up` (Prefect server, MLflow server, `flows serve`), then
+`prefect deployment run bringup/bringup` from another directory, kills, restarts and resumes."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,41 +23,66 @@ from flows.record import read_record
 from flows.request import BringupRequest, resolve
 from flows.up import free_port, services
 from tests.flows.helpers import (
-    HANG_GUARD_S,
     Kill,
+    children_of,
+    exited,
+    flows_up,
     kill_after_step,
     parent_pid,
     training_pids,
     uninterrupted_final_loss,
-    wait_for,
 )
+from tests.helpers import HANG_GUARD_S, wait_for
+from ttt_core import parse_assignments
+
+# Between two questions to the Prefect API while waiting: each one costs the server queries, and
+# the flow runs being waited for share its cores.
+API_POLL_S = 1.0
 
 
 @contextmanager
-def serving(run_root: Path, resume_paused: bool = True, resume_every_s: float = 3600):
-    """A Prefect server on a free port and `flows serve` (resume schedule paused unless asked)
-    over `run_root`, stopped by process group afterwards. Its database is its own
-    (`<run_root>/.prefect`), not the session's Prefect home. Yields the serve env."""
-    started = []
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("PREFECT_HOME")
-        server, _mlflow, serve = services(
-            run_root, free_port(), free_port(), resume_every_s, resume_paused
-        )
+def serving(run_root: Path, resume_every_s: float):
+    """`python -m flows up --resume-paused` over `run_root` on free ports, started as a person
+    starts it; yields the environment of a shell that talks to it. Prefect's
+    database is the stack's own (`<run_root>/.prefect`), not the session's Prefect home.
+
+    On the way out the stack's own contract is checked: SIGTERM stops all three services, exit
+    0, and no process of theirs (training included) is left behind."""
+    prefect_port, mlflow_port = free_port(), free_port()
+    own_home = {k: v for k, v in os.environ.items() if k != "PREFECT_HOME"}
+    up = flows_up(run_root, prefect_port, mlflow_port, "--resume-every", str(resume_every_s),
+                  "--resume-paused", env=own_home)  # fmt: skip
     try:
-        server.start(run_root / "logs")
-        started.append(server)
-        server.wait_healthy(HANG_GUARD_S)
-        serve.start(run_root / "logs")
-        started.append(serve)
+        printed = []  # `flows up` ends by itself (exit 1) when a service does not come up
+        while not printed or not (printed[-1].startswith("logs in") or not printed[-1]):
+            printed.append(up.stdout.readline())
+        assert f"Prefect UI: http://127.0.0.1:{prefect_port}\n" in printed, printed
+        assert f"MLflow UI:  http://127.0.0.1:{mlflow_port}\n" in printed, printed
+        # the browser UI is told the API of the port actually served (not Prefect's 4200)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prefect_port}/ui-settings") as reply:
+            assert json.load(reply)["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
+        service_pids = children_of(up.pid)
+        assert len(service_pids) >= 3
+        with pytest.MonkeyPatch.context() as patch:  # the environment `flows up` gives `serve`
+            patch.delenv("PREFECT_HOME")
+            *_, serve = services(run_root, prefect_port, mlflow_port, resume_every_s, True)
         yield serve.env
     finally:
-        for service in reversed(started):
-            service.stop()
-        for service in started:  # the whole group is gone, not just the leader
-            with pytest.raises(ProcessLookupError):
-                os.killpg(service.proc.pid, 0)
-        assert training_pids(str(run_root)) == {"launcher": [], "workers": []}
+        up.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = up.communicate(timeout=HANG_GUARD_S)
+        finally:
+            if up.poll() is None:
+                os.killpg(up.pid, signal.SIGKILL)
+                up.wait()
+    assert up.returncode == 0 and "flows up: stopped" in rest, rest[-3000:]
+    # orphans are reaped by init on its own time: poll, the limit only guards a hang
+    wait_for(lambda: all(exited(p) for p in service_pids), "the services to exit")
+    assert training_pids(str(run_root)) == {"launcher": [], "workers": []}
+
+
+# The resume schedule's interval: paused, except in the test of the schedule.
+RESUME_EVERY_S = 5
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +91,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     bring-up (its own run dir; `name`, the MLflow experiment, where it reads MLflow) and reads
     only its own flow runs (`flow_runs(..., request)`). Returns (run_root, serve env)."""
     run_root = tmp_path_factory.mktemp("served")
-    with serving(run_root) as env:
+    with serving(run_root, RESUME_EVERY_S) as env:
         yield run_root, env
 
 
@@ -102,7 +130,7 @@ def read_deployment(api_url: str, name: str, timeout_s: float = 120):
             except ObjectNotFound:
                 return None
 
-    return wait_for(read, timeout_s, f"deployment {name}")
+    return wait_for(read, f"deployment {name}", limit_s=timeout_s, every_s=API_POLL_S)
 
 
 @pytest.mark.slow
@@ -219,8 +247,8 @@ def test_a_failing_bringup_is_restarted_until_the_cap_then_cancelled(served):
             and all(run.state and run.state.is_final() for run in r)
             and r
         ),
-        HANG_GUARD_S,
         "the restarts to end in a cancelled run",
+        every_s=API_POLL_S,
     )
     by_restart: dict[int, set[str]] = {}
     for run in runs:
@@ -243,10 +271,6 @@ RESTARTABLE = BringupRequest(
         "train_retries": 0,
     },
 )  # 40 steps with a checkpoint every 10; no task retries, so only a restart can finish it
-
-
-def restartable(run_root: Path) -> PipelineConfig:
-    return resolve(RESTARTABLE, run_root)
 
 
 def kill_mid_training(cfg: PipelineConfig, victim: Callable[[int], int]) -> Kill:
@@ -318,41 +342,62 @@ def test_a_killed_flow_run_is_restarted_by_the_automation_and_resumes_exactly(se
             (s := flow_run_states(api, "bringup", request)).get(1) in (["Completed"], ["Failed"])
             and s
         ),
-        HANG_GUARD_S,
         "the restarted bring-up to finish",
+        every_s=API_POLL_S,
     )
     assert states == {0: ["Crashed"], 1: ["Completed"]}
     assert_resumed_exactly(cfg, restart_count=1, kill=kill)
 
 
+@contextmanager
+def resume_schedule_active(api_url: str):
+    """The stack's `resume/resume` schedule switched on (as `flows up --resume-active` starts it),
+    and paused again afterwards."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deployment_id = read_deployment(api_url, "resume/resume").id
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        client.resume_deployment(deployment_id)
+        try:
+            yield
+        finally:
+            client.pause_deployment(deployment_id)
+
+
 @pytest.mark.slow
-def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(tmp_path):
+def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(served):
     """`flows run` (no runner watching it) is SIGKILLed mid-training; while it ran, the active
     resume schedule left it alone (its lock was live); after, the next resume run finishes it.
-    Its own stack: an active resume schedule would act on the other tests' bring-ups."""
-    with serving(tmp_path, resume_paused=False, resume_every_s=5) as env:
-        scheduled_resume_finishes_a_dead_bringup(tmp_path, env)
-
-
-def scheduled_resume_finishes_a_dead_bringup(run_root: Path, env: dict) -> None:
+    The schedule (every RESUME_EVERY_S) is active for this test only: it resumes every bring-up
+    that is not completed, and the other tests' runs must stay as their tests left them."""
+    run_root, env = served
     api = env["PREFECT_API_URL"]
-    assert not read_deployment(api, "resume/resume").paused  # --resume-active
-    cfg = restartable(run_root)
-    sets = ["train.steps=40", "train.save_every=10", "evals=[perplexity]", "train_retries=0"]
+    # RESTARTABLE's settings (the kill test's reference loss serves), its own run dir and
+    # experiment: the same settings otherwise name the kill test's run dir
+    sets = ["train.steps=40", "train.save_every=10", "evals=[perplexity]", "train_retries=0",
+            "run_name=scheduled", "name=scheduled"]  # fmt: skip
+    cfg = resolve(BringupRequest(preset="debug_tiny", overrides=parse_assignments(sets)), run_root)
     command = [sys.executable, "-m", "flows", "run", "--preset", "debug_tiny",
                "--run-root", str(run_root)] + [a for s in sets for a in ("--set", s)]  # fmt: skip
-    flow = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        kill = kill_mid_training(cfg, lambda _launcher: flow.pid)
-    finally:
-        flow.kill()
-        flow.wait()
-    assert read_record(cfg.run_dir).status == "running"  # what a dead process leaves behind
-    wait_for(
-        lambda: (r := read_record(cfg.run_dir)) and r.status != "running" and r.attempts == 2,
-        HANG_GUARD_S,
-        "the scheduled resume to finish the bring-up",
-    )
+    with resume_schedule_active(api):
+        flow = subprocess.Popen(
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        try:
+            kill = kill_mid_training(cfg, lambda _launcher: flow.pid)
+        finally:
+            flow.kill()
+            flow.wait()
+        assert read_record(cfg.run_dir).status == "running"  # what a dead process leaves behind
+        wait_for(
+            lambda: (r := read_record(cfg.run_dir)) and r.status != "running" and r.attempts == 2,
+            "the scheduled resume to finish the bring-up",
+        )
+        # the resume run that finished it reports its own end a moment later
+        wait_for(
+            lambda: "Completed" in flow_run_states(api, "resume").get(0, []),
+            "the resume run to complete",
+            every_s=API_POLL_S,
+        )
     assert_resumed_exactly(cfg, restart_count=1, kill=kill)
-    resumes = flow_run_states(api, "resume")
-    assert "Completed" in resumes[0]

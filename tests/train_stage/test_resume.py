@@ -87,10 +87,13 @@ def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, tmp_path, rng):
+def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(
+    tiny_shards, tmp_path, rng, capsys
+):
     """SIGKILL three times, resuming each time: after a random logged step, as soon as a save's
     temporary directory is seen, after a later random step. Kills are placed on these observed
-    events, not on elapsed time; `rng` prints its seed."""
+    events, not on elapsed time; `rng` prints its seed. Only the killed trainers are processes
+    of their own."""
     args = (
         *TINY,
         "--data",
@@ -103,7 +106,7 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, t
         "2",
     )
     whole, run_dir = tmp_path / "whole", tmp_path / "killed"
-    run_train(*args, "--run-dir", str(whole))
+    run_in_process(capsys, *args, "--run-dir", str(whole))
     metrics, checkpoints = run_dir / "metrics.jsonl", run_dir / "checkpoints"
 
     def logged(step: int):
@@ -135,19 +138,19 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(tiny_shards, t
             + (f"trainer had ended ({ended})" if ended is not None else "landed")
         )
         assert ended is None or name == "save", f"the trainer ended (exit {ended}) before step"
-    run_train(*args, "--run-dir", str(run_dir), "--resume", "auto")
+    run_in_process(capsys, *args, "--run-dir", str(run_dir), "--resume", "auto")
     assert losses(run_dir) == losses(whole)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["steps"] == 40 and summary["resumed_from_step"] is not None
 
 
 @pytest.mark.slow
-def test_world_size_two_checkpoint_resumes_in_one_process(tiny_shards, tmp_path):
+def test_world_size_two_checkpoint_resumes_in_one_process(tiny_shards, tmp_path, capsys):
     run_dir = tmp_path / "run"
     base = (*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), "--save-every", "4")
     run_train(*base, "--strategy", "fsdp", "--steps", "4", nproc=2)
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004"
-    result = run_train(*base, "--strategy", "none", "--steps", "8")
+    result = run_in_process(capsys, *base, "--strategy", "none", "--steps", "8")
     assert "resumed from" in result.stdout
     history = losses(run_dir)
     assert sorted(history) == list(range(1, 9))

@@ -227,12 +227,13 @@ def unigram_entropy(shards) -> float:
 
 @pytest.mark.slow
 def test_real_data_gate_small_cpu_learns_the_embedded_corpus(tmp_path):
-    """The plan's gate: small_cpu, embedded corpus, 200 steps of 8 x 128 tokens.
+    """The plan's gate: small_cpu, embedded corpus, 100 steps of 8 x 128 tokens (the most
+    expensive test; 200 steps took twice as long and only widened the margins).
 
     Margins: the mean loss of the last 20 steps must be (a) at least 1.5 nats below the first
     20 and (b) at least 0.5 nats below the unigram entropy of the training tokens (~6.2 nats
     here), i.e. clearly better than any predictor that ignores context. Measured: first 20
-    7.49, last 20 4.80, validation 5.19 (README).
+    7.49, last 20 5.14, validation 5.47 (README).
     """
     from data_stage import CorpusConfig, ShardConfig, TokenizerConfig, build_shards, train_tokenizer
 
@@ -251,7 +252,7 @@ def test_real_data_gate_small_cpu_learns_the_embedded_corpus(tmp_path):
         "--run-dir",
         str(run_dir),
         "--steps",
-        "200",
+        "100",
         "--batch-size",
         "8",
         "--seq-len",
