@@ -2,9 +2,10 @@
 
 - The `gpu` marker skips itself when CUDA is absent.
 - One thread per process; the longest modules are scheduled first (see README.md).
-- One random seed per session (the same in every xdist worker), printed in the header (`random seed: N`); `TTT_TEST_SEED=N`
-  repeats it. Hypothesis draws from it (unless `--hypothesis-seed` is given) and tests that
-  place something at random take the `rng` fixture, seeded from it and the test's id.
+- One random seed per session, the same in every xdist worker, printed in the header
+  (`random seed: N`); `TTT_TEST_SEED=N` repeats it. Hypothesis draws from it (unless
+  `--hypothesis-seed` is given) and tests that place something at random take the `rng`
+  fixture, seeded from it and the test's id.
 - Session fixtures for the stages' tests (see tests/README.md): `debug_tiny_data`, the
   tokenizer and shards of the flows `debug_tiny` preset, built once per session.
 """

@@ -369,8 +369,8 @@ def resume_schedule_active(api_url: str):
 def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(served):
     """`flows run` (no runner watching it) is SIGKILLed mid-training; while it ran, the active
     resume schedule left it alone (its lock was live); after, the next resume run finishes it.
-    The schedule (every RESUME_EVERY_S) is active for this test only: it resumes every bring-up
-    that is not completed, and the other tests' runs must stay as their tests left them."""
+    The schedule (every RESUME_EVERY_S) is active for this test only: it acts on every bring-up
+    under the run root that is not completed, and must not race the other tests' restarts."""
     run_root, env = served
     api = env["PREFECT_API_URL"]
     # RESTARTABLE's settings (the kill test's reference loss serves), its own run dir and
