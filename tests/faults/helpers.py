@@ -9,7 +9,12 @@ import sys
 from pathlib import Path
 
 from data_stage import verify_shards
-from tests.helpers import HANG_GUARD_S, NoCapture, run_main, wait_for  # noqa: F401  (the fault tests' import)
+from tests.helpers import (  # noqa: F401  (re-exported: the fault tests import them from here)
+    HANG_GUARD_S,
+    NoCapture,
+    run_main,
+    wait_for,
+)
 from train_stage.checkpoint import CHECKPOINTS, verify_checkpoint
 
 # The smallest training that saves twice: checkpoints at steps 2 and 4.

@@ -121,6 +121,7 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(
         return any(checkpoints.glob(".tmp-step_*"))
 
     first, last = rng.randint(2, 12), rng.randint(25, 37)
+    kills = [f"kills after steps {first} and {last} (rng from the header's seed)"]
     for name, event in (("step", logged(first)), ("save", saving), ("step", logged(last))):
         proc = subprocess.Popen(
             [sys.executable, "-m", "train_stage", *args, "--run-dir", str(run_dir)],
@@ -133,12 +134,13 @@ def test_sigkill_at_random_steps_and_mid_save_then_resume_matches(
         ended = proc.poll()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        print(
+        kills.append(
             f"kill on {name} event: "
             + (f"trainer had ended ({ended})" if ended is not None else "landed")
         )
         assert ended is None or name == "save", f"the trainer ended (exit {ended}) before step"
     run_in_process(capsys, *args, "--run-dir", str(run_dir), "--resume", "auto")
+    print("\n".join(kills))  # after the in-process runs, which read (and drop) what came before
     assert losses(run_dir) == losses(whole)
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert summary["steps"] == 40 and summary["resumed_from_step"] is not None
