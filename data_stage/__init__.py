@@ -8,11 +8,9 @@ say what a step wrote and whether it is whole. Imports no torch.
 
 from data_stage.cli import command, parse_command
 from data_stage.config import CorpusConfig, ShardConfig, TokenizerConfig
-from data_stage.config_cli import CliParser, read_config_file
 from data_stage.corpus import Corpus, stdlib_root
 from data_stage.dataset import ShardDataset, verify_shards
 from data_stage.errors import CorpusError, DataStageError, ShardError, TokenizerError
-from data_stage.faults import output_dir_problem, run_cli
 from data_stage.manifest import Manifest, read_manifest
 from data_stage.order import SampleOrder
 from data_stage.outputs import ShardOutputs, TokenizerOutputs
@@ -29,7 +27,6 @@ from data_stage.tokenizer import (
 from data_stage.tokenizer_train import train_tokenizer
 
 __all__ = [
-    "CliParser",
     "Corpus",
     "CorpusConfig",
     "CorpusError",
@@ -53,11 +50,8 @@ __all__ = [
     "command",
     "copy_tokenizer",
     "load_tokenizer",
-    "output_dir_problem",
     "parse_command",
-    "read_config_file",
     "read_manifest",
-    "run_cli",
     "split_fraction",
     "stdlib_root",
     "train_tokenizer",

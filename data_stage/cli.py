@@ -1,11 +1,11 @@
 """`python -m data_stage {tokenizer,shards,inspect,verify}`: thin front ends over the stage.
 
 `tokenizer` and `shards` take every field of the pydantic config a flow passes to
-`train_tokenizer` / `build_shards` as a flag (`data_stage.config_cli`: `--config FILE.yaml`, then
+`train_tokenizer` / `build_shards` as a flag (`stage_common.config_cli`: `--config FILE.yaml`, then
 the flags given; `--corpus.format` etc., with the older `--corpus`, `--corpus-format`,
 `--text-field`, `--max-bytes`, `--doc-bytes` kept); `command` renders a config as the command
 that rebuilds it. Bad input: one line on stderr, exit 2, nothing written; no space left (or another
-environment failure): one line, exit 4, temps removed (`data_stage.faults`). `verify` exits 1
+environment failure): one line, exit 4, temps removed (`stage_common.faults`). `verify` exits 1
 when a shard, the manifest or the tokenizer copy is inconsistent.
 """
 
@@ -22,7 +22,13 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from data_stage.config import CorpusFormat, ShardConfig, TokenizerConfig
-from data_stage.config_cli import (
+from data_stage.dataset import ShardDataset, verify_shards
+from data_stage.errors import DataStageError
+from data_stage.manifest import Manifest
+from data_stage.shards import build_shards
+from data_stage.tokenizer import SentencePieceTokenizer, load_tokenizer
+from data_stage.tokenizer_train import train_tokenizer
+from stage_common.config_cli import (
     Alias,
     CliParser,
     ConfigFileError,
@@ -32,13 +38,7 @@ from data_stage.config_cli import (
     parse_stage_command,
     subcommand_flags,
 )
-from data_stage.dataset import ShardDataset, verify_shards
-from data_stage.errors import DataStageError
-from data_stage.faults import run_cli
-from data_stage.manifest import Manifest
-from data_stage.shards import build_shards
-from data_stage.tokenizer import SentencePieceTokenizer, load_tokenizer
-from data_stage.tokenizer_train import train_tokenizer
+from stage_common.faults import run_cli
 
 EXIT_CORRUPT = 1
 

@@ -6,22 +6,22 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from ttt_core.validation import ConfigModel
 
 CorpusFormat = Literal["auto", "text", "jsonl", "parquet", "stdlib"]
 
 MiB = 1 << 20
 
 
-class CorpusConfig(BaseModel):
+class CorpusConfig(ConfigModel):
     """Where the documents come from.
 
     `paths` are files, folders or globs (`**` allowed); empty means the embedded corpus (the
     running Python's standard library). `format="auto"` picks the reader per file by suffix:
     `.jsonl`/`.ndjson` → JSONL, `.parquet`/`.pq` → Parquet, anything else → plain text.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     paths: list[str] = Field(
         default_factory=list,
@@ -62,10 +62,8 @@ class CorpusConfig(BaseModel):
         return self
 
 
-class TokenizerConfig(BaseModel):
+class TokenizerConfig(ConfigModel):
     """Train a SentencePiece tokenizer on `corpus` and write `out/tokenizer.{model,json}`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     out: Path = Field(description="tokenizer directory to write")
@@ -80,10 +78,8 @@ class TokenizerConfig(BaseModel):
     )
 
 
-class ShardConfig(BaseModel):
+class ShardConfig(ConfigModel):
     """Tokenize `corpus` with `tokenizer` into packed Arrow shards of `seq_len + 1` ids under `out`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     tokenizer: Path = Field(description="tokenizer directory (or a bare SentencePiece .model)")

@@ -22,7 +22,6 @@ from data_stage.config import ShardConfig
 from data_stage.corpus import Corpus
 from data_stage.encode import encode_chunks
 from data_stage.errors import CorpusError, ShardError
-from data_stage.faults import NoSpaceError, is_no_space, output_dir_problem
 from data_stage.manifest import (
     MANIFEST_FILE,
     Manifest,
@@ -42,6 +41,7 @@ from data_stage.tokenizer import (
     info_json,
     load_tokenizer,
 )
+from stage_common.faults import NoSpaceError, is_no_space, output_dir_problem
 from ttt_core.files import fsync_and_replace, temp_path
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ import sentencepiece as spm
 from pydantic import BaseModel, ValidationError
 
 from data_stage.errors import TokenizerError
-from data_stage.faults import NoSpaceError, is_no_space
 from data_stage.readers import CorpusStats
+from stage_common.faults import NoSpaceError, is_no_space
 from ttt_core.files import fsync_and_replace, sha256_bytes, temp_path
 
 MODEL_FILE = "tokenizer.model"

@@ -19,7 +19,6 @@ import sentencepiece as spm
 from data_stage.config import TokenizerConfig
 from data_stage.corpus import Corpus
 from data_stage.errors import TokenizerError
-from data_stage.faults import output_dir_problem
 from data_stage.tokenizer import (
     SentencePieceTokenizer,
     TokenizerInfo,
@@ -27,6 +26,7 @@ from data_stage.tokenizer import (
     info_json,
     write_tokenizer_dir,
 )
+from stage_common.faults import output_dir_problem
 
 _MAX_SENTENCE_BYTES = 1 << 16
 

@@ -1,7 +1,7 @@
 """`python -m eval_stage <eval>`: thin front ends over the eval functions.
 
 Each command takes every field of the pydantic config a flow passes as a flag
-(`data_stage.config_cli`: `--config FILE.yaml`, then the flags given), loads the model(s), runs
+(`stage_common.config_cli`: `--config FILE.yaml`, then the flags given), loads the model(s), runs
 the eval and `publish`es the result (JSON + PNG in `--out`, default next to the model; MLflow
 when a run id is given). Bad input: one line on stderr, exit 2, nothing written.
 `bench-dual-primal --assert-speedup X` exits 1 when the forward dual/primal speedup is below X
@@ -20,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from data_stage.config_cli import (
+from data_stage import DataStageError
+from stage_common.config_cli import (
     Alias,
     CliParser,
     ConfigFileError,
@@ -30,9 +31,8 @@ from data_stage.config_cli import (
     parse_stage_command,
     subcommand_flags,
 )
-from data_stage.errors import DataStageError
-from data_stage.faults import output_dir_problem, run_cli
-from data_stage.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
+from stage_common.faults import output_dir_problem, run_cli
+from stage_common.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
 from ttt_core.ops import OPS_BACKENDS
 
 from . import bench, compare, harness, latency, niah, perplexity, position_loss

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
@@ -20,6 +18,7 @@ from pydantic import (
 )
 
 from ttt_core.ops import OpsBackend
+from ttt_core.validation import ConfigModel
 
 DecodeMode = Literal["online", "chunked"]
 BenchOp = Literal["dual", "primal_anchored", "online"]
@@ -36,10 +35,6 @@ def _strictly_increasing(values: list, name: str) -> list:
     return values
 
 
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
 VERIFY_DATA = Field(
     True, description="check the val shards (sha256, row length, id range) before reading them"
 )
@@ -51,7 +46,7 @@ BOOTSTRAP_SEED = Field(
 )
 
 
-class PerplexityConfig(_Config):
+class PerplexityConfig(ConfigModel):
     """Token-exact validation loss over consecutive rows of a shard directory's val split."""
 
     data: Path = Field(description="shard directory (data_stage output)")
@@ -65,7 +60,7 @@ class PerplexityConfig(_Config):
     bootstrap_seed: int = BOOTSTRAP_SEED
 
 
-class PositionLossConfig(_Config):
+class PositionLossConfig(ConfigModel):
     """Mean next-token loss by token position at multiples of the training length."""
 
     data: Path = Field(description="shard directory (data_stage output)")
@@ -92,7 +87,7 @@ class PositionLossConfig(_Config):
         return _strictly_increasing(v, "multipliers")
 
 
-class NiahConfig(_Config):
+class NiahConfig(ConfigModel):
     """Passkey retrieval: `trials` prompts per (context length, needle depth) cell.
 
     The defaults are the full grid, for models trained at a length of 2048 or more; the small
@@ -145,7 +140,7 @@ class NiahConfig(_Config):
         return self
 
 
-class LmEvalConfig(_Config):
+class LmEvalConfig(ConfigModel):
     """lm-evaluation-harness on local tasks: the built-in `ttt_cloze` (from the val split of
     `data`) and the YAML tasks in `task_dir`."""
 
@@ -163,7 +158,7 @@ class LmEvalConfig(_Config):
     limit: int | None = Field(None, ge=1, description="documents per task (None: all)")
 
 
-class LatencyConfig(_Config):
+class LatencyConfig(ConfigModel):
     """Prefill throughput and per-token decode latency (batch 1) against context length."""
 
     contexts: list[PositiveInt] = Field(
@@ -183,7 +178,7 @@ class LatencyConfig(_Config):
         return _strictly_increasing(v, "contexts")
 
 
-class BenchConfig(_Config):
+class BenchConfig(ConfigModel):
     """Dual chunk form (one or several backends) vs anchored primal (vs online step, vs
     flash-linear-attention's TTT-Linear) on random inputs of one shape, timed interleaved.
 
@@ -238,7 +233,7 @@ class BenchConfig(_Config):
         return self
 
 
-class GenerateConfig(_Config):
+class GenerateConfig(ConfigModel):
     """Sampling settings of `generate` (as in `ttt_core.generate`; temperature 0 = greedy)."""
 
     max_new_tokens: int = Field(128, ge=1, description="tokens generated per turn")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_stage.faults import output_dir_problem
+from stage_common.faults import output_dir_problem
 from ttt_core.files import atomic_write_text
 
 from .compare import compare_runs, markdown

@@ -14,18 +14,15 @@ import os
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from ttt_core.telemetry import telemetry_off
+from ttt_core.validation import ConfigModel
 
 from .results import EvalResult
 
 log = logging.getLogger(__name__)
 
 
-class TrackingConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
+class TrackingConfig(ConfigModel):
     run_id: str | None = None
     tracking_uri: str | None = None
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import get_args
 
-from data_stage import CliParser, read_config_file
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.env import prepare_env
 from flows.request import (
@@ -23,6 +22,7 @@ from flows.request import (
     BringupRequest,
     resolve,
 )
+from stage_common import CliParser, read_config_file
 from ttt_core import Mixer, flatten_dotted, parse_assignments
 
 EXIT_BAD_INPUT = 2

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
@@ -21,7 +20,7 @@ from pydantic import (
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
 from eval_stage import EVALS, STANDARD_EVALS, BenchConfig, LatencyConfig
 from train_stage import TrainConfig
-from ttt_core import Mixer, ModelConfig, deep_merge, error_summary
+from ttt_core import ConfigModel, Mixer, ModelConfig, deep_merge, error_summary
 
 DATA_STAGES = ("tokenizer", "shards")
 # The evals a bring-up can run: eval_stage's standard ones (a field of this config each).
@@ -33,12 +32,10 @@ DATA_EVALS: dict[str, type[BaseModel]] = {
 }
 
 
-class PipelineConfig(BaseModel):
+class PipelineConfig(ConfigModel):
     """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset,
     mixer)` (the preset's tuned values for the mixer);
     `perplexity`/`position_loss`/`niah` are the eval configs without their `data` field."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: str | None = None
     name: str = Field("bringup", min_length=1, description="MLflow experiment")

@@ -4,6 +4,11 @@ Logged on the MLflow parent run (so two bring-ups compare on one screen), writte
 `bringup.json` as `summary` and printed at the end of every bring-up. Names sort before the
 per-layer diagnostics (`ttt/layer*`); the attention baseline's, when one is configured, carry
 the prefix `baseline/`.
+
+`val/loss` is THE validation loss: the perplexity eval's token-exact loss over the whole val
+split, with its 95% bootstrap interval (`val/loss_ci95_lo`, `_hi`). The trainer's own number is a
+quick estimate on `eval_batches` batches and is named for what it is,
+`train/val_loss_estimate`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from flows.config import PipelineConfig
 # headline name -> (eval output, metric key after `<eval>/<role>/`; `{longest}` = its largest
 # context or length)
 EVAL_HEADLINES = {
+    "val/loss": ("perplexity", "loss"),
+    "val/loss_ci95_lo": ("perplexity", "loss_lo"),
+    "val/loss_ci95_hi": ("perplexity", "loss_hi"),
     "val/perplexity": ("perplexity", "perplexity"),
     "val/loss_last_bucket": ("position_loss", "len_{longest}/last_bucket_loss"),
     "niah/accuracy": ("niah", "accuracy"),
@@ -43,14 +51,6 @@ def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[st
     """Headline metrics of `role` ("model" or "baseline") from `bringup.json`'s `outputs`; only
     those the finished stages measured. Train and bench numbers exist for the model only."""
     found: dict[str, float] = {}
-    train = outputs.get("train", {})
-    if role == "model":
-        for name, key in (("train/loss", "final_loss"), ("val/loss", "val_loss")):
-            if train.get(key) is not None:
-                found[name] = float(train[key])
-        bench = outputs.get("bench", {}).get("metrics", {})
-        if SPEEDUP[1] in bench:
-            found[SPEEDUP[0]] = float(bench[SPEEDUP[1]])
     evaluated = outputs.get("evaluate", {})
     for name, (eval_name, pattern) in EVAL_HEADLINES.items():
         metrics = evaluated.get(eval_name, {}).get("metrics", {})
@@ -58,10 +58,19 @@ def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[st
         key = _longest(metrics, prefix, pattern) if "{longest}" in pattern else prefix + pattern
         if key is not None and key in metrics:
             found[name] = float(metrics[key])
+    train = outputs.get("train", {})
+    if role == "model":
+        for name, key in (("train/loss", "final_loss"), (TRAIN_VAL_ESTIMATE, "val_loss")):
+            if train.get(key) is not None:
+                found[name] = float(train[key])
+        bench = outputs.get("bench", {}).get("metrics", {})
+        if SPEEDUP[1] in bench:
+            found[SPEEDUP[0]] = float(bench[SPEEDUP[1]])
     return found
 
 
-TRAIN_HEADLINES = ("train/loss", "val/loss")
+TRAIN_VAL_ESTIMATE = "train/val_loss_estimate"  # the trainer's, on `eval_batches` batches
+TRAIN_HEADLINES = ("train/loss", TRAIN_VAL_ESTIMATE)
 
 
 def comparison(
@@ -102,17 +111,35 @@ def identity(cfg: PipelineConfig) -> dict[str, Any]:
     }
 
 
+INTERVAL = ("val/loss_ci95_lo", "val/loss_ci95_hi")
+LABELS = {  # what a number is, where its name alone could be read as something else
+    "val/loss": "whole val split, [95% CI]",
+    TRAIN_VAL_ESTIMATE: "trainer's estimate, few batches",
+}
+
+
+def _cell(metrics: dict[str, float], name: str, prefix: str = "") -> str:
+    """`value`, or for the val loss `value [lo, hi]` when its interval was measured."""
+    value = metrics[prefix + name]
+    lo, hi = (metrics.get(prefix + bound) for bound in INTERVAL)
+    if name == "val/loss" and lo is not None and hi is not None:
+        return f"{value:.4f} [{lo:.4f}, {hi:.4f}]"
+    return f"{value:.4g}"
+
+
 def summary_lines(cfg: PipelineConfig, metrics: dict[str, float]) -> list[str]:
-    """One screen: each headline metric, with the baseline's beside it when there is one."""
+    """One screen: each headline metric (the val loss with its interval, the trainer's estimate
+    labelled as one), with the baseline's beside it when there is one."""
     lines = [f"bring-up {cfg.run_name} ({cfg.preset}, {cfg.mixer}): {cfg.run_dir}"]
     has_baseline = any(k.startswith("baseline/") for k in metrics)
     if has_baseline:
-        lines.append(f"  {'metric':<40}{cfg.mixer:>14} {'baseline ' + str(cfg.baseline):>32}")
-    for name, value in metrics.items():
-        if name.startswith("baseline/"):
+        lines.append(f"  {'metric':<48}{cfg.mixer:>26} {'baseline ' + str(cfg.baseline):>32}")
+    for name in metrics:
+        if name.startswith("baseline/") or name in INTERVAL:
             continue
-        row = f"  {name:<40}{value:>14.4g}"
+        label = f"{name} ({LABELS[name]})" if name in LABELS else name
+        row = f"  {label:<48}{_cell(metrics, name):>26}"
         if f"baseline/{name}" in metrics:
-            row += f" {metrics[f'baseline/{name}']:>32.4g}"
+            row += f" {_cell(metrics, name, 'baseline/'):>32}"
         lines.append(row)
     return lines

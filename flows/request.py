@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.fingerprint import digest
 from train_stage import TrainConfig
-from ttt_core import Mixer, ModelConfig, error_summary, nest_dotted
+from ttt_core import ConfigModel, Mixer, ModelConfig, error_summary, nest_dotted
 
 PresetName = Literal["debug_tiny", "small_cpu"]
 DEFAULT_PRESET: PresetName = "small_cpu"
@@ -49,10 +49,8 @@ class InvalidRequest(ValueError):
     """A request that names an unknown key or a bad value; the message is one line."""
 
 
-class BringupRequest(BaseModel):
+class BringupRequest(ConfigModel):
     """The flow's parameters as recorded in `bringup.json` (what `resume` runs again)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     preset: PresetName = DEFAULT_PRESET
     mixer: Mixer | None = None

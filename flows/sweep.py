@@ -32,19 +32,13 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from data_stage import (
-    CliParser,
-    build_shards,
-    output_dir_problem,
-    read_manifest,
-    run_cli,
-    train_tokenizer,
-)
+from data_stage import build_shards, read_manifest, train_tokenizer
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.fingerprint import corpus_fingerprint, digest
 from flows.request import DEFAULT_PRESET, BringupRequest, InvalidRequest, resolve
 from flows.torchrun import NOT_RETRYABLE, ProcessFailed, Terminated, run_streaming
 from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
+from stage_common import CliParser, output_dir_problem, run_cli
 from train_stage import TrainConfig
 from ttt_core import Mixer, atomic_write_text, parse_assignments
 
@@ -317,9 +311,12 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
-    """A Markdown table of every point sorted by val loss, with the command that made it."""
+    """A Markdown table of every point sorted by val loss (the trainer's estimate on its
+    `eval_batches` val batches, the same rows for every point), with the command that made it."""
     axes = list(sweep.axes)
-    head = [*axes, "val loss", "train loss (last step)", "tokens/s", "wall s", "status"]
+    batches = sweep.points[0].train.eval_batches if sweep.points else 0
+    val = f"val loss (trainer, {batches} val batches)"
+    head = [*axes, val, "train loss (last step)", "tokens/s", "wall s", "status"]
     lines = [
         f"# Sweep: {sweep.base.preset} / {sweep.base.mixer}",
         "",

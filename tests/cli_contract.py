@@ -1,4 +1,4 @@
-"""What every stage CLI derived from a pydantic config must do (`data_stage.config_cli`), checked
+"""What every stage CLI derived from a pydantic config must do (`stage_common.config_cli`), checked
 against the config class itself: each field, nested ones dotted, is a flag that sets it, and the
 help shows each field's description."""
 
@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from data_stage.config_cli import ConfigFlags
+from stage_common.config_cli import ConfigFlags
 
 
 def leaf_fields(cls: type[BaseModel], prefix: str = "") -> dict[str, FieldInfo]:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from data_stage.faults import NoSpaceError, free_bytes, is_no_space
+from stage_common.faults import NoSpaceError, free_bytes, is_no_space
 from ttt_core.files import (
     CHECKSUMS_FILE,
     IntegrityError,

@@ -1,13 +1,13 @@
 """`python -m train_stage`: train (default) or export. Runs alone or under torchrun.
 
 Every `TrainConfig` field is a flag (the model's and MLflow's dotted), over `--preset NAME` or
-`--config FILE.yaml` (`data_stage.config_cli`); the earlier flat spellings are kept as `ALIASES`.
+`--config FILE.yaml` (`stage_common.config_cli`); the earlier flat spellings are kept as `ALIASES`.
 `command` / `export_command` render the by-hand commands a bring-up records.
 
 Exit codes: 0 done, 2 refused before any work (bad config, data, resume target, a run dir in
 use), 3 diverged (NaN/inf; last good checkpoint kept), 4 environment (no space left: the last
 good checkpoint kept, temps removed), 143 stopped by SIGTERM/SIGINT after saving. Every failure
-is one line on stderr (`data_stage.faults.run_cli`).
+is one line on stderr (`stage_common.faults.run_cli`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from data_stage.config_cli import (
+from stage_common.config_cli import (
     Alias,
     CliParser,
     ConfigFlags,
@@ -30,8 +30,8 @@ from data_stage.config_cli import (
     describe_refusal,
     parse_stage_command,
 )
-from data_stage.faults import run_cli
-from data_stage.run_lock import RunDirBusy, RunDirUnusable
+from stage_common.faults import run_cli
+from stage_common.run_lock import RunDirBusy, RunDirUnusable
 
 from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig
 from .distributed import torchrun_command

@@ -10,19 +10,18 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ttt_core import ModelConfig
 from ttt_core.dotted import deep_merge
 from ttt_core.identity import IdentityConfig
+from ttt_core.validation import ConfigModel
 
 SUPPORTED_STRATEGIES = ("none", "fsdp")
 
 
-class CurriculumStage(BaseModel):
+class CurriculumStage(ConfigModel):
     """One stage of a length curriculum; lr and batch size default to the run's."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     seq_len: int = Field(ge=2)
     steps: int = Field(ge=1)
@@ -30,9 +29,7 @@ class CurriculumStage(BaseModel):
     batch_size: int | None = Field(default=None, ge=1)
 
 
-class MlflowConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MlflowConfig(ConfigModel):
     enabled: bool = Field(default=True, description="Log to MLflow (metrics.jsonl is always kept).")
     tracking_uri: str | None = Field(
         default=None,
@@ -51,8 +48,6 @@ class TrainConfig(IdentityConfig):
     Identity (`identity()`) is what decides the training trajectory (with the data's content
     and the world size, which live outside this config); operational fields decide where the
     run lives, how it is watched and saved, and on what it runs."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {

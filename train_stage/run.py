@@ -6,7 +6,7 @@ import sys
 import warnings
 from typing import Any
 
-from data_stage.run_lock import RunDirLock
+from stage_common.run_lock import RunDirLock
 from ttt_core.files import atomic_write_text
 
 from .checkpoint import clean_stale_temps, repoint_latest
@@ -82,7 +82,7 @@ def _train(cfg: TrainConfig, plan: StartPlan) -> int:
             _say(env, f"[train] MLflow run {tracker.run_id} at {tracker.uri}")
         summary = trainer.run(tracker)
         _finish(tracker, "FINISHED")
-        _say(env, f"[train] done: {_describe(summary)}")
+        _say(env, f"[train] done: {_describe(summary, cfg.eval_batches)}")
         clean = True
         return 0
     except TrainingDiverged as e:
@@ -110,11 +110,13 @@ def _say(env: DistEnv, message: str, err: bool = False) -> None:
         print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
-def _describe(summary: dict[str, Any]) -> str:
-    """One line; a run resumed at its last step trained nothing new, so it has no final loss."""
+def _describe(summary: dict[str, Any], eval_batches: int) -> str:
+    """One line; a run resumed at its last step trained nothing new, so it has no final loss.
+    The val loss here is the trainer's estimate on `eval_batches` batches (the evals measure
+    the whole val split), and says so."""
     parts = [f"{summary['steps']} steps", f"{summary['tokens_seen']:,} tokens"]
     if summary["final_loss"] is not None:
         parts.append(f"final loss {summary['final_loss']:.4f}")
     if summary["val_loss"] is not None:
-        parts.append(f"val loss {summary['val_loss']:.4f}")
+        parts.append(f"val loss {summary['val_loss']:.4f} ({eval_batches} val batches)")
     return ", ".join([*parts, f"checkpoint {summary['checkpoint']}"])

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from data_stage.faults import NoSpaceError, is_no_space
+from stage_common.faults import NoSpaceError, is_no_space
 from ttt_core.dotted import flatten_dotted
 from ttt_core.files import atomic_write_bytes, atomic_write_text
 from ttt_core.telemetry import telemetry_off

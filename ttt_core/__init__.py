@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from .model import TTTLM, ModelOutput
     from .pretrained import PretrainedOutputs, is_pretrained
     from .telemetry import telemetry_off
-    from .validation import error_summary
+    from .validation import ConfigModel, error_summary
 
 # Modules that import no torch: their names are bound one module at a time.
 _TORCH_FREE = {
@@ -52,7 +52,7 @@ _TORCH_FREE = {
     ),
     "identity": ("IdentityConfig",),
     "telemetry": ("telemetry_off",),
-    "validation": ("error_summary",),
+    "validation": ("ConfigModel", "error_summary"),
 }
 
 _WHERE = {
@@ -81,6 +81,7 @@ __all__ = [
     "TTTLM",
     "AttentionMixer",
     "Cache",
+    "ConfigModel",
     "GenerationResult",
     "IdentityConfig",
     "IntegrityError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from .identity import IdentityConfig
 from .ops.backends import OpsBackend
@@ -26,8 +26,6 @@ class ModelConfig(IdentityConfig):
 
     Identity (`identity()`) is what the weights mean: shapes, the inner loop's math and the
     initialisation. Operational fields choose how the same function is computed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {

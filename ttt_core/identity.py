@@ -16,13 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from pydantic import BaseModel
-
 from .dotted import flatten_dotted
+from .validation import ConfigModel
 
 
-class IdentityConfig(BaseModel):
-    """Base of configs that declare `IDENTITY_FIELDS` and `OPERATIONAL_FIELDS`."""
+class IdentityConfig(ConfigModel):
+    """Base of configs that declare `IDENTITY_FIELDS` and `OPERATIONAL_FIELDS` (a
+    `ConfigModel`: frozen, no unknown keys, finite floats)."""
 
     IDENTITY_FIELDS: ClassVar[frozenset[str]] = frozenset()
     OPERATIONAL_FIELDS: ClassVar[frozenset[str]] = frozenset()

@@ -17,6 +17,7 @@ from .cache import Cache
 from .config import Mixer, ModelConfig
 from .files import atomic_directory, verify_checksums
 from .mixer import MIXERS, TTTLinearMixer
+from .precision import upcast
 from .pretrained import (
     WEIGHTS_FILE,
     read_config,
@@ -35,8 +36,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x32 = x.float()
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(
+        """Normalised in fp32 or wider (`ttt_core.precision`), returned in x's dtype."""
+        wide = upcast(x)
+        return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(
             x.dtype
         ) * self.weight
 
@@ -218,7 +220,7 @@ class TTTLM(nn.Module):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
-                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
+                upcast(logits).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX
             )
         if not return_stats or "ttt_linear" not in self.config.mixers:
             stats = None

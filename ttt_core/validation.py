@@ -1,11 +1,22 @@
-"""One line for a pydantic `ValidationError`: `field.path: message`, the form every CLI refusal
-and every flow error uses. Imports no torch."""
+"""What every config shares: `ConfigModel`, the base of every pydantic config (frozen, unknown
+keys refused, no `inf`/`nan` in any float), and `error_summary`, a `ValidationError` as one
+line `field.path: message`, the form every CLI refusal and every flow error uses. Imports no
+torch."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ConfigModel(BaseModel):
+    """Base of every config (model, data, train, eval, flows). Frozen, an unknown key is an
+    error, and every float, nested or in a container, must be finite: `inf`/`nan` from a flag
+    (`--lr inf`), YAML (`lr: .inf`) or Python is refused at validation, naming the field,
+    before any work. Subclasses inherit this; their own `model_config` adds to it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def error_summary(error: ValidationError, keys: Sequence[str] = (), at: str = "") -> str:

@@ -10,7 +10,7 @@ import yaml
 
 from data_stage import ShardConfig, TokenizerConfig, command, parse_command
 from data_stage.cli import build_parser, main
-from data_stage.config_cli import subcommand_flags
+from stage_common.config_cli import subcommand_flags
 from tests.cli_contract import assert_every_field_is_a_flag, assert_help_describes_every_field
 
 CONFIGS = {"tokenizer": TokenizerConfig, "shards": ShardConfig}

@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from data_stage.run_lock import OWNER_FILE, RunDirLock
 from eval_stage.cli import main as eval_main
+from stage_common.run_lock import OWNER_FILE, RunDirLock
 from train_stage.cli import main as train_main
 
 from .helpers import (

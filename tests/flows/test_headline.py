@@ -21,7 +21,14 @@ def eval_outputs(role: str, scale: float) -> dict:
         return metric_key(module.EVAL, role, *parts)
 
     return {
-        "perplexity": {"metrics": {at(perplexity, "perplexity"): 30.0 * scale}},
+        "perplexity": {
+            "metrics": {
+                at(perplexity, "loss"): 3.4 * scale,
+                at(perplexity, "loss_lo"): 3.3 * scale,
+                at(perplexity, "loss_hi"): 3.5 * scale,
+                at(perplexity, "perplexity"): 30.0 * scale,
+            }
+        },
         "position_loss": {
             "metrics": {
                 at(position_loss, "len_64", "last_bucket_loss"): 9.0,
@@ -53,14 +60,17 @@ def outputs() -> dict:
 
 def test_headline_reads_each_stage_at_its_longest_context(outputs):
     assert headline(outputs) == {
-        "train/loss": 3.5,
-        "val/loss": 4.5,
-        "bench/dual_over_primal_speedup": 6.0,
+        "val/loss": 3.4,  # the perplexity eval's, over the whole val split
+        "val/loss_ci95_lo": 3.3,
+        "val/loss_ci95_hi": 3.5,
         "val/perplexity": 30.0,
         "val/loss_last_bucket": 4.0,
         "niah/accuracy": 0.5,
         "latency/decode_ms_longest": 7.0,
         "latency/prefill_tokens_per_s_longest": 900.0,
+        "train/loss": 3.5,
+        "train/val_loss_estimate": 4.5,  # the trainer's few batches, named as such
+        "bench/dual_over_primal_speedup": 6.0,
     }
     both = comparison(outputs)
     assert both["baseline/val/perplexity"] == 60.0 and "baseline/train/loss" not in both
@@ -78,6 +88,13 @@ def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
     assert "debug_tiny-attention" in lines[1]
     row = next(line for line in lines if "val/perplexity" in line).split()
     assert row == ["val/perplexity", "30", "60"]
+    # one val loss, with its interval; the trainer's estimate labelled as one
+    val = [line for line in lines if "val/loss " in line or "val_loss" in line]
+    assert [line.split()[0] for line in val] == ["val/loss", "train/val_loss_estimate"]
+    assert "whole val split" in val[0] and "3.4000 [3.3000, 3.5000]" in val[0]
+    assert "6.8000 [6.6000, 7.0000]" in val[0]  # the baseline's beside it
+    assert "trainer's estimate" in val[1] and "4.5" in val[1]
+    assert not [line for line in lines if "ci95" in line]  # the bounds print inside the cell
     assert len(lines) <= 24  # one screen
 
 

@@ -184,7 +184,8 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     assert (cfg.run_dir / "controls" / "none" / "eval" / "perplexity.json").is_file()
     assert "controls" not in {p.name for p in (cfg.run_dir / "controls" / "none").iterdir()}
     # the parent compares: headline metrics, identity params, no paths among them
-    headline = {"train/loss", "val/loss", "val/perplexity", "val/loss_last_bucket",
+    headline = {"train/loss", "train/val_loss_estimate", "val/loss", "val/loss_ci95_lo",
+                "val/loss_ci95_hi", "val/perplexity", "val/loss_last_bucket",
                 "niah/accuracy", "latency/decode_ms_longest",
                 "latency/prefill_tokens_per_s_longest", "bench/dual_over_primal_speedup"}  # fmt: skip
     compared = {k for k in parent.data.metrics if k.startswith("compare/")}

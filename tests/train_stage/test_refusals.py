@@ -9,6 +9,9 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import yaml
+
+from train_stage import TrainConfig
 
 from .conftest import run_in_process, run_train
 
@@ -22,6 +25,8 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "
         (("--strategy", "deepspeed"), "fsdp2 and deepspeed are not implemented"),
         (("--precision", "bf16"), "--precision bf16 needs CUDA"),
         (("--lr", "-1"), "invalid config: lr: Input should be greater than 0"),
+        (("--lr", "inf"), "invalid config: lr: Input should be a finite number"),
+        (("--model.eta-base", "nan"), "invalid config: model.eta_base: Input should be a finite"),
         (("--seq-len", "65"), "seq_len 65 is longer than the shards' 64"),
         (("--vocab-size", "1000"), "model vocab_size 1000 does not match the shards' tokenizer"),
         (("--resume", "/nonexistent/step_1"), "/nonexistent/step_1: no such checkpoint directory"),
@@ -40,6 +45,21 @@ def test_refusals_exit_2_with_a_clear_message_and_write_nothing(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not run_dir.exists()
+
+
+def test_a_non_finite_float_in_the_config_file_is_refused(tiny_shards, tmp_path, capsys):
+    """YAML's `.inf` is a float like any other: the same refusal as the flag, nothing written."""
+    recipe = TrainConfig.preset_dict("debug_tiny")
+    text = yaml.safe_dump({**recipe, "lr": float("inf")})
+    assert "lr: .inf" in text.splitlines()
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    run_dir = tmp_path / "run"
+    argv = (*TINY, "--data", str(tiny_shards), "--run-dir", str(run_dir), "--config", str(config))
+    result = run_in_process(capsys, *argv[2:], check=False)  # --config instead of --preset
+    assert result.returncode == 2, result.stderr
+    assert "invalid config: lr: Input should be a finite number" in result.stderr
     assert not run_dir.exists()
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers", reason="transformers not installed (optional
 
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
-from ttt_core import TTTLM, ModelConfig, generate
+from ttt_core import TTTLM, IntegrityError, ModelConfig, generate
 from ttt_core.hf import (
     TTTLinearConfig,
     TTTLinearForCausalLM,
@@ -185,22 +185,69 @@ def test_num_return_sequences_repeats_rows_and_a_passed_cache():
     assert not torch.equal(single, hf_generate(hf, history, max_new_tokens=4))  # used the cache
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
-def test_save_and_from_pretrained_round_trip_through_auto_classes(tmp_path, mixer):
-    hf = TTTLinearForCausalLM.from_ttt(tiny_model(mixer))
+LOAD_OPTIONS = [
+    {},
+    {"torch_dtype": torch.float32},
+    {"dtype": torch.float32},
+    {"device_map": "cpu"},
+    {"low_cpu_mem_usage": True},
+]
+
+
+@pytest.mark.parametrize("options", LOAD_OPTIONS, ids=lambda o: ",".join(o) or "defaults")
+@pytest.mark.parametrize(
+    ("mixer", "tied"), [("ttt_linear", False), ("attention", False), ("ttt_linear", True)]
+)
+def test_save_and_from_pretrained_round_trip_through_auto_classes(tmp_path, mixer, tied, options):
+    model = tiny_model(mixer)
+    if tied:  # the saved weights hold embed.weight only; transformers must tie the head to it
+        torch.manual_seed(0)
+        config = model.config.model_copy(update={"tie_embeddings": True})
+        model = TTTLM(config).eval()
+    hf = TTTLinearForCausalLM.from_ttt(model)
     hf.save_pretrained(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "ttt_linear"
     assert isinstance(AutoConfig.from_pretrained(tmp_path / "m"), TTTLinearConfig)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", **options)
     assert isinstance(loaded, TTTLinearForCausalLM)
     assert not loaded.training
+    saved, got = hf.model.state_dict(), loaded.model.state_dict()
+    assert saved.keys() == got.keys()
+    assert all(torch.equal(saved[k], got[k]) and got[k].dtype == torch.float32 for k in saved)
+    assert (loaded.model.lm_head.weight is loaded.model.embed.weight) == tied
     ids = random_ids(2, 9)
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, hf(ids).logits, rtol=0, atol=0)
     # The project's loader reads the same directory.
     assert TTTLM.from_pretrained(tmp_path / "m").config == hf.model.config
-    chunked = TTTLinearForCausalLM.from_pretrained(tmp_path / "m", decode_mode="chunked")
-    assert chunked.decode_mode == "chunked"
+
+
+def test_from_pretrained_takes_dtype_and_decode_mode_as_transformers_options(tmp_path):
+    hf = TTTLinearForCausalLM.from_ttt(tiny_model())
+    hf.save_pretrained(tmp_path / "m")
+    double = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float64)
+    assert {p.dtype for p in double.parameters()} == {torch.float64}
+    ids = random_ids(1, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(double(ids).logits.float(), hf(ids).logits, rtol=0, atol=1e-5)
+    chunked = AutoModelForCausalLM.from_pretrained(tmp_path / "m", decode_mode="chunked")
+    assert chunked.decode_mode == "chunked" == chunked.config.model["decode_mode"]
+    assert hf.decode_mode == "online"  # the saved config is untouched
+    with pytest.raises(ValueError, match="decode_mode"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m", decode_mode="sideways")
+
+
+def test_from_pretrained_verifies_checksums_before_transformers_reads(tmp_path):
+    TTTLinearForCausalLM.from_ttt(tiny_model()).save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model\.safetensors: sha256 .* does not match"):
+        AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "checksums.json").unlink()
+    with pytest.raises(IntegrityError, match=r"checksums\.json: missing"):
+        TTTLinearForCausalLM.from_pretrained(tmp_path / "m")
 
 
 def test_an_export_loads_with_auto_classes_and_its_tokenizer(tmp_path):
@@ -241,9 +288,6 @@ def test_bad_inputs_are_refused_with_the_cause(tmp_path):
     with pytest.raises(TypeError, match="unsupported options \\['safe_serialization'\\]"):
         hf.save_pretrained(tmp_path / "x", safe_serialization=False)
     assert not (tmp_path / "x").exists()
-    hf.save_pretrained(tmp_path / "m")
-    with pytest.raises(TypeError, match="unsupported arguments \\['device_map'\\]"):
-        TTTLinearForCausalLM.from_pretrained(tmp_path / "m", device_map="auto")
     with pytest.raises(ValueError, match=r"TTTLinearConfig\.model: missing"):
         TTTLinearConfig()
     with pytest.raises(ValueError, match=r"TTTStateCache\.reorder_cache: the cache is empty"):

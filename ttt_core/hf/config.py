@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-from ..config import ModelConfig
+from ..config import DecodeMode, ModelConfig
 from ..pretrained import FORMAT_VERSION, MODEL_TYPE
 
 
@@ -41,7 +41,24 @@ class TTTLinearConfig(PretrainedConfig):
         """The `ModelConfig` this config holds."""
         return ModelConfig.model_validate(self.model)
 
-    # What generic transformers code (generation, lm-eval) looks up on a config.
+    @property
+    def decode_mode(self) -> DecodeMode:
+        """How generation advances the TTT state; settable, so `from_pretrained(dir,
+        decode_mode="chunked")` overrides the saved one like any config attribute."""
+        return self.model["decode_mode"]
+
+    @decode_mode.setter
+    def decode_mode(self, mode: DecodeMode) -> None:
+        self.model = (
+            self.model_config().model_copy(update={"decode_mode": mode}).model_dump(mode="json")
+        )
+        ModelConfig.model_validate(self.model)  # an unknown mode fails here, naming the field
+
+    # What generic transformers code (generation, lm-eval, weight tying) looks up on a config.
+    @property
+    def tie_word_embeddings(self) -> bool:
+        return self.model["tie_embeddings"]
+
     @property
     def vocab_size(self) -> int:
         return self.model["vocab_size"]

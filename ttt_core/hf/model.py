@@ -3,48 +3,45 @@
 No second implementation: every weight and every computation is the wrapped `TTTLM`'s. Prefill
 (the first forward, or a new user turn of several tokens) runs `TTTLM.forward` (the dual form),
 each later single token runs `TTTLM.decode` (online or chunked GD, the config's `decode_mode`),
-which is what the project's own `ttt_core.generate` does. Saving and loading use the project's
-format (`TTTLM.save_pretrained` / `from_pretrained`, checksums verified), so an export of
-`python -m train_stage export` loads with `AutoModelForCausalLM.from_pretrained(export_dir)`.
+which is what the project's own `ttt_core.generate` does.
+
+Loading is transformers' own `from_pretrained` (every option it has: `dtype`/`torch_dtype`,
+`device_map`, ...): the project's `config.json` is a `TTTLinearConfig`, and the weights of
+`model.safetensors` (a `TTTLM` state dict) load under `base_model_prefix`. The only addition is
+the project's integrity rule: a directory with `checksums.json` is verified before transformers
+reads it. Saving writes the project's format (`TTTLM.save_pretrained`), so an export of
+`python -m train_stage export` and a `save_pretrained` directory are the same thing.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..config import DecodeMode
+from ..files import verify_checksums
 from ..model import TTTLM
-from ..pretrained import MODEL_TYPE, read_config
+from ..pretrained import MODEL_TYPE, refuse_legacy
 from .cache import TTTStateCache
 from .config import TTTLinearConfig
 
 # Keyword arguments transformers passes along by convention; they are honoured only in their
 # default (off) state, any other value is refused rather than silently ignored.
 _OFF_BY_DEFAULT = ("output_attentions", "output_hidden_states", "position_ids", "token_type_ids")
-# What `AutoModelForCausalLM.from_pretrained` forwards for the hub, adapters and remote code; a
-# local directory of this format needs none, so only their empty defaults are accepted.
-_HUB_KWARGS = (
-    "adapter_kwargs",
-    "cache_dir",
-    "force_download",
-    "local_files_only",
-    "proxies",
-    "revision",
-    "token",
-    "trust_remote_code",
-)
 
 
 class TTTLinearForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = TTTLinearConfig
-    base_model_prefix = "model"
+    base_model_prefix = "model"  # a TTTLM state dict (the saved format) loads under `model.`
     main_input_name = "input_ids"
+    # With `tie_embeddings` the saved weights hold embed.weight only (TTTLM's format); the
+    # config's `tie_word_embeddings` tells transformers to tie the head to it after loading.
+    _tied_weights_keys: ClassVar[dict[str, str]] = {"model.lm_head.weight": "model.embed.weight"}
 
     def __init__(self, config: TTTLinearConfig, model: TTTLM | None = None):
         super().__init__(config)
@@ -148,36 +145,18 @@ class TTTLinearForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: Path | str,
-        *model_args: Any,
-        config: TTTLinearConfig | None = None,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype | None = None,
-        decode_mode: DecodeMode | None = None,
-        **kwargs: Any,
+        cls, pretrained_model_name_or_path: str | os.PathLike | None, *args: Any, **kwargs: Any
     ) -> TTTLinearForCausalLM:
-        """Load a local directory written by `save_pretrained` or `train_stage export` (every
-        checksum verified) in eval mode. A `config` (as `AutoModelForCausalLM` passes it) must
-        describe the same model as the directory's config.json; its decode_mode is used unless
-        `decode_mode` is given."""
-        hub = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
-        unsupported = sorted(kwargs) + [k for k, v in hub.items() if v]
-        if model_args or unsupported:
-            raise TypeError(
-                f"from_pretrained: unsupported arguments {unsupported or list(model_args)} "
-                "(a local directory is loaded with device, dtype and decode_mode only)"
-            )
-        directory = Path(pretrained_model_name_or_path)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: not a local directory (the hub is not used)")
-        if config is not None:
-            differing = read_config(directory).identity_differences(config.model)
-            if differing:
-                raise ValueError(f"config: does not describe {directory} (differs in {differing})")
-            decode_mode = decode_mode or config.model["decode_mode"]
-        model = TTTLM.from_pretrained(directory, device=device, dtype=dtype)
-        return cls.from_ttt(model, decode_mode=decode_mode)
+        """transformers' `from_pretrained`, unchanged (all its options; `decode_mode="chunked"`
+        is a config override like any other). A local directory is first verified against its
+        `checksums.json` (`IntegrityError` naming a changed or missing file); an export of the
+        old format is refused with the command that rewrites it."""
+        if pretrained_model_name_or_path is not None:
+            directory = Path(pretrained_model_name_or_path)
+            if directory.is_dir():
+                refuse_legacy(directory)
+                verify_checksums(directory)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
 def _refuse_unsupported(kwargs: dict[str, Any]) -> None:

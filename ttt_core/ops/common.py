@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..precision import wide_dtype
+
 
 def state_dtype(W: Tensor) -> torch.dtype:
     """The dtype the fast weight is kept in: fp32, or fp64 when the caller works in fp64."""
-    return torch.promote_types(W.dtype, torch.float32)
+    return wide_dtype(W.dtype)
 
 
 def check_inputs(

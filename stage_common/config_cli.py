@@ -15,7 +15,7 @@ the default. `ConfigFlags` adds what a stage needs around it:
 Flags accept `_` or `-` inside names (`--model.chunk_size` = `--model.chunk-size`). A usage error
 is one line and exit 2; a missing required field is reported by its flag, like argparse's own.
 A bad value is a pydantic `ValidationError`: `describe_refusal` makes it one line naming the field
-(the caller runs the body under `data_stage.faults.run_cli`).
+(the caller runs the body under `stage_common.faults.run_cli`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import CliSettingsSource, SettingsError
 
-from data_stage.faults import EXIT_BAD_INPUT
+from stage_common.faults import EXIT_BAD_INPUT
 from ttt_core.dotted import deep_merge
 from ttt_core.validation import error_summary
 

@@ -1,6 +1,6 @@
 """An advisory lock on a train_stage run directory, held by the one process that writes into it
-(the trainer, or an eval writing its results there). It lives here, below both stages, so that
-eval_stage takes it without importing the trainer.
+(the trainer, or an eval writing its results there). It lives in `stage_common`, below every
+stage, so that eval_stage takes it without importing the trainer.
 
 `<run_dir>/.run.lock` is locked with `flock` (the `filelock` package) for the life of the
 process, so the kernel releases it when the holder dies, however it dies: a lock left by a dead
@@ -25,17 +25,15 @@ from filelock import FileLock, Timeout
 
 from ttt_core.files import atomic_write_bytes
 
-from .errors import DataStageError
-
 LOCK_FILE, OWNER_FILE = ".run.lock", ".run.owner"
 
 
-class RunDirUnusable(DataStageError):
-    """The run directory cannot be created where it was asked for."""
+class RunDirUnusable(ValueError):
+    """The run directory cannot be created where it was asked for (bad input: exit 2)."""
 
 
-class RunDirBusy(DataStageError):
-    """Another live process holds the run directory's lock."""
+class RunDirBusy(ValueError):
+    """Another live process holds the run directory's lock (a refusal: exit 2)."""
 
 
 def is_run_dir(path: Path) -> bool:
