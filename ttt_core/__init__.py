@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     )
     from .generate import GenerationResult, TokenStream, generate
     from .identity import IdentityConfig
-    from .mixer import AttentionMixer, NoMixer, TTTLinearMixer
+    from .mixers import AttentionMixer, NoMixer, TTTLinearMixer
     from .model import TTTLM, ModelOutput
     from .pretrained import PretrainedOutputs, is_pretrained
     from .telemetry import telemetry_off
@@ -65,9 +65,9 @@ _WHERE = {
     "GenerationResult": "generate",
     "TokenStream": "generate",
     "generate": "generate",
-    "AttentionMixer": "mixer",
-    "NoMixer": "mixer",
-    "TTTLinearMixer": "mixer",
+    "AttentionMixer": "mixers",
+    "NoMixer": "mixers",
+    "TTTLinearMixer": "mixers",
     "TTTLM": "model",
     "ModelOutput": "model",
     "PretrainedOutputs": "pretrained",

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .cache import Cache
 from .config import Mixer, ModelConfig
 from .files import atomic_directory, verify_checksums
-from .mixer import MIXERS, TTTLinearMixer
+from .mixers import MIXERS, TTTLinearMixer
 from .precision import upcast
 from .pretrained import (
     WEIGHTS_FILE,

@@ -15,7 +15,7 @@ from ttt_core.ops import (
     ttt_linear_dual,
     ttt_linear_primal_anchored,
 )
-from ttt_core.ops.common import inner_grad
+from ttt_core.ops.ttt_linear.common import inner_grad
 
 from .helpers import random_op_inputs
 

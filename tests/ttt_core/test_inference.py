@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from ttt_core import TTTLM, Cache, KVCache, ModelConfig, TTTCache, generate
-from ttt_core import mixer as mixer_module
+from ttt_core.mixers import ttt_linear as mixer_module
 from ttt_core.ops import ttt_linear_dual
 
 from .helpers import STACKS

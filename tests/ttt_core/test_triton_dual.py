@@ -20,7 +20,7 @@ import torch
 import ttt_core.ops as ops_package
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.ops import ttt_linear_dual, ttt_linear_primal_anchored
-from ttt_core.ops.triton_dual import (
+from ttt_core.ops.ttt_linear.triton_dual import (
     KERNELS_MODULE,
     launch_options,
     triton_unavailable_reason,

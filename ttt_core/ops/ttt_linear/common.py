@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..precision import wide_dtype
+from ...precision import wide_dtype
 
 
 def state_dtype(W: Tensor) -> torch.dtype:

@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from .common import check_inputs, no_autocast
 
-KERNELS_MODULE = "ttt_core.ops.triton_dual_kernels"
+KERNELS_MODULE = "ttt_core.ops.ttt_linear.triton_dual_kernels"
 INPUT_DTYPES = (torch.float32, torch.bfloat16)
 MIN_TILE = 16  # tl.dot needs every dimension >= 16
 MAX_HEAD_DIM = 128  # the program keeps W and dW (d x d fp32 each) in registers
