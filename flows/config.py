@@ -50,7 +50,8 @@ class PipelineConfig(ConfigModel):
     controls: list[Mixer] = Field(
         default_factory=list,
         description="mixers brought up beside this one on its data and budget, then compared "
-        "(`none`: the no-context control; `attention`); the bring-up's own mixer is skipped",
+        "(`none`: the no-context control; `attention`, `swa`, `lact`, `ttt_linear`), each with "
+        "the preset's tuned values for it; the bring-up's own mixer is skipped",
     )
     data_from: Path | None = Field(
         None,
@@ -219,7 +220,7 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
             "seq_len": 32,
             "repeats": 2,
         },
-        perplexity={"batch_size": 8, "max_batches": 4},
+        perplexity={"batch_size": 8, "max_batches": None},  # the whole val split
         position_loss={"multipliers": [1, 2], "sequences": 8, "n_buckets": 8},
         niah={"contexts": [96, 128], "depths": [0.0, 1.0], "trials": 2, "digits": 3},
         latency={"contexts": [32, 64], "decode_tokens": 4, "repeats": 1, "warmup": 1},
@@ -240,7 +241,8 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
             "seq_len": 128,
             "repeats": 3,
         },
-        perplexity={"batch_size": 8, "max_batches": 16},
+        # the whole val split (1,349 rows here: its first 128 are ~1 nat easier than the rest)
+        perplexity={"batch_size": 8, "max_batches": None},
         # Sequences: enough for bands narrower than the early fall of the curve (measured,
         # docs/eval_stage.md). NIAH scaled to a 7M model trained on 128-token rows: contexts up
         # to 2x that, a 3-digit key ranked among 10 candidates (chance 0.1).

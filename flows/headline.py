@@ -6,7 +6,8 @@ per-layer diagnostics (`ttt/layer*`); the attention baseline's, when one is conf
 the prefix `baseline/`.
 
 `val/loss` is THE validation loss: the perplexity eval's token-exact loss over the whole val
-split, with its 95% bootstrap interval (`val/loss_ci95_lo`, `_hi`). The trainer's own number is a
+split (the presets' setting; a run limited by `perplexity.max_batches` says so in its
+label), with its 95% bootstrap interval (`val/loss_ci95_lo`, `_hi`). The trainer's own number is a
 quick estimate on `eval_batches` batches and is named for what it is,
 `train/val_loss_estimate`.
 """
@@ -113,9 +114,17 @@ def identity(cfg: PipelineConfig) -> dict[str, Any]:
 
 INTERVAL = ("val/loss_ci95_lo", "val/loss_ci95_hi")
 LABELS = {  # what a number is, where its name alone could be read as something else
-    "val/loss": "whole val split, [95% CI]",
     TRAIN_VAL_ESTIMATE: "trainer's estimate, few batches",
 }
+
+
+def val_loss_label(cfg: PipelineConfig) -> str:
+    """What the val loss was measured on: the whole val split, or the rows the perplexity eval
+    was limited to (`perplexity.max_batches`)."""
+    ppl = cfg.eval_config("perplexity")
+    if ppl.max_batches is None:
+        return "whole val split, [95% CI]"
+    return f"first {ppl.max_batches * ppl.batch_size} val rows, [95% CI]"
 
 
 def _cell(metrics: dict[str, float], name: str, prefix: str = "") -> str:
@@ -137,7 +146,8 @@ def summary_lines(cfg: PipelineConfig, metrics: dict[str, float]) -> list[str]:
     for name in metrics:
         if name.startswith("baseline/") or name in INTERVAL:
             continue
-        label = f"{name} ({LABELS[name]})" if name in LABELS else name
+        labels = {**LABELS, "val/loss": val_loss_label(cfg)}
+        label = f"{name} ({labels[name]})" if name in labels else name
         row = f"  {label:<48}{_cell(metrics, name):>26}"
         if f"baseline/{name}" in metrics:
             row += f" {_cell(metrics, name, 'baseline/'):>32}"

@@ -65,6 +65,8 @@ class TrainConfig(IdentityConfig):
             "grad_clip",
             "seed",
             "curriculum",
+            # whether a mixer sees across the packed documents of a row
+            "documents",
             # bf16 autocast changes the numbers the weights are made of
             "precision",
         }
@@ -122,6 +124,12 @@ class TrainConfig(IdentityConfig):
     grad_clip: float = Field(default=1.0, ge=0, description="0 disables clipping.")
     strategy: str = Field(
         default="none", description="none (one process or replicas) | fsdp (classic FSDP)."
+    )
+    documents: Literal["packed", "isolated"] = Field(
+        default="packed",
+        description="packed: a row's documents (BOS-delimited) are one sequence to every mixer; "
+        "isolated: each document is its own sequence (no attention, fast-weight state or chunk "
+        "crosses a BOS; ttt_core.documents).",
     )
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: bfloat16 autocast (needs CUDA)."
@@ -261,6 +269,18 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
             "ttt_linear": {"lr": 3e-3, "model": {"eta_base": 0.01, "chunk_size": 16}},
             "attention": {"lr": 1e-3},
             "none": {"lr": 3e-3},
+            # chunk and window 64 (4 of each per 256-token row), 2 fast-weight heads of 128 as
+            # in the lact_small_cpu model preset; the sweeps ran at these
+            "lact": {
+                "lr": 3e-3,
+                "model": {
+                    "lact_base_lr": 3e-4,
+                    "lact_chunk_size": 64,
+                    "window_size": 64,
+                    "lact_heads": 2,
+                },
+            },
+            "swa": {"lr": 1e-3, "model": {"window_size": 64}},
         },
     ),
     "bringup_125m": dict(

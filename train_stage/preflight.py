@@ -53,7 +53,20 @@ def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> StartPlan:
         raise ConfigError(str(e)) from e
     if note:
         plan.notes.append(note)
+    plan.notes.extend(_mixer_notes(cfg))
     return plan
+
+
+def _mixer_notes(cfg: TrainConfig) -> list[str]:
+    """Settings that run but defeat a mixer's purpose at this sequence length."""
+    model, notes = cfg.model, []
+    if "lact" in model.mixers and model.lact_chunk_size >= cfg.seq_len:
+        notes.append(
+            f"warning: model.lact_chunk_size ({model.lact_chunk_size}) >= seq_len "
+            f"({cfg.seq_len}): LaCT's fast weights never update inside a training sequence "
+            "(set --model.lact-chunk-size below seq_len)"
+        )
+    return notes
 
 
 def _check_runtime(cfg: TrainConfig, world: int, local_rank: int) -> None:

@@ -150,6 +150,12 @@ class Trainer:
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _doc_starts(self, inputs: torch.Tensor) -> torch.Tensor | None:
+        """Where documents begin (BOS) when they are isolated (`documents`), else None."""
+        if self.cfg.documents == "packed":
+            return None
+        return inputs == self.data.train.manifest.tokenizer.bos_id
+
     def train_step(self) -> dict[str, float]:
         """One optimizer step over grad_accum micro-batches; returns its metrics."""
         cfg = self.cfg
@@ -163,7 +169,10 @@ class Trainer:
             inputs, labels = self.data.next_batch(batch_size, seq_len)
             with self._autocast():
                 out = self.model(
-                    inputs, labels=labels, return_stats=want_stats and micro == cfg.grad_accum - 1
+                    inputs,
+                    labels=labels,
+                    return_stats=want_stats and micro == cfg.grad_accum - 1,
+                    doc_starts=self._doc_starts(inputs),
                 )
             (out.loss / cfg.grad_accum).backward()
             loss_sum += out.loss.detach()
@@ -224,7 +233,8 @@ class Trainer:
             self.cfg.eval_batches, batch_size, stage.seq_len
         ):
             with self._autocast():
-                losses.append(self.model(inputs, labels=labels).loss.float())
+                out = self.model(inputs, labels=labels, doc_starts=self._doc_starts(inputs))
+                losses.append(out.loss.float())
         self.model.train()
         if not losses:
             return None

@@ -1,7 +1,8 @@
 """The inference cache: one `Cache` type for every stack, pure or hybrid.
 
 Layout: `layers[i]` is the state of layer i, whatever its mixer needs (`FastWeightState` for
-TTT, `KVState` for attention, `EmptyState` for none; batch first in every tensor), `offsets`
+TTT-Linear, `LactState` for LaCT, `KVState` for attention, `RingKVState` for sliding-window
+attention, `EmptyState` for none; batch first in every tensor), `offsets`
 (B,) int64 is how many tokens each row has consumed (RoPE positions continue from it),
 `decode_mode` says how `model.decode` advances a TTT state. Every row owns its storage;
 `split`/`stack` move rows between caches so many users can be served in one batch.
@@ -18,12 +19,18 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .state import EmptyState, FastWeightState, KVState
+from .state import EmptyState, FastWeightState, KVState, LactState, RingKVState
 
 CACHE_FORMAT_VERSION = 2
 
 # The state class of each mixer's layers.
-STATES: dict[str, Any] = {"ttt_linear": FastWeightState, "attention": KVState, "none": EmptyState}
+STATES: dict[str, Any] = {
+    "ttt_linear": FastWeightState,
+    "lact": LactState,
+    "attention": KVState,
+    "swa": RingKVState,
+    "none": EmptyState,
+}
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""`ModelConfig`: the validated description of one TTT-Linear (or attention baseline) LM.
+"""`ModelConfig`: the validated description of one LM of this project.
 
 The token mixer of every layer is `mixer`, or per layer `layer_mixers` (hybrid stacks, e.g. TTT
-in the top layers only). `"none"` is the no-context control: a block without token mixing.
+in the top layers only): `ttt_linear` (docs/ttt_linear.md), `lact` (large-chunk fast weights +
+sliding-window attention, docs/lact.md), the baselines `attention` and `swa` (sliding-window
+attention), and `none`, the no-context control: a block without token mixing.
 
 Presets are looked up by name (`ModelConfig.from_preset("small_cpu", n_layers=2)`), and the
 parameter count is computed from the config alone, without allocating a single tensor.
@@ -17,7 +19,7 @@ from pydantic import Field, model_validator
 from .identity import IdentityConfig
 from .ops.backends import OpsBackend
 
-Mixer = Literal["ttt_linear", "attention", "none"]
+Mixer = Literal["ttt_linear", "lact", "attention", "swa", "none"]
 DecodeMode = Literal["online", "chunked"]
 
 
@@ -46,6 +48,14 @@ class ModelConfig(IdentityConfig):
             "ln_eps",
             "norm_eps",
             "rope_theta",
+            # LaCT and sliding-window attention: what a token sees and how fast weights learn
+            "window_size",
+            "lact_chunk_size",
+            "lact_heads",
+            "lact_base_lr",
+            "lact_momentum",
+            "lact_muon",
+            "lact_low_rank",
             # the weights at step 0 of a run
             "init_std",
         }
@@ -79,6 +89,21 @@ class ModelConfig(IdentityConfig):
     ln_eps: float = Field(default=1e-6, gt=0, description="eps of the inner per-head LayerNorm.")
     norm_eps: float = Field(default=1e-5, gt=0, description="eps of the block RMSNorms.")
     rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base.")
+    window_size: int = Field(
+        default=2048, ge=1, description="Tokens a sliding-window attention query sees (swa, lact)."
+    )
+    lact_chunk_size: int = Field(
+        default=2048, ge=1, description="LaCT: tokens per fast-weight update (apply, then update)."
+    )
+    lact_heads: int = Field(default=4, ge=1, description="LaCT: fast-weight heads (d = D / heads).")
+    lact_base_lr: float = Field(
+        default=1e-3, gt=0, description="LaCT: inner lr at a zero lr projection (softplus shifted)."
+    )
+    lact_momentum: bool = Field(default=True, description="LaCT: heavy-ball momentum per chunk.")
+    lact_muon: bool = Field(default=False, description="LaCT: Newton-Schulz (Muon) update steps.")
+    lact_low_rank: int = Field(
+        default=0, ge=0, description="LaCT: rank of the initial W0, W2 (L R + I/2); 0 = full rank."
+    )
     tie_embeddings: bool = Field(default=False, description="Output head shares the embedding.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight init.")
     checkpoint_n_chunks: int = Field(
@@ -90,9 +115,10 @@ class ModelConfig(IdentityConfig):
     )
     ops_backend: OpsBackend = Field(
         default="auto",
-        description="Kernel for the TTT dual form: autograd (reference loop), fused (manual "
-        "backward), triton (kernels; CUDA or TRITON_INTERPRET=1), auto (triton on CUDA, else "
-        "fused). Same results; changes speed and memory only.",
+        description="Kernel for the TTT-Linear dual form and the LaCT chunk loop: autograd "
+        "(plain loop), fused (manual backward), triton (TTT-Linear kernels; CUDA or "
+        "TRITON_INTERPRET=1), auto (TTT-Linear: triton on CUDA, else fused; LaCT: fused). Same "
+        "results; changes speed and memory only.",
     )
 
     @model_validator(mode="after")
@@ -103,12 +129,31 @@ class ModelConfig(IdentityConfig):
             )
         if self.head_dim % 2 != 0:
             raise ValueError(f"head_dim = d_model / n_heads = {self.head_dim} must be even (RoPE)")
+        if "lact" in self.mixers:
+            self._check_lact()
         if self.layer_mixers is not None and len(self.layer_mixers) != self.n_layers:
             raise ValueError(
                 f"layer_mixers has {len(self.layer_mixers)} entries but n_layers is "
                 f"{self.n_layers}: give one mixer per layer"
             )
         return self
+
+    def _check_lact(self) -> None:
+        if self.d_model % self.lact_heads != 0:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by lact_heads ({self.lact_heads})"
+            )
+        d = self.d_model // self.lact_heads
+        if self.lact_low_rank >= d:
+            raise ValueError(
+                f"lact_low_rank ({self.lact_low_rank}) must be below the fast-weight head size "
+                f"d_model / lact_heads = {d}; 0 means full rank"
+            )
+        if self.ops_backend == "triton":
+            raise ValueError(
+                "ops_backend='triton' has no LaCT kernel; use 'fused' (manual backward), "
+                "'autograd' or 'auto'"
+            )
 
     @property
     def mixers(self) -> tuple[Mixer, ...]:
@@ -148,16 +193,38 @@ class ModelConfig(IdentityConfig):
         D, H, d = self.d_model, self.n_heads, self.head_dim
         if mixer == "none":
             return 0  # no mixer and no norm in front of it
-        if mixer == "attention":
+        if mixer in ("attention", "swa"):
             return 4 * D * D + D  # Q, K, V, O projections + RMSNorm
+        if mixer == "lact":
+            return self._lact_params()
         eta_out = H if self.eta_per_head else 1
         # Q, K, V, O projections + eta gate + W0 + inner LN weight and bias + RMSNorm
         return 4 * D * D + eta_out * D + H * d * d + 2 * H * d + D
+
+    def _lact_params(self) -> int:
+        """A LaCT layer: Q, K, V, O + fast q/k scale and offset + lr projection (weight, bias) +
+        W0, W2 (full or low-rank) + W1 + output norm + output scale projection (+ momentum
+        projection) + the block's RMSNorm."""
+        D, Hf, r = self.d_model, self.lact_heads, self.lact_low_rank
+        d = D // Hf
+        w0_w2 = 2 * Hf * (2 * d * r if r > 0 else d * d)
+        per_head_linears = (2 if self.lact_momentum else 1) * (D * Hf + Hf)
+        return (
+            4 * D * D
+            + 4 * D
+            + (3 * Hf * D + 3 * Hf)
+            + w0_w2
+            + Hf * d * d
+            + d
+            + per_head_linears
+            + D
+        )
 
 
 # Nominal sizes (in parameters at a 32k vocabulary) that presets are checked against.
 NOMINAL_PARAMS: dict[str, float] = {
     "bringup_125m": 125e6,
+    "lact_760m": 760e6,
     "bringup_1p3b": 1.3e9,
     "scale_47b": 47e9,
 }
@@ -169,6 +236,37 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     # ~7M parameters at an 8k vocabulary: minutes of training on 2 CPU cores.
     "small_cpu": dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, mlp_hidden=704),
+    # LaCT that trains in minutes here: 2 fast-weight heads of 128, chunk and window 64.
+    "lact_small_cpu": dict(
+        vocab_size=8192,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        mlp_hidden=704,
+        mixer="lact",
+        lact_heads=2,
+        lact_chunk_size=64,
+        window_size=64,
+    ),
+    # The LaCT reference's 760M language model (lact_llm/configs/760M_lact_swiglu_nh4_fwlow_rank_
+    # momentum.json; its `_muon` variant is lact_muon=True). The MLP width is its default,
+    # 256-rounded 8/3 x hidden.
+    "lact_760m": dict(
+        vocab_size=32000,
+        d_model=1536,
+        n_layers=24,
+        n_heads=24,
+        mlp_hidden=4096,
+        mixer="lact",
+        lact_heads=4,
+        lact_chunk_size=2048,
+        window_size=2048,
+        lact_low_rank=32,
+        lact_momentum=True,
+        lact_muon=False,
+        rope_theta=1e6,
+        norm_eps=1e-6,
+    ),
     # Reference sizes of the paper's Llama-style ladder.
     "bringup_125m": dict(
         vocab_size=32000,

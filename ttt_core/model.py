@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 from .cache import Cache
 from .config import Mixer, ModelConfig
+from .documents import Documents
 from .files import atomic_directory, verify_checksums
-from .mixers import MIXERS, TTTLinearMixer
+from .mixers import MIXERS, LactMixer, TTTLinearMixer
+from .norms import RMSNorm
 from .precision import upcast
 from .pretrained import (
     WEIGHTS_FILE,
@@ -27,20 +29,6 @@ from .pretrained import (
 )
 
 IGNORE_INDEX = -100
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Normalised in fp32 or wider (`ttt_core.precision`), returned in x's dtype."""
-        wide = upcast(x)
-        return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)).to(
-            x.dtype
-        ) * self.weight
 
 
 class SwiGLU(nn.Module):
@@ -66,10 +54,23 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
         self.mlp = SwiGLU(config.d_model, config.mlp_hidden)
 
-    def forward(self, x: Tensor, positions: Tensor, state, *, decode: bool, return_stats: bool):
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        state,
+        *,
+        decode: bool,
+        return_stats: bool,
+        documents: Documents | None = None,
+    ):
+        """`documents`: run the mixer on each packed document as its own sequence (no state)."""
         h = self.mixer_norm(x)
         if decode:
             mixed = self.mixer.decode(h, positions, state)
+        elif documents is not None:
+            mixed = self.mixer(documents.pack(h), documents.positions, return_stats=return_stats)
+            mixed = mixed._replace(y=documents.unpack(mixed.y), state=None)
         else:
             mixed = self.mixer(h, positions, state, return_stats=return_stats)
         x = x + mixed.y
@@ -98,7 +99,8 @@ class TTTLM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """N(0, init_std) for every matrix, N(0, 0.02^2) for W0, ones/zeros for norms."""
+        """N(0, init_std) for every matrix, N(0, 0.02^2) for TTT-Linear's W0, ones/zeros for
+        norms; LaCT layers then set their own (`LactMixer.reset_parameters`)."""
         std = self.config.init_std
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -109,6 +111,9 @@ class TTTLM(nn.Module):
                 nn.init.normal_(module.W0, std=0.02)
                 nn.init.ones_(module.ln_weight)
                 nn.init.zeros_(module.ln_bias)
+        for module in self.modules():  # after the generic init, which covers their Linears
+            if isinstance(module, LactMixer):
+                module.reset_parameters()
 
     def save_pretrained(self, directory: Path | str, *, overwrite: bool = False) -> Path:
         """Write config.json + model.safetensors + checksums.json as one atomic directory
@@ -179,15 +184,28 @@ class TTTLM(nn.Module):
         cache=None,
         use_cache: bool = False,
         return_stats: bool = False,
+        doc_starts: Tensor | None = None,
     ) -> ModelOutput:
         """Training / prefill over input_ids (B, T), dual form for TTT.
 
         labels (B, T): the id that should follow each input position (already shifted), or -100
         to ignore it. `cache` continues a sequence; with `use_cache` the updated cache is returned.
+        doc_starts (B, T) bool: True where a packed document begins (e.g. `input_ids == bos`);
+        every mixer then treats each document as its own sequence (`ttt_core.documents`).
         """
+        documents = None
+        if doc_starts is not None:
+            if cache is not None or use_cache:
+                raise ValueError(
+                    "doc_starts isolates packed documents in training and prefill without a "
+                    "cache; a cache continues one sequence per row"
+                )
+            documents = Documents.from_starts(doc_starts)
         if cache is None and use_cache:
             cache = self.new_cache(input_ids.shape[0])
-        return self._run(input_ids, labels, cache, decode=False, return_stats=return_stats)
+        return self._run(
+            input_ids, labels, cache, decode=False, return_stats=return_stats, documents=documents
+        )
 
     def decode(self, input_ids: Tensor, cache) -> ModelOutput:
         """Consume input_ids (B, T) one token at a time from `cache` (TTT: online or chunked GD,
@@ -195,7 +213,14 @@ class TTTLM(nn.Module):
         return self._run(input_ids, None, cache, decode=True, return_stats=False)
 
     def _run(
-        self, input_ids: Tensor, labels: Tensor | None, cache, *, decode: bool, return_stats: bool
+        self,
+        input_ids: Tensor,
+        labels: Tensor | None,
+        cache,
+        *,
+        decode: bool,
+        return_stats: bool,
+        documents: Documents | None = None,
     ) -> ModelOutput:
         B, T = input_ids.shape
         if cache is not None and cache.batch_size != B:
@@ -207,7 +232,7 @@ class TTTLM(nn.Module):
         for i, block in enumerate(self.blocks):
             state = cache.layers[i] if cache is not None else None
             x, state, layer_stats = block(
-                x, positions, state, decode=decode, return_stats=return_stats
+                x, positions, state, decode=decode, return_stats=return_stats, documents=documents
             )
             states.append(state)
             stats.append(layer_stats)

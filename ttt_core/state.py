@@ -35,6 +35,23 @@ class _TensorFields:
     def from_tensors(cls, tensors: dict[str, Tensor]):
         return cls(**tensors)
 
+    @classmethod
+    def stack(cls, states: list):
+        """The rows of every state, in order."""
+        names = states[0].tensors()
+        return cls(**{name: torch.cat([s.tensors()[name] for s in states]) for name in names})
+
+    def where_rows(self, active: Tensor, old):
+        """Row i of this state where `active[i]` (B,) bool, else row i of `old`."""
+        theirs = old.tensors()
+        return replace(
+            self,
+            **{
+                name: torch.where(active.view(-1, *(1,) * (t.dim() - 1)), t, theirs[name])
+                for name, t in self.tensors().items()
+            },
+        )
+
 
 @dataclass
 class FastWeightState(_TensorFields):
@@ -53,32 +70,96 @@ class FastWeightState(_TensorFields):
         """Sum of `eta_s g_s k_s^T` over the current chunk's tokens so far (chunked decode)."""
         return None if self.anchor is None else self.anchor - self.W
 
-    @staticmethod
-    def stack(states: list[FastWeightState]) -> FastWeightState:
-        anchors = [s.anchor for s in states]
-        return FastWeightState(
-            W=torch.cat([s.W for s in states]),
-            anchor=None if anchors[0] is None else torch.cat(anchors),
-        )
-
-    def where_rows(self, active: Tensor, old: FastWeightState) -> FastWeightState:
-        rows = active[:, None, None, None]
-        return FastWeightState(
-            W=torch.where(rows, self.W, old.W),
-            anchor=None if self.anchor is None else torch.where(rows, self.anchor, old.anchor),
-        )
-
 
 @dataclass
 class EmptyState(_TensorFields):
     """State of a layer without token mixing (the no-context control): nothing."""
 
-    @staticmethod
-    def stack(states: list[EmptyState]) -> EmptyState:
-        return EmptyState()
 
-    def where_rows(self, active: Tensor, old: EmptyState) -> EmptyState:
-        return self
+@dataclass
+class RingKVState(_TensorFields):
+    """Sliding-window attention state of one layer: a ring of `window` slots, fixed in size.
+
+    k, v: (B, H, window, d); pos: (B, window) int64, the position held by each slot (-1: empty).
+    Position p lives in slot p mod window, so a write replaces the token that left the window.
+    """
+
+    k: Tensor
+    v: Tensor
+    pos: Tensor
+
+    @staticmethod
+    def empty(batch: int, heads: int, window: int, head_dim: int, like: Tensor) -> RingKVState:
+        k, v = (like.new_zeros(batch, heads, window, head_dim) for _ in range(2))
+        pos = torch.full((batch, window), -1, dtype=torch.long, device=like.device)
+        return RingKVState(k, v, pos)
+
+    def write(self, k: Tensor, v: Tensor, positions: Tensor) -> RingKVState:
+        """A new ring with the last min(T, window) of k, v (B, H, T, d) at positions (B, T) in
+        their slots (the older ring is left as it was)."""
+        window = self.pos.shape[1]
+        n = min(k.shape[2], window)
+        slots = positions[:, -n:] % window  # (B, n), distinct: consecutive positions
+        rows = torch.arange(k.shape[0], device=k.device)[:, None]
+        ring_k, ring_v, pos = self.k.clone(), self.v.clone(), self.pos.clone()
+        ring_k[rows, :, slots] = k[:, :, -n:].transpose(1, 2).to(ring_k.dtype)  # (B, n, H, d)
+        ring_v[rows, :, slots] = v[:, :, -n:].transpose(1, 2).to(ring_v.dtype)
+        pos[rows, slots] = positions[:, -n:]
+        return RingKVState(ring_k, ring_v, pos)
+
+
+@dataclass
+class LactState(_TensorFields):
+    """LaCT state of one layer, fixed in size (docs/lact.md, "Cached decoding").
+
+    W0, W1, W2: (B, Hf, d, d), the fast weights after the last complete chunk; M0, M1, M2: their
+    momentum buffers (None without momentum). buf_k, buf_v (B, Hf, C, d), buf_lr (B, Hf, C, 3),
+    buf_gate (B, Hf, C; None without momentum): the keys, values, learning rates and momentum
+    gates of the current partial chunk, position p in slot p mod C, zeros past the tokens
+    written. ring_k, ring_v, ring_pos: the sliding-window branch (`RingKVState`).
+    """
+
+    W0: Tensor
+    W1: Tensor
+    W2: Tensor
+    buf_k: Tensor
+    buf_v: Tensor
+    buf_lr: Tensor
+    ring_k: Tensor
+    ring_v: Tensor
+    ring_pos: Tensor
+    M0: Tensor | None = None
+    M1: Tensor | None = None
+    M2: Tensor | None = None
+    buf_gate: Tensor | None = None
+
+    @property
+    def weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.W0, self.W1, self.W2
+
+    @property
+    def momentum(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        return None if self.M0 is None else (self.M0, self.M1, self.M2)
+
+    @property
+    def ring(self) -> RingKVState:
+        return RingKVState(self.ring_k, self.ring_v, self.ring_pos)
+
+    @property
+    def buffers(self) -> dict[str, Tensor | None]:
+        """The partial-chunk buffers by name: k, v, lr, gate."""
+        return {"k": self.buf_k, "v": self.buf_v, "lr": self.buf_lr, "gate": self.buf_gate}
+
+    @staticmethod
+    def build(weights, momentum, buffers: dict[str, Tensor | None], ring: RingKVState) -> LactState:
+        """A state from its parts: weights and momentum (3-tuples; momentum may be None), the
+        buffers by name (`buffers`) and the ring."""
+        M = momentum or (None, None, None)
+        return LactState(
+            W0=weights[0], W1=weights[1], W2=weights[2],
+            buf_k=buffers["k"], buf_v=buffers["v"], buf_lr=buffers["lr"], buf_gate=buffers["gate"],
+            ring_k=ring.k, ring_v=ring.v, ring_pos=ring.pos, M0=M[0], M1=M[1], M2=M[2],
+        )  # fmt: skip
 
 
 class _KVStore:

@@ -96,6 +96,12 @@ def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
     assert "trainer's estimate" in val[1] and "4.5" in val[1]
     assert not [line for line in lines if "ci95" in line]  # the bounds print inside the cell
     assert len(lines) <= 24  # one screen
+    # a perplexity eval limited to a few batches is labelled with the rows it read
+    limited = resolve(
+        BringupRequest(preset="debug_tiny", overrides={"perplexity.max_batches": 4}), tmp_path
+    )
+    val = next(line for line in summary_lines(limited, comparison(outputs)) if "val/loss " in line)
+    assert "first 32 val rows" in val and "whole" not in val
 
 
 def test_only_ttt_bring_ups_run_the_op_benchmark_and_controls_add_their_stages(tmp_path):

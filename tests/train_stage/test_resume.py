@@ -59,9 +59,19 @@ def test_resume_is_bitwise_exact_single_process_even_with_operational_changes(
         preflight(other_model, world=1)
 
 
+# LaCT on debug_tiny with chunk and window 8: 4 fast-weight updates per 32-token row, every
+# option on (momentum, Muon, low-rank initial weights).
+LACT = (
+    "--mixer", "lact", "--model.lact-chunk-size", "8", "--model.window-size", "8",
+    "--model.lact-heads", "2", "--model.lact-low-rank", "4", "--model.lact-muon",
+)  # fmt: skip
+
+
 @pytest.mark.slow
-def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_path):
+@pytest.mark.parametrize("mixer", ["ttt_linear", "lact"])
+def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_path, mixer):
     args = (*TINY, "--strategy", "fsdp", "--data", str(tiny_shards), "--save-every", "6")
+    args += LACT if mixer == "lact" else ()
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run_train(*args, "--run-dir", str(whole), "--steps", "12", nproc=2)
     log = tmp_path / "interrupted.log"

@@ -269,3 +269,35 @@ def test_real_data_gate_small_cpu_learns_the_embedded_corpus(tmp_path):
     )
     assert first - last > 1.5, (first, last)
     assert last < unigram - 0.5, (last, unigram)
+
+
+def test_isolated_documents_hand_the_model_the_bos_positions_and_resume_exactly(
+    tiny_shards, tmp_path, capsys, monkeypatch
+):
+    """--documents isolated passes `doc_starts = inputs == BOS` to every training and eval forward
+    (what each mixer does with it: tests/ttt_core/test_documents.py), packed passes none; the
+    isolated run resumes bit for bit."""
+    from data_stage import ShardDataset
+    from ttt_core import TTTLM
+
+    bos = ShardDataset(tiny_shards, "train").manifest.tokenizer.bos_id
+    seen = []
+    forward = TTTLM.forward
+
+    def spy(self, input_ids, *a, doc_starts=None, **kw):
+        seen.append(None if doc_starts is None else torch.equal(doc_starts, input_ids == bos))
+        return forward(self, input_ids, *a, doc_starts=doc_starts, **kw)
+
+    monkeypatch.setattr(TTTLM, "forward", spy)
+    args = (*TINY, "--no-mlflow", "--data", str(tiny_shards), "--steps", "6", "--mixer", "lact",
+            "--model.lact-chunk-size", "8", "--model.window-size", "8", "--eval-every", "3")  # fmt: skip
+    run_in_process(capsys, *args, "--run-dir", str(tmp_path / "packed"))
+    assert seen and set(seen) == {None}
+    seen.clear()
+    isolated = (*args, "--documents", "isolated")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    run_in_process(capsys, *isolated, "--run-dir", str(whole))
+    assert seen and set(seen) == {True}
+    run_in_process(capsys, *isolated, "--run-dir", str(parts), "--stop-at", "3")
+    run_in_process(capsys, *isolated, "--run-dir", str(parts))
+    assert losses(parts) == losses(whole)

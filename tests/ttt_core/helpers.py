@@ -33,10 +33,25 @@ def random_op_inputs(
     return q, k, v, eta, W, ln_weight, ln_bias
 
 
+# LaCT on debug_tiny: 2 fast-weight heads of 32, every option on, inner lr large enough to matter.
+LACT = dict(
+    lact_heads=2,
+    lact_chunk_size=8,
+    window_size=8,
+    lact_base_lr=0.2,
+    lact_momentum=True,
+    lact_muon=True,
+    lact_low_rank=4,
+)
+
 # Model overrides for every kind of stack the model builds: the pure mixers and a hybrid.
 STACKS: dict[str, dict] = {
     "ttt_linear": dict(mixer="ttt_linear"),
     "attention": dict(mixer="attention"),
     "none": dict(mixer="none"),
     "hybrid": dict(layer_mixers=("attention", "ttt_linear")),
+    # window and chunk 8 (debug_tiny's TTT chunk): the tests' lengths span several of each
+    "swa": dict(mixer="swa", window_size=8),
+    "lact": dict(mixer="lact", **LACT),
+    "lact_hybrid": dict(layer_mixers=("swa", "lact"), **LACT),
 }

@@ -35,7 +35,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "none", "hybrid"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "lact", "attention", "swa", "none", "hybrid"])
 def test_num_params_matches_the_module_on_meta(name, mixer):
     config = ModelConfig.from_preset(name, mixer=mixer if mixer != "hybrid" else "ttt_linear")
     if mixer == "hybrid":  # attention at the bottom, TTT on top, one layer without a mixer

@@ -10,6 +10,8 @@ import torch
 
 from ttt_core import TTTLM, ModelConfig
 
+from .helpers import LACT
+
 VOCAB = 64
 # Larger inner steps than the default (eta_base 0.01) so the TTT path moves the loss visibly.
 STACKS: dict[str, dict] = {
@@ -17,6 +19,9 @@ STACKS: dict[str, dict] = {
     "ttt_linear-fused": dict(mixer="ttt_linear", ops_backend="fused", eta_base=0.5),
     "attention": dict(mixer="attention"),
     "hybrid": dict(layer_mixers=("attention", "ttt_linear"), ops_backend="fused", eta_base=0.5),
+    "swa": dict(mixer="swa", window_size=8),
+    "lact-autograd": dict(mixer="lact", ops_backend="autograd", **LACT),
+    "lact-fused": dict(mixer="lact", ops_backend="fused", **LACT),
 }
 
 

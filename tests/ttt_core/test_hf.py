@@ -23,15 +23,26 @@ from ttt_core.hf import (
     load_tokenizer,
 )
 
+from .helpers import LACT
+
 VOCAB = 32
-CASES = [("ttt_linear", "online"), ("ttt_linear", "chunked"), ("attention", "online")]
+CASES = [
+    ("ttt_linear", "online"),
+    ("ttt_linear", "chunked"),
+    ("attention", "online"),
+    ("lact", "online"),
+    ("swa", "online"),
+]
+# Per-mixer settings of the tiny models (chunk and window 8: the tests span several).
+MIXER_OPTIONS = {"lact": LACT, "swa": dict(window_size=8)}
 
 
 def tiny_model(mixer: str = "ttt_linear", decode_mode: str = "online", vocab: int = VOCAB):
     torch.manual_seed(0)
     config = ModelConfig.from_preset(
-        "debug_tiny", vocab_size=vocab, mixer=mixer, decode_mode=decode_mode, eta_base=0.5
-    )
+        "debug_tiny", vocab_size=vocab, mixer=mixer, decode_mode=decode_mode, eta_base=0.5,
+        **MIXER_OPTIONS.get(mixer, {}),
+    )  # fmt: skip
     model = TTTLM(config).eval()
     # Larger inner steps than the default make decode-mode differences visible.
     for block in model.blocks:
@@ -49,7 +60,7 @@ def hf_generate(model: TTTLinearForCausalLM, ids: torch.Tensor, **kwargs):
     return model.generate(ids, eos_token_id=None, pad_token_id=None, **kwargs)
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa"])
 def test_logits_equal_the_wrapped_model_in_prefill_and_decode(mixer):
     model = tiny_model(mixer)
     hf = TTTLinearForCausalLM.from_ttt(model)
@@ -86,7 +97,7 @@ def test_decode_mode_comes_from_the_config_and_changes_tokens():
     assert not torch.equal(online, chunked)  # so the two greedy checks above are distinct
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa"])
 def test_two_turn_continuation_with_the_cache_equals_one_pass(mixer):
     model = tiny_model(mixer, "chunked")  # chunked decode == the dual form of a single pass
     hf = TTTLinearForCausalLM.from_ttt(model)
@@ -196,7 +207,8 @@ LOAD_OPTIONS = [
 
 @pytest.mark.parametrize("options", LOAD_OPTIONS, ids=lambda o: ",".join(o) or "defaults")
 @pytest.mark.parametrize(
-    ("mixer", "tied"), [("ttt_linear", False), ("attention", False), ("ttt_linear", True)]
+    ("mixer", "tied"),
+    [("ttt_linear", False), ("attention", False), ("ttt_linear", True), ("lact", False)],
 )
 def test_save_and_from_pretrained_round_trip_through_auto_classes(tmp_path, mixer, tied, options):
     model = tiny_model(mixer)
