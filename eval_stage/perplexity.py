@@ -52,6 +52,16 @@ def token_losses(model: nn.Module, rows: np.ndarray) -> Tensor:
     return F.cross_entropy(logits.float().transpose(1, 2), ids[:, 1:], reduction="none")
 
 
+def row_loss_sums(model: nn.Module, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of `batches` ((b, T + 1) id arrays): float64 loss sum (n,), predicted tokens (n,)."""
+    sums, counts = [], []
+    for rows in batches:
+        losses = token_losses(model, rows).double()
+        sums += losses.sum(dim=1).tolist()
+        counts += [losses.shape[1]] * losses.shape[0]
+    return np.array(sums, dtype=np.float64), np.array(counts, dtype=np.float64)
+
+
 def measure(
     model: nn.Module,
     batches: Iterable[np.ndarray],
@@ -61,14 +71,10 @@ def measure(
 ) -> PerplexityRow:
     """Exact mean loss over every predicted token of `batches` ((b, T + 1) id arrays), with its
     95% bootstrap interval over the rows."""
-    sums, counts = [], []  # per row: float64 loss sum, predicted tokens
-    for rows in batches:
-        losses = token_losses(model, rows).double()
-        sums += losses.sum(dim=1).tolist()
-        counts += [losses.shape[1]] * losses.shape[0]
-    tokens = sum(counts)
+    sums, counts = row_loss_sums(model, batches)
+    tokens = int(counts.sum())
     loss = math.fsum(sums) / tokens
-    lo, hi = ratio_interval(np.array(sums), np.array(counts), bootstrap_samples, bootstrap_seed)
+    lo, hi = ratio_interval(sums, counts, bootstrap_samples, bootstrap_seed)
     return PerplexityRow(
         role=role,
         loss=loss,

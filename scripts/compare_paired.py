@@ -19,30 +19,24 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from eval_stage.bootstrap import ratio_interval
 from eval_stage.data import open_val, row_batches
 from eval_stage.models import open_model
-from eval_stage.perplexity import token_losses
+from eval_stage.perplexity import row_loss_sums
 from ttt_core.files import atomic_write_text
 
 SAMPLES, SEED = 2000, 0
 
 
-def row_loss_sums(path: Path, data: Path, batch_size: int) -> tuple[dict, np.ndarray, np.ndarray]:
-    """(model info, per-row loss sums (n,), per-row predicted tokens (n,))."""
+def model_losses(path: Path, data: Path, batch_size: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(model info, per-row loss sums (n,), per-row predicted tokens (n,)) over the whole val split."""
     loaded = open_model(path)
     ds = open_val(data)
-    sums, counts = [], []
-    with torch.no_grad():
-        for rows in row_batches(ds, batch_size, ds.seq_len, None):
-            losses = token_losses(loaded.model, rows).double()
-            sums += losses.sum(dim=1).tolist()
-            counts += [losses.shape[1]] * losses.shape[0]
+    sums, counts = row_loss_sums(loaded.model, row_batches(ds, batch_size, ds.seq_len, None))
     info = {"path": str(path), "mixer": loaded.config.mixer_name,
             "params": loaded.config.num_params(), **loaded.info}  # fmt: skip
-    return info, np.array(sums), np.array(counts, dtype=np.float64)
+    return info, sums, counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    measured = [row_loss_sums(m, args.data, args.batch_size) for m in args.models]
+    measured = [model_losses(m, args.data, args.batch_size) for m in args.models]
     _, ref_sums, counts = measured[0]
     rows = []
     for info, sums, _ in measured:

@@ -212,6 +212,11 @@ class LactMixer(nn.Module):
         (qa, ka, va), (fq, fk, fv), lr, gate = self._project(x, positions)
         norms = self._norms(self.slow_weights())
         rows = torch.arange(x.shape[0], device=x.device)
+        # Owned copies, written in place below (the caller's state is never touched); a completed
+        # chunk replaces them with fresh tensors (zeros, or `where_rows`), owned as well.
+        buffers = {n: None if b is None else b.clone() for n, b in state.buffers.items()}
+        state = LactState.build(state.weights, state.momentum, buffers, state.ring)
+        token = {"k": fk, "v": fv, "lr": lr, "gate": gate}
         attn_out, ttt_out = [], []
         for t in range(x.shape[1]):
             one = slice(t, t + 1)
@@ -222,14 +227,10 @@ class LactMixer(nn.Module):
             attn_out.append(out)
             ttt_out.append(swiglu_apply(state.weights, fq[:, :, one]))
             slot = positions[:, t] % C
-            token = {"k": fk, "v": fv, "lr": lr, "gate": gate}
-            buffers = {}
             for name, held in state.buffers.items():
-                buffers[name] = held
                 if held is not None:
-                    buffers[name] = held.clone()
-                    buffers[name][rows, :, slot] = token[name][:, :, t]
-            state = LactState.build(state.weights, state.momentum, buffers, ring)
+                    held[rows, :, slot] = token[name][:, :, t]
+            state = LactState.build(state.weights, state.momentum, state.buffers, ring)
             done = slot == C - 1
             if bool(done.any()):
                 b = state.buffers

@@ -75,6 +75,16 @@ def chunk_step(
     return new, momentum_buffers
 
 
+def chunk_spans(T: int, chunk_size: int, need_state: bool) -> list[tuple[int, int, bool]]:
+    """(start, end, updates) per chunk of T tokens: a chunk updates when it is complete, except
+    the last one when no state is asked for (no output reads that update)."""
+    spans = []
+    for start in range(0, T, chunk_size):
+        end = min(start + chunk_size, T)
+        spans.append((start, end, end - start == chunk_size and (end < T or need_state)))
+    return spans
+
+
 def initial_momentum(weights: Weights, gate: Tensor | None, buffers: Weights | None):
     """Zero buffers at the start of a sequence, the given ones when continuing; None without a gate."""
     if gate is None:
@@ -101,10 +111,9 @@ def lact_chunked(
     T = q.shape[2]
     M = initial_momentum(weights, momentum, momentum_buffers)
     outputs = []
-    for start in range(0, T, chunk_size):
-        end = min(start + chunk_size, T)
+    for start, end, updates in chunk_spans(T, chunk_size, need_state):
         outputs.append(swiglu_apply(weights, q[:, :, start:end]))
-        if end - start < chunk_size or (end == T and not need_state):
+        if not updates:
             break
         window = slice(start, end)
         gate = None if momentum is None else momentum[:, :, window]

@@ -12,27 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .chunk import chunk_step, initial_momentum, swiglu_apply
+from .chunk import chunk_spans, chunk_step, swiglu_apply
 from .common import LactResult, Weights
-
-
-def _chunks(T: int, chunk_size: int, need_state: bool) -> list[tuple[int, int, bool]]:
-    """(start, end, updates) per chunk: a chunk updates when complete, except the last one
-    when no state is asked for (no output reads that update)."""
-    spans = []
-    for start in range(0, T, chunk_size):
-        end = min(start + chunk_size, T)
-        updates = end - start == chunk_size and (end < T or need_state)
-        spans.append((start, end, updates))
-    return spans
 
 
 class _LactFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, chunk_size, muon, need_state, q, k, v, lr, gate, *flat):
         weights, norms = tuple(flat[0:3]), tuple(flat[3:6])
-        M = initial_momentum(weights, gate, tuple(flat[6:9]) if gate is not None else None)
-        spans = _chunks(q.shape[2], chunk_size, need_state)
+        M = tuple(flat[6:9]) if gate is not None else None  # `lact_fused` passes zeros to start
+        spans = chunk_spans(q.shape[2], chunk_size, need_state)
         o = torch.zeros_like(q)
         saved = []
         for start, end, updates in spans:
