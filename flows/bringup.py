@@ -42,7 +42,7 @@ from flows.request import (
 from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
 from flows.tracking import Tracking
 from train_stage import TrainOutputs
-from ttt_core import Mixer, PretrainedOutputs
+from ttt_core import Family, PretrainedOutputs
 
 
 def browsable(url: str | None) -> str | None:
@@ -281,7 +281,7 @@ def flow_run_label() -> str:
 @flow(name="bringup", log_prints=True, flow_run_name=flow_run_label)
 def bringup(
     preset: PresetName = DEFAULT_PRESET,
-    mixer: Mixer | None = None,
+    mixer: Family | None = None,
     overrides: dict[str, Any] = {},  # noqa: B006 (never mutated; `{}` renders as the form's default)
     refresh: bool = False,
     restart_count: int = 0,

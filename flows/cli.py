@@ -23,7 +23,7 @@ from flows.request import (
     resolve,
 )
 from stage_common import CliParser, read_config_file
-from ttt_core import Mixer, flatten_dotted, parse_assignments
+from ttt_core import Family, flatten_dotted, parse_assignments
 
 EXIT_BAD_INPUT = 2
 
@@ -47,7 +47,7 @@ def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConf
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=DEFAULT_PRESET)
-    p.add_argument("--mixer", choices=get_args(Mixer), help="default: the preset's")
+    p.add_argument("--mixer", choices=get_args(Family), help="default: the preset's")
     p.add_argument("--run-root", type=Path, default=Path("runs"))
     p.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     p.add_argument(

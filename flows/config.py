@@ -20,7 +20,7 @@ from pydantic import (
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
 from eval_stage import EVALS, STANDARD_EVALS, BenchConfig, LatencyConfig
 from train_stage import TrainConfig
-from ttt_core import ConfigModel, Mixer, ModelConfig, deep_merge, error_summary
+from ttt_core import ConfigModel, Family, ModelConfig, deep_merge, error_summary, family_settings
 
 DATA_STAGES = ("tokenizer", "shards")
 # The evals a bring-up can run: eval_stage's standard ones (a field of this config each).
@@ -43,15 +43,17 @@ class PipelineConfig(ConfigModel):
     run_name: str | None = Field(
         None, description="None: '<preset>-<mixer>' (a hybrid: its `mixer_name`)"
     )
-    mixer: Mixer = "ttt_linear"
+    mixer: Family = Field(
+        "ttt_linear", description="the model's mixer, or e2e (swa with TTT-E2E suffix blocks)"
+    )
     baseline: str | None = Field(
         None, description="run_name of a completed attention bring-up under run_root to compare"
     )
-    controls: list[Mixer] = Field(
+    controls: list[Family] = Field(
         default_factory=list,
         description="mixers brought up beside this one on its data and budget, then compared "
-        "(`none`: the no-context control; `attention`, `swa`, `lact`, `ttt_linear`), each with "
-        "the preset's tuned values for it; the bring-up's own mixer is skipped",
+        "(`none`: the no-context control; `attention`, `swa`, `lact`, `ttt_linear`, `e2e`), "
+        "each with the preset's tuned values for it; the bring-up's own mixer is skipped",
     )
     data_from: Path | None = Field(
         None,
@@ -142,7 +144,7 @@ class PipelineConfig(ConfigModel):
             return self.data_from / stage
         return self.run_dir / stage
 
-    def control_config(self, mixer: Mixer) -> PipelineConfig:
+    def control_config(self, mixer: Family) -> PipelineConfig:
         """The bring-up of control `mixer`: this one's data (`data_from`), steps and evals, the
         preset's settings for that mixer, under `<run_dir>/controls/<mixer>`; a hybrid's
         `layer_mixers` is not carried over (the control is one mixer throughout)."""
@@ -186,7 +188,7 @@ class PipelineConfig(ConfigModel):
         tuned_for = layers.pop() if len(layers) == 1 else None
         preset = TrainConfig.preset_dict(self.train_preset, tuned_for)
         merged = deep_merge(preset, self.train)
-        return deep_merge(merged, {"model": {"mixer": self.mixer}})
+        return deep_merge(merged, {"model": family_settings(self.mixer, merged["model"])})
 
     def train_config(self, data: Path | None = None) -> TrainConfig:
         """The resolved TrainConfig (MLflow settings are passed as flags by the train task)."""

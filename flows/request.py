@@ -17,7 +17,7 @@ from pydantic import Field, ValidationError
 from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.fingerprint import digest
 from train_stage import TrainConfig
-from ttt_core import ConfigModel, Mixer, ModelConfig, error_summary, nest_dotted
+from ttt_core import ConfigModel, Family, ModelConfig, error_summary, nest_dotted
 
 PresetName = Literal["debug_tiny", "small_cpu"]
 DEFAULT_PRESET: PresetName = "small_cpu"
@@ -53,7 +53,7 @@ class BringupRequest(ConfigModel):
     """The flow's parameters as recorded in `bringup.json` (what `resume` runs again)."""
 
     preset: PresetName = DEFAULT_PRESET
-    mixer: Mixer | None = None
+    mixer: Family | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 

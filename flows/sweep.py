@@ -40,7 +40,7 @@ from flows.torchrun import NOT_RETRYABLE, ProcessFailed, Terminated, run_streami
 from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
 from stage_common import CliParser, output_dir_problem, run_cli
 from train_stage import TrainConfig
-from ttt_core import Mixer, atomic_write_text, parse_assignments
+from ttt_core import Family, atomic_write_text, parse_assignments
 
 RESULT_FILE, DATA_KEY = "sweep_point.json", "data.key"
 EXIT_INTERRUPTED = 143  # as train_stage: stopped by SIGTERM/SIGINT, rerun to resume
@@ -454,7 +454,7 @@ def sweep_command(args: argparse.Namespace) -> str:
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     """The sweep's flags on `p` (the `sweep` subcommand of `python -m flows`, or standalone)."""
     p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=DEFAULT_PRESET)
-    p.add_argument("--mixer", choices=get_args(Mixer), help="default: the preset's")
+    p.add_argument("--mixer", choices=get_args(Family), help="default: the preset's")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a PipelineConfig key for every point"
     )

@@ -32,6 +32,7 @@ from stage_common.config_cli import (
 )
 from stage_common.faults import run_cli
 from stage_common.run_lock import RunDirBusy, RunDirUnusable
+from ttt_core import family_of
 
 from .config import TRAIN_PRESETS, CurriculumStage, TrainConfig
 from .distributed import torchrun_command
@@ -88,8 +89,9 @@ def train_parser() -> CliParser:
 
 
 def _recipe(name: str, flags: dict[str, Any]) -> dict[str, Any]:
-    """Preset `name` tuned for the mixer the flags ask for (`--mixer`), else for its own."""
-    return TrainConfig.preset_dict(name, (flags.get("model") or {}).get("mixer"))
+    """Preset `name` tuned for the family the flags ask for (`--mixer`, or `e2e` when they set
+    `--model.e2e-suffix-layers`), else for its own."""
+    return TrainConfig.preset_dict(name, family_of(flags.get("model") or {}))
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

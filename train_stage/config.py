@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from ttt_core import ModelConfig
+from ttt_core import ModelConfig, family_of, family_settings
 from ttt_core.dotted import deep_merge
 from ttt_core.identity import IdentityConfig
 from ttt_core.validation import ConfigModel
@@ -67,6 +67,9 @@ class TrainConfig(IdentityConfig):
             "curriculum",
             # whether a mixer sees across the packed documents of a row
             "documents",
+            # TTT-E2E's inner-lr warm-up: the inner steps every update trains through
+            "e2e_inner_lr_warmup",
+            "e2e_inner_lr_init",
             # bf16 autocast changes the numbers the weights are made of
             "precision",
         }
@@ -131,6 +134,19 @@ class TrainConfig(IdentityConfig):
         "isolated: each document is its own sequence (no attention, fast-weight state or chunk "
         "crosses a BOS; ttt_core.documents).",
     )
+    e2e_inner_lr_warmup: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="TTT-E2E: fraction of `steps` over which the inner lr rises from "
+        "e2e_inner_lr_init x e2e_inner_lr to e2e_inner_lr (the reference: 10%).",
+    )
+    e2e_inner_lr_init: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="TTT-E2E: the inner lr multiplier at step 0 (the reference: 0.1).",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         default="fp32", description="bf16: bfloat16 autocast (needs CUDA)."
     )
@@ -180,6 +196,31 @@ class TrainConfig(IdentityConfig):
             data = {**data, "steps": total}
         return data
 
+    @model_validator(mode="after")
+    def _e2e_fields_need_e2e(self) -> TrainConfig:
+        # a recorded config carries every field, so only a value off its default is a setting
+        warm_up = ("e2e_inner_lr_warmup", "e2e_inner_lr_init")
+        given = [f for f in warm_up if getattr(self, f) != type(self).model_fields[f].default]
+        if given and not self.model.e2e_suffix_layers:
+            raise ValueError(
+                f"{', '.join(given)}: TTT-E2E settings, but the model has no e2e_suffix_layers"
+            )
+        if self.documents == "isolated" and self.model.e2e_suffix_layers:
+            raise ValueError(
+                "documents='isolated' is not implemented for TTT-E2E (e2e_suffix_layers > 0): "
+                "its prime MLPs train across the whole row; use documents='packed'"
+            )
+        return self
+
+    def inner_lr_scale(self, step: int) -> float:
+        """TTT-E2E's inner-lr multiplier at optimizer step `step` (0-based): linear from
+        e2e_inner_lr_init at step 0 to 1 at the end of the warm-up; 1 without TTT-E2E."""
+        warm = round(self.e2e_inner_lr_warmup * self.steps)
+        if not self.model.e2e_suffix_layers or warm == 0:
+            return 1.0
+        progress = min(1.0, (step + 1) / warm)
+        return self.e2e_inner_lr_init + (1.0 - self.e2e_inner_lr_init) * progress
+
     @property
     def stages(self) -> list[CurriculumStage]:
         """The curriculum, or the whole run as one stage."""
@@ -219,9 +260,10 @@ class TrainConfig(IdentityConfig):
 
     @classmethod
     def preset_dict(cls, name: str, mixer: str | None = None) -> dict[str, Any]:
-        """The named recipe as plain data, its model preset expanded. With `mixer`, the model
-        uses that mixer and the recipe's `tuned[mixer]` values (measured per mixer, see
-        docs/tuning.md) are merged in; callers merge explicit settings on top, so theirs win."""
+        """The named recipe as plain data, its model preset expanded. With `mixer` (a family: a
+        mixer or `e2e`, `ttt_core.config.family_settings`), the model is of that family and the
+        recipe's `tuned[family]` values (measured per family, see docs/tuning.md) are merged
+        in; callers merge explicit settings on top, so theirs win."""
         if name not in TRAIN_PRESETS:
             raise ValueError(
                 f"unknown train preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}"
@@ -230,14 +272,15 @@ class TrainConfig(IdentityConfig):
         tuned = recipe.pop("tuned", {})
         model = ModelConfig.from_preset(recipe.pop("model_preset")).model_dump(mode="json")
         if mixer is not None:
-            model["mixer"] = mixer
-        return deep_merge({"preset": name, **recipe, "model": model}, tuned.get(model["mixer"], {}))
+            model.update(family_settings(mixer, model))
+        tuned_values = tuned.get(family_of(model), {})
+        return deep_merge({"preset": name, **recipe, "model": model}, tuned_values)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> TrainConfig:
         """A named recipe with `overrides` merged in (`model` and `mlflow` as partial dicts); the
         recipe's tuned values for the mixer of `overrides` (else of the preset) apply first."""
-        mixer = dict(overrides.get("model") or {}).get("mixer")
+        mixer = family_of(dict(overrides.get("model") or {}))
         return cls.model_validate(deep_merge(cls.preset_dict(name, mixer), overrides))
 
 
@@ -281,6 +324,18 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                 },
             },
             "swa": {"lr": 1e-3, "model": {"window_size": 64}},
+            # the e2e_small_cpu model preset's shape (swa's window, one suffix block, chunk 32:
+            # 8 per row as the reference's 1024 in 8192); the sweeps ran at these
+            "e2e": {
+                "lr": 1e-3,
+                "model": {
+                    "window_size": 64,
+                    "mlp_hidden": 616,
+                    "e2e_suffix_layers": 1,
+                    "e2e_chunk_size": 32,
+                    "e2e_prime_hidden": 352,
+                },
+            },
         },
     ),
     "bringup_125m": dict(

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ttt_core.e2e import E2ESuffix
 from ttt_core.model import Block
 
 
@@ -82,7 +83,8 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv) -> nn.Module:
         model.to(env.device) if env.device.type == "cuda" else model,
         device_mesh=mesh,
         use_orig_params=True,
-        auto_wrap_policy=ModuleWrapPolicy({Block}),
+        # the TTT-E2E suffix is one unit: its inner gradients are taken inside its forward
+        auto_wrap_policy=ModuleWrapPolicy({Block, E2ESuffix}),
         device_id=env.device,
     )
 

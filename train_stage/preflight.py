@@ -66,6 +66,12 @@ def _mixer_notes(cfg: TrainConfig) -> list[str]:
             f"({cfg.seq_len}): LaCT's fast weights never update inside a training sequence "
             "(set --model.lact-chunk-size below seq_len)"
         )
+    if model.e2e_suffix_layers and model.e2e_chunk_size >= cfg.seq_len:
+        notes.append(
+            f"warning: model.e2e_chunk_size ({model.e2e_chunk_size}) >= seq_len "
+            f"({cfg.seq_len}): TTT-E2E takes no inner step inside a training sequence, so its "
+            "prime MLPs are never meta-learned (set --model.e2e-chunk-size below seq_len)"
+        )
     return notes
 
 

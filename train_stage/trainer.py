@@ -173,6 +173,7 @@ class Trainer:
                     labels=labels,
                     return_stats=want_stats and micro == cfg.grad_accum - 1,
                     doc_starts=self._doc_starts(inputs),
+                    inner_lr_scale=cfg.inner_lr_scale(self.step),
                 )
             (out.loss / cfg.grad_accum).backward()
             loss_sum += out.loss.detach()

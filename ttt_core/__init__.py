@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .cache import Cache, KVCache, TTTCache
-    from .config import PRESETS, Mixer, ModelConfig
+    from .config import PRESETS, Family, Mixer, ModelConfig, family_of, family_settings
     from .dotted import deep_merge, flatten_dotted, nest_dotted, parse_assignments
     from .files import (
         IntegrityError,
@@ -60,6 +60,9 @@ _WHERE = {
     "KVCache": "cache",
     "TTTCache": "cache",
     "PRESETS": "config",
+    "Family": "config",
+    "family_of": "config",
+    "family_settings": "config",
     "Mixer": "config",
     "ModelConfig": "config",
     "GenerationResult": "generate",
@@ -82,6 +85,7 @@ __all__ = [
     "AttentionMixer",
     "Cache",
     "ConfigModel",
+    "Family",
     "GenerationResult",
     "IdentityConfig",
     "IntegrityError",
@@ -100,6 +104,8 @@ __all__ = [
     "deep_merge",
     "directory_digest",
     "error_summary",
+    "family_of",
+    "family_settings",
     "flatten_dotted",
     "generate",
     "is_pretrained",

@@ -19,12 +19,13 @@ import torch
 from torch import Tensor
 
 from .config import ModelConfig
-from .state import EmptyState, FastWeightState, KVState, LactState, RingKVState
+from .state import E2EState, EmptyState, FastWeightState, KVState, LactState, RingKVState
 
 CACHE_FORMAT_VERSION = 2
 
-# The state class of each mixer's layers.
+# The state class of each mixer's layers (and of TTT-E2E's suffix layers, "e2e").
 STATES: dict[str, Any] = {
+    "e2e": E2EState,
     "ttt_linear": FastWeightState,
     "lact": LactState,
     "attention": KVState,
@@ -125,7 +126,10 @@ class Cache:
 
         with safe_open(str(path), framework="pt", device=device) as f:
             header = json.loads(f.metadata()["header"])
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+            # Copied out of the file's buffer: its tensors sit at arbitrary byte offsets, and an
+            # unaligned operand can take another kernel path (other rounding) than the aligned
+            # memory of the cache that was saved, so decoding would not continue bit for bit.
+            tensors = {name: f.get_tensor(name).clone() for name in f.keys()}  # noqa: SIM118
         if header.get("format_version") != CACHE_FORMAT_VERSION:
             raise ValueError(
                 f"{path}: cache format {header.get('format_version')}; this version loads format "

@@ -20,6 +20,9 @@ from .identity import IdentityConfig
 from .ops.backends import OpsBackend
 
 Mixer = Literal["ttt_linear", "lact", "attention", "swa", "none"]
+# What a bring-up or control names: a mixer for every layer, or `e2e`, sliding-window attention
+# whose top blocks carry TTT-E2E's prime MLPs (`family_settings`).
+Family = Literal["ttt_linear", "lact", "attention", "swa", "none", "e2e"]
 DecodeMode = Literal["online", "chunked"]
 
 
@@ -56,6 +59,12 @@ class ModelConfig(IdentityConfig):
             "lact_momentum",
             "lact_muon",
             "lact_low_rank",
+            # TTT-E2E: which blocks carry a test-time-trained prime MLP and how it learns
+            "e2e_suffix_layers",
+            "e2e_chunk_size",
+            "e2e_inner_lr",
+            "e2e_inner_clip",
+            "e2e_prime_hidden",
             # the weights at step 0 of a run
             "init_std",
         }
@@ -104,6 +113,24 @@ class ModelConfig(IdentityConfig):
     lact_low_rank: int = Field(
         default=0, ge=0, description="LaCT: rank of the initial W0, W2 (L R + I/2); 0 = full rank."
     )
+    e2e_suffix_layers: int = Field(
+        default=0,
+        ge=0,
+        description="TTT-E2E: the last N blocks carry a prime MLP trained on the context at test "
+        "time (docs/ttt_e2e.md); 0 = off. Needs mixer='swa'.",
+    )
+    e2e_chunk_size: int = Field(
+        default=1024, ge=1, description="TTT-E2E: tokens per inner SGD step of the prime MLPs."
+    )
+    e2e_inner_lr: float = Field(
+        default=1.0, ge=0, description="TTT-E2E: inner SGD learning rate (0: the plain stack)."
+    )
+    e2e_inner_clip: float = Field(
+        default=1.0, gt=0, description="TTT-E2E: per-sequence global-norm clip of the inner step."
+    )
+    e2e_prime_hidden: int = Field(
+        default=1024, ge=1, description="TTT-E2E: SwiGLU width of each prime MLP."
+    )
     tie_embeddings: bool = Field(default=False, description="Output head shares the embedding.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight init.")
     checkpoint_n_chunks: int = Field(
@@ -131,6 +158,8 @@ class ModelConfig(IdentityConfig):
             raise ValueError(f"head_dim = d_model / n_heads = {self.head_dim} must be even (RoPE)")
         if "lact" in self.mixers:
             self._check_lact()
+        if self.e2e_suffix_layers:
+            self._check_e2e()
         if self.layer_mixers is not None and len(self.layer_mixers) != self.n_layers:
             raise ValueError(
                 f"layer_mixers has {len(self.layer_mixers)} entries but n_layers is "
@@ -155,6 +184,22 @@ class ModelConfig(IdentityConfig):
                 "'autograd' or 'auto'"
             )
 
+    def _check_e2e(self) -> None:
+        if self.e2e_suffix_layers > self.n_layers:
+            raise ValueError(
+                f"e2e_suffix_layers ({self.e2e_suffix_layers}) exceeds n_layers ({self.n_layers})"
+            )
+        if set(self.mixers) != {"swa"}:
+            raise ValueError(
+                f"e2e_suffix_layers needs mixer='swa' in every layer (TTT-E2E is a sliding-window "
+                f"Transformer); this stack is {self.mixer_name}"
+            )
+
+    @property
+    def prefix_layers(self) -> int:
+        """Blocks that run once over the whole sequence (all of them without TTT-E2E)."""
+        return self.n_layers - self.e2e_suffix_layers
+
     @property
     def mixers(self) -> tuple[Mixer, ...]:
         """The mixer of each layer, bottom to top."""
@@ -162,8 +207,10 @@ class ModelConfig(IdentityConfig):
 
     @property
     def mixer_name(self) -> str:
-        """The mixer, or for a hybrid its runs bottom to top (`2xattention+2xttt_linear`; the
-        characters are safe in a folder name)."""
+        """The mixer, `e2e` for a TTT-E2E stack, or for a hybrid its runs bottom to top
+        (`2xattention+2xttt_linear`; the characters are safe in a folder name)."""
+        if self.e2e_suffix_layers:
+            return "e2e"
         runs = [(m, len(list(group))) for m, group in groupby(self.mixers)]
         if len(runs) == 1:
             return runs[0][0]
@@ -185,6 +232,7 @@ class ModelConfig(IdentityConfig):
         D = self.d_model
         blocks = sum(self._mixer_params(m) for m in self.mixers)
         blocks += self.n_layers * (3 * D * self.mlp_hidden + D)  # SwiGLU + its RMSNorm weight
+        blocks += self.e2e_suffix_layers * (3 * D * self.e2e_prime_hidden + D)  # prime MLP + norm
         embeddings = self.vocab_size * D * (1 if self.tie_embeddings else 2)
         return blocks + embeddings + D  # + final RMSNorm
 
@@ -221,10 +269,27 @@ class ModelConfig(IdentityConfig):
         )
 
 
+def family_settings(family: Family, model: dict[str, Any]) -> dict[str, Any]:
+    """The model fields that make `model` (ModelConfig data) a `family` stack: the mixer, and
+    for `e2e` swa with a suffix (`model`'s own if it has one, else the top quarter of its blocks,
+    at least one); any other family has no suffix."""
+    if family != "e2e":
+        return {"mixer": family, "e2e_suffix_layers": 0}
+    layers = model.get("e2e_suffix_layers") or max(1, int(model["n_layers"]) // 4)
+    return {"mixer": "swa", "e2e_suffix_layers": layers}
+
+
+def family_of(model: dict[str, Any]) -> str:
+    """The family of `model` (ModelConfig data, partial allowed): `e2e` with a suffix, else its
+    mixer (None when it names none)."""
+    return "e2e" if model.get("e2e_suffix_layers") else model.get("mixer")
+
+
 # Nominal sizes (in parameters at a 32k vocabulary) that presets are checked against.
 NOMINAL_PARAMS: dict[str, float] = {
     "bringup_125m": 125e6,
     "lact_760m": 760e6,
+    "e2e_125m": 125e6,
     "bringup_1p3b": 1.3e9,
     "scale_47b": 47e9,
 }
@@ -266,6 +331,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         lact_muon=False,
         rope_theta=1e6,
         norm_eps=1e-6,
+    ),
+    # TTT-E2E that trains in minutes here: small_cpu's shape as sliding-window attention, the
+    # top layer carrying a prime MLP; the prime width (352) comes out of every regular MLP
+    # (704 -> 616 = 704 - 352/4), so the count stays within 0.1% of swa's small_cpu.
+    "e2e_small_cpu": dict(
+        vocab_size=8192,
+        d_model=256,
+        n_layers=4,
+        n_heads=4,
+        mlp_hidden=616,
+        mixer="swa",
+        window_size=64,
+        e2e_suffix_layers=1,
+        e2e_chunk_size=32,
+        e2e_prime_hidden=352,
+    ),
+    # The TTT-E2E reference's 125M (test-time-training/e2e, configs/model/125m.yaml +
+    # configs/experiment/125m/pretrain/pretrain-125m-e2e.yaml): 12 layers of 768, 12 heads,
+    # SWA window 8192 (sliding_window_size), 3 suffix layers (suffix_len), chunk 1024
+    # (mini_batch_size), inner SGD lr 1 clipped at 1 (optimizer_inner), the regular and the
+    # prime MLPs both 1664 wide (intermediate_size, shrunk from 2048), rope_theta 5e5, rms eps
+    # 1e-6, tied embeddings. Ours: the 32k vocabulary of the other presets, not Llama 3's 128k.
+    "e2e_125m": dict(
+        vocab_size=32000,
+        d_model=768,
+        n_layers=12,
+        n_heads=12,
+        mlp_hidden=1664,
+        mixer="swa",
+        window_size=8192,
+        e2e_suffix_layers=3,
+        e2e_chunk_size=1024,
+        e2e_inner_lr=1.0,
+        e2e_inner_clip=1.0,
+        e2e_prime_hidden=1664,
+        rope_theta=5e5,
+        norm_eps=1e-6,
+        tie_embeddings=True,
     ),
     # Reference sizes of the paper's Llama-style ladder.
     "bringup_125m": dict(

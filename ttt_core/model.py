@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .cache import Cache
 from .config import Mixer, ModelConfig
 from .documents import Documents
+from .e2e import E2ESuffix
 from .files import atomic_directory, verify_checksums
 from .mixers import MIXERS, LactMixer, TTTLinearMixer
 from .norms import RMSNorm
@@ -27,19 +28,9 @@ from .pretrained import (
     refuse_legacy,
     write_pretrained,
 )
+from .swiglu import SwiGLU
 
 IGNORE_INDEX = -100
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.up = nn.Linear(dim, hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):
@@ -91,7 +82,10 @@ class TTTLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config, mixer) for mixer in config.mixers)
+        prefix = config.mixers[: config.prefix_layers]
+        self.blocks = nn.ModuleList(Block(config, mixer) for mixer in prefix)
+        # TTT-E2E: the top e2e_suffix_layers blocks, with their inner loop (ttt_core.e2e)
+        self.suffix = E2ESuffix(config) if config.e2e_suffix_layers else None
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -172,6 +166,8 @@ class TTTLM(nn.Module):
             block.mixer.init_state(batch, cold=init == "zeros", chunked=mode == "chunked")
             for block in self.blocks
         ]
+        if self.suffix is not None:
+            layers += self.suffix.init_state(batch)
         offsets = torch.zeros(batch, dtype=torch.long, device=self.embed.weight.device)
         return Cache(
             layers=layers, offsets=offsets, decode_mode=mode, config=self.config.model_dump()
@@ -185,6 +181,7 @@ class TTTLM(nn.Module):
         use_cache: bool = False,
         return_stats: bool = False,
         doc_starts: Tensor | None = None,
+        inner_lr_scale: float = 1.0,
     ) -> ModelOutput:
         """Training / prefill over input_ids (B, T), dual form for TTT.
 
@@ -192,9 +189,17 @@ class TTTLM(nn.Module):
         to ignore it. `cache` continues a sequence; with `use_cache` the updated cache is returned.
         doc_starts (B, T) bool: True where a packed document begins (e.g. `input_ids == bos`);
         every mixer then treats each document as its own sequence (`ttt_core.documents`).
+        inner_lr_scale: TTT-E2E only, the inner lr multiplier of the training warm-up.
         """
+        if inner_lr_scale != 1.0 and self.suffix is None:
+            raise ValueError("inner_lr_scale scales TTT-E2E's inner lr; this model has no suffix")
         documents = None
         if doc_starts is not None:
+            if self.suffix is not None:
+                raise ValueError(
+                    "doc_starts: TTT-E2E trains its prime MLPs across the whole row; isolating "
+                    "packed documents is not implemented for e2e_suffix_layers > 0"
+                )
             if cache is not None or use_cache:
                 raise ValueError(
                     "doc_starts isolates packed documents in training and prefill without a "
@@ -204,8 +209,18 @@ class TTTLM(nn.Module):
         if cache is None and use_cache:
             cache = self.new_cache(input_ids.shape[0])
         return self._run(
-            input_ids, labels, cache, decode=False, return_stats=return_stats, documents=documents
+            input_ids,
+            labels,
+            cache,
+            decode=False,
+            return_stats=return_stats,
+            documents=documents,
+            inner_lr_scale=inner_lr_scale,
         )
+
+    def _head(self, x: Tensor) -> Tensor:
+        """Final norm and LM head: hidden (B, T, D) -> logits (B, T, V)."""
+        return self.lm_head(self.norm(x))
 
     def decode(self, input_ids: Tensor, cache) -> ModelOutput:
         """Consume input_ids (B, T) one token at a time from `cache` (TTT: online or chunked GD,
@@ -221,6 +236,7 @@ class TTTLM(nn.Module):
         decode: bool,
         return_stats: bool,
         documents: Documents | None = None,
+        inner_lr_scale: float = 1.0,
     ) -> ModelOutput:
         B, T = input_ids.shape
         if cache is not None and cache.batch_size != B:
@@ -236,7 +252,14 @@ class TTTLM(nn.Module):
             )
             states.append(state)
             stats.append(layer_stats)
-        logits = self.lm_head(self.norm(x))
+        if self.suffix is None:
+            logits = self._head(x)
+        else:
+            suffix_states = cache.layers[len(self.blocks) :] if cache is not None else None
+            logits, suffix_states = self.suffix(
+                x, input_ids, positions, self._head, suffix_states, inner_lr_scale=inner_lr_scale
+            )
+            states += suffix_states or []
         new_cache = None
         if cache is not None:
             new_cache = Cache(

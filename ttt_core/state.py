@@ -162,6 +162,53 @@ class LactState(_TensorFields):
         )  # fmt: skip
 
 
+@dataclass
+class E2EState(_TensorFields):
+    """TTT-E2E state of one suffix layer, fixed in size (docs/ttt_e2e.md, "Cached decoding").
+
+    gate, up: (B, P, D) and down: (B, D, P), this row's prime MLP weights after its last inner
+    step. ring_*: the layer's sliding-window ring now; start_*: the ring as it was when the
+    current chunk began (what the chunk's inner step recomputes against). First suffix layer
+    only: pend_x (B, C, D), the suffix inputs of the current chunk's tokens, and pend_ids (B, C)
+    int64 their token ids, position p in slot p mod C (the step's inputs and labels).
+    """
+
+    gate: Tensor
+    up: Tensor
+    down: Tensor
+    ring_k: Tensor
+    ring_v: Tensor
+    ring_pos: Tensor
+    start_k: Tensor
+    start_v: Tensor
+    start_pos: Tensor
+    pend_x: Tensor | None = None
+    pend_ids: Tensor | None = None
+
+    @property
+    def prime(self) -> tuple[Tensor, Tensor, Tensor]:
+        return self.gate, self.up, self.down
+
+    @property
+    def ring(self) -> RingKVState:
+        return RingKVState(self.ring_k, self.ring_v, self.ring_pos)
+
+    @property
+    def start(self) -> RingKVState:
+        return RingKVState(self.start_k, self.start_v, self.start_pos)
+
+    @staticmethod
+    def build(prime, ring: RingKVState, start: RingKVState, pend_x=None, pend_ids=None):
+        """A state from its parts: the prime weights (gate, up, down), both rings, and the
+        pending chunk (first suffix layer only)."""
+        return E2EState(
+            gate=prime[0], up=prime[1], down=prime[2],
+            ring_k=ring.k, ring_v=ring.v, ring_pos=ring.pos,
+            start_k=start.k, start_v=start.v, start_pos=start.pos,
+            pend_x=pend_x, pend_ids=pend_ids,
+        )  # fmt: skip
+
+
 class _KVStore:
     """Keys and values (B, H, capacity, d) shared by the `KVState`s that view them.
 

@@ -33,6 +33,11 @@ TINY = ("--preset", "debug_tiny", "--no-mlflow", "--seq-len", "32", "--steps", "
         (("--batch-size", "100000"), "one step needs 100000"),
         (("--curriculum", "16:2,bad"), "is not SEQ:STEPS"),
         (("--ops-backend", "triton"), "model.ops_backend: ops backend 'triton' cannot run here: "),
+        (("--e2e-inner-lr-warmup", "0.5"), "e2e_inner_lr_warmup: TTT-E2E settings, but the model"),
+        (
+            ("--mixer", "swa", "--model.e2e-suffix-layers", "1", "--documents", "isolated"),
+            "documents='isolated' is not implemented for TTT-E2E",
+        ),
     ],
 )
 def test_refusals_exit_2_with_a_clear_message_and_write_nothing(

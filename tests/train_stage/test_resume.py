@@ -65,13 +65,21 @@ LACT = (
     "--mixer", "lact", "--model.lact-chunk-size", "8", "--model.window-size", "8",
     "--model.lact-heads", "2", "--model.lact-low-rank", "4", "--model.lact-muon",
 )  # fmt: skip
+# TTT-E2E on debug_tiny: one suffix block, chunk 8 (3 inner steps per 32-token row, trained
+# through), the inner-lr warm-up over the first 2 of 12 steps.
+E2E = (
+    "--mixer", "swa", "--model.window-size", "8", "--model.e2e-suffix-layers", "1",
+    "--model.e2e-chunk-size", "8", "--model.e2e-prime-hidden", "32",
+    "--e2e-inner-lr-warmup", "0.2",
+)  # fmt: skip
+MIXER_FLAGS = {"ttt_linear": (), "lact": LACT, "e2e": E2E}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", ["ttt_linear", "lact"])
+@pytest.mark.parametrize("mixer", sorted(MIXER_FLAGS))
 def test_resume_is_bitwise_exact_under_fsdp_with_two_processes(tiny_shards, tmp_path, mixer):
     args = (*TINY, "--strategy", "fsdp", "--data", str(tiny_shards), "--save-every", "6")
-    args += LACT if mixer == "lact" else ()
+    args += MIXER_FLAGS[mixer]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     run_train(*args, "--run-dir", str(whole), "--steps", "12", nproc=2)
     log = tmp_path / "interrupted.log"

@@ -44,6 +44,17 @@ LACT = dict(
     lact_low_rank=4,
 )
 
+# TTT-E2E on debug_tiny: both layers a suffix (one prime MLP each), window 8, chunk 4 so the
+# tests' lengths span several inner steps; an inner lr large enough to matter.
+E2E = dict(
+    mixer="swa",
+    window_size=8,
+    e2e_suffix_layers=2,
+    e2e_chunk_size=4,
+    e2e_prime_hidden=32,
+    e2e_inner_lr=0.5,
+)
+
 # Model overrides for every kind of stack the model builds: the pure mixers and a hybrid.
 STACKS: dict[str, dict] = {
     "ttt_linear": dict(mixer="ttt_linear"),
@@ -54,4 +65,7 @@ STACKS: dict[str, dict] = {
     "swa": dict(mixer="swa", window_size=8),
     "lact": dict(mixer="lact", **LACT),
     "lact_hybrid": dict(layer_mixers=("swa", "lact"), **LACT),
+    "e2e": E2E,
+    # a prefix block under one suffix block
+    "e2e_top": {**E2E, "e2e_suffix_layers": 1},
 }

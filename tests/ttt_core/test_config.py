@@ -35,9 +35,18 @@ def test_unknown_preset_lists_the_known_ones():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-@pytest.mark.parametrize("mixer", ["ttt_linear", "lact", "attention", "swa", "none", "hybrid"])
+@pytest.mark.parametrize(
+    "mixer", ["ttt_linear", "lact", "attention", "swa", "none", "hybrid", "e2e"]
+)
 def test_num_params_matches_the_module_on_meta(name, mixer):
-    config = ModelConfig.from_preset(name, mixer=mixer if mixer != "hybrid" else "ttt_linear")
+    """`e2e`: swa with prime MLPs in the top quarter of the blocks (at least one)."""
+    n_layers = ModelConfig.from_preset(name).n_layers
+    e2e = dict(mixer="swa", e2e_suffix_layers=max(1, n_layers // 4))
+    overrides = {
+        "e2e": e2e,
+        "hybrid": dict(mixer="ttt_linear", e2e_suffix_layers=0),
+    }.get(mixer, dict(mixer=mixer, e2e_suffix_layers=0))
+    config = ModelConfig.from_preset(name, **overrides)
     if mixer == "hybrid":  # attention at the bottom, TTT on top, one layer without a mixer
         n = config.n_layers
         layers = ("attention",) * (n // 2) + ("none",) + ("ttt_linear",) * (n - n // 2 - 1)

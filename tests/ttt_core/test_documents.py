@@ -32,8 +32,8 @@ def documents(ids: torch.Tensor):
             start += n
 
 
-@pytest.mark.parametrize("stack", sorted(STACKS))
-def test_each_packed_document_gets_its_logits_alone(stack):
+@pytest.mark.parametrize("stack", sorted(s for s in STACKS if not s.startswith("e2e")))
+def test_each_packed_document_gets_its_logits_alone(stack):  # e2e refuses doc_starts (test_e2e)
     torch.manual_seed(0)
     model = TTTLM(ModelConfig.from_preset("debug_tiny", **STACKS[stack])).double().eval()
     ids, starts = packed_batch()

@@ -10,7 +10,7 @@ import torch
 
 from ttt_core import TTTLM, ModelConfig
 
-from .helpers import LACT
+from .helpers import E2E, LACT
 
 VOCAB = 64
 # Larger inner steps than the default (eta_base 0.01) so the TTT path moves the loss visibly.
@@ -22,6 +22,9 @@ STACKS: dict[str, dict] = {
     "swa": dict(mixer="swa", window_size=8),
     "lact-autograd": dict(mixer="lact", ops_backend="autograd", **LACT),
     "lact-fused": dict(mixer="lact", ops_backend="fused", **LACT),
+    # second order: the loss differentiates through every inner step, each chunk recomputed
+    "e2e": E2E,
+    "e2e_top": {**E2E, "e2e_suffix_layers": 1},
 }
 
 

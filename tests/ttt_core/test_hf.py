@@ -23,7 +23,7 @@ from ttt_core.hf import (
     load_tokenizer,
 )
 
-from .helpers import LACT
+from .helpers import E2E, LACT
 
 VOCAB = 32
 CASES = [
@@ -32,16 +32,18 @@ CASES = [
     ("attention", "online"),
     ("lact", "online"),
     ("swa", "online"),
+    ("e2e", "online"),
 ]
 # Per-mixer settings of the tiny models (chunk and window 8: the tests span several).
-MIXER_OPTIONS = {"lact": LACT, "swa": dict(window_size=8)}
+# "e2e" is swa with TTT-E2E suffix blocks (its options name the mixer).
+MIXER_OPTIONS = {"lact": LACT, "swa": dict(window_size=8), "e2e": E2E}
 
 
 def tiny_model(mixer: str = "ttt_linear", decode_mode: str = "online", vocab: int = VOCAB):
     torch.manual_seed(0)
     config = ModelConfig.from_preset(
-        "debug_tiny", vocab_size=vocab, mixer=mixer, decode_mode=decode_mode, eta_base=0.5,
-        **MIXER_OPTIONS.get(mixer, {}),
+        "debug_tiny", vocab_size=vocab, decode_mode=decode_mode, eta_base=0.5,
+        **{"mixer": mixer, **MIXER_OPTIONS.get(mixer, {})},
     )  # fmt: skip
     model = TTTLM(config).eval()
     # Larger inner steps than the default make decode-mode differences visible.
@@ -60,7 +62,7 @@ def hf_generate(model: TTTLinearForCausalLM, ids: torch.Tensor, **kwargs):
     return model.generate(ids, eos_token_id=None, pad_token_id=None, **kwargs)
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa", "e2e"])
 def test_logits_equal_the_wrapped_model_in_prefill_and_decode(mixer):
     model = tiny_model(mixer)
     hf = TTTLinearForCausalLM.from_ttt(model)
@@ -97,7 +99,7 @@ def test_decode_mode_comes_from_the_config_and_changes_tokens():
     assert not torch.equal(online, chunked)  # so the two greedy checks above are distinct
 
 
-@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa"])
+@pytest.mark.parametrize("mixer", ["ttt_linear", "attention", "lact", "swa", "e2e"])
 def test_two_turn_continuation_with_the_cache_equals_one_pass(mixer):
     model = tiny_model(mixer, "chunked")  # chunked decode == the dual form of a single pass
     hf = TTTLinearForCausalLM.from_ttt(model)
