@@ -1,16 +1,25 @@
-"""Training cost of each mixer against context length: tokens/s and peak memory of one fwd+bwd.
+"""Cost of each mixer against context length: tokens/s and peak memory of one training fwd+bwd,
+and (`--decode-contexts`) decode milliseconds per token after a context.
 
     python scripts/bench_mixers.py --out bench_results/bench_mixers.json
+    python scripts/bench_mixers.py --mixers e2e,swa,attention --layers 4 \
+        --decode-contexts 1024,2048,4096,8192 --out bench_results/bench_e2e.json
 
 One model size for every mixer (`--d-model`, `--layers`, ...; a LaCT layer with `--lact-heads`
-fast-weight heads, chunk and window `--chunk`), batch 1, T in `--seq-lens`. Per T, every mixer's
+fast-weight heads; chunk and window `--chunk` for LaCT, SWA and TTT-E2E, whose top
+`--e2e-suffix` blocks carry a prime MLP: it and the regular MLPs are `--mlp-hidden * L / (L +
+N)` wide, so the parameter count matches the others'), batch 1, T in `--seq-lens`. Per T, every mixer's
 model and inputs are built before any timing, then the mixers are timed interleaved (round r runs
 each once; median of `--repeats` rounds after one warmup), so load that changes mid-run reaches
 all of them alike. Peak memory: each (mixer, T) in a fresh process (this script with `--one`), one
 warmup fwd+bwd, then `eval_stage.memory.peak_memory` of one more (CPU: the RSS high-water mark
 above the RSS before the call; CUDA: `max_memory_allocated` above the bytes allocated before).
 `--op-memory` also measures the LaCT op alone (q, k, v, lr, gate of one layer, no model), where
-the two backends differ and nothing else does.
+the two backends differ and nothing else does. Decode (`eval_stage.latency.measure_context`):
+per context, every mixer prefills random ids into a fresh cache, then decodes `--decode-tokens`
+tokens one at a time (default: one chunk, so a chunked mixer's step is among them); rounds
+interleave the mixers, and the row keeps the median over rounds of each per-token median and
+mean (the mean counts the chunk steps).
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from pathlib import Path
 
 import torch
 
+from eval_stage.config import LatencyConfig
 from eval_stage.device import describe_device, resolve_device, time_interleaved
+from eval_stage.latency import measure_context
 from eval_stage.memory import peak_memory
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.files import atomic_write_text
@@ -38,20 +49,27 @@ MIXERS: dict[str, dict] = {
     "lact-fused": dict(mixer="lact", ops_backend="fused"),
     "swa": dict(mixer="swa"),
     "attention": dict(mixer="attention"),
+    "e2e": dict(mixer="swa"),  # + the suffix and the MLP widths (model_config)
 }
 
 
 def model_config(args: argparse.Namespace, mixer: str) -> ModelConfig:
+    mlp, e2e = args.mlp_hidden, {}
+    if mixer == "e2e":  # L regular + N prime MLPs of one width, as many weights as L regular
+        mlp = round(args.mlp_hidden * args.layers / (args.layers + args.e2e_suffix))
+        e2e = dict(e2e_suffix_layers=args.e2e_suffix, e2e_chunk_size=args.chunk)
+        e2e["e2e_prime_hidden"] = mlp
     return ModelConfig(
         vocab_size=args.vocab,
         d_model=args.d_model,
         n_layers=args.layers,
         n_heads=args.heads,
-        mlp_hidden=args.mlp_hidden,
+        mlp_hidden=mlp,
         lact_heads=args.lact_heads,
         lact_chunk_size=args.chunk,
         window_size=args.chunk,
         **MIXERS[mixer],
+        **e2e,
     )
 
 
@@ -93,6 +111,38 @@ def op_step(args: argparse.Namespace, backend: str, T: int, device: torch.device
     return step
 
 
+def decode_rows(args: argparse.Namespace, mixers: list[str], device: torch.device) -> list[dict]:
+    """Decode ms/token after each of `--decode-contexts` tokens, the mixers interleaved."""
+    models = {}
+    for m in mixers:
+        torch.manual_seed(0)
+        models[m] = TTTLM(model_config(args, m)).to(device).eval()
+    config = LatencyConfig(
+        contexts=[1], decode_tokens=args.decode_tokens or args.chunk, warmup=2, repeats=1
+    )
+    rows = []
+    for i, context in enumerate(int(c) for c in args.decode_contexts.split(",")):
+        runs = {m: [] for m in mixers}
+        for _ in range(args.repeats):
+            for m in mixers:
+                runs[m].append(
+                    measure_context(models[m], context, config, "model", warm_up_prefill=i == 0)
+                )
+        for m in mixers:
+            row = {
+                "mixer": m, "context": context, "decode_tokens": config.decode_tokens,
+                "decode_ms": statistics.median(r.decode_ms for r in runs[m]),
+                "decode_ms_mean": statistics.median(r.decode_ms_mean for r in runs[m]),
+                "prefill_tokens_per_s": statistics.median(r.prefill_tokens_per_s for r in runs[m]),
+                "cache_bytes": runs[m][-1].cache_bytes,
+            }  # fmt: skip
+            rows.append(row)
+            print(f"ctx={context:>6} {m:>14}: decode {row['decode_ms']:7.2f} ms/token median, "
+                  f"{row['decode_ms_mean']:7.2f} mean  cache {row['cache_bytes'] / 2**20:7.2f} MiB",
+                  flush=True)  # fmt: skip
+    return rows
+
+
 def measure_one(args: argparse.Namespace) -> dict:
     """This process's peak memory of one step (after a warmup step)."""
     device = resolve_device(args.device)
@@ -113,8 +163,11 @@ def fresh_process_memory(args: argparse.Namespace, kind: str, name: str, T: int)
 
 
 def _shape_flags(args: argparse.Namespace) -> list[str]:
-    names = ("vocab", "d_model", "layers", "heads", "mlp_hidden", "lact_heads", "chunk", "device")
+    names = (*SHAPE, "device")
     return [f"--{n.replace('_', '-')}={getattr(args, n)}" for n in names]
+
+
+SHAPE = ("vocab", "d_model", "layers", "heads", "mlp_hidden", "lact_heads", "chunk", "e2e_suffix")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -128,7 +181,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--mlp-hidden", type=int, default=1408)
     p.add_argument("--lact-heads", type=int, default=4)
-    p.add_argument("--chunk", type=int, default=512, help="LaCT chunk = SWA/LaCT window")
+    p.add_argument("--chunk", type=int, default=512, help="LaCT and E2E chunk = SWA window")
+    p.add_argument("--e2e-suffix", type=int, default=1, help="TTT-E2E suffix blocks")
+    p.add_argument("--decode-contexts", default="", help="e.g. 1024,4096 (default: no decode)")
+    p.add_argument("--decode-tokens", type=int, default=0, help="default: --chunk")
     p.add_argument("--device", default="auto")
     p.add_argument("--op-memory", action="store_true", help="also the LaCT op alone")
     p.add_argument("--out", type=Path)
@@ -137,6 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.mixers.split(",")) - set(MIXERS)
     if unknown:
         p.error(f"--mixers: unknown {sorted(unknown)}; choose from {list(MIXERS)}")
+    if "e2e" in args.mixers.split(",") and not 0 < args.e2e_suffix <= args.layers:
+        p.error(f"--e2e-suffix must be in 1..--layers ({args.layers}), got {args.e2e_suffix}")
     if args.one is None and args.out is None:
         p.error("--out is required")
     return args
@@ -158,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = statistics.median(times[m])
             memory = fresh_process_memory(args, "model", m, T)
             row = {"mixer": m, "T": T, "seconds": seconds, "tokens_per_s": T / seconds,
-                   "peak_bytes": memory["bytes"]}  # fmt: skip
+                   "peak_bytes": memory["bytes"],
+                   "params": model_config(args, m).num_params()}  # fmt: skip
             rows.append(row)
             print(f"T={T:>6} {m:>14}: {T / seconds:>8.0f} tok/s  {seconds:7.3f} s  "
                   f"peak {memory['bytes'] / 2**20:8.1f} MiB", flush=True)  # fmt: skip
@@ -167,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 memory = fresh_process_memory(args, "op", backend, T)
                 rows.append({"mixer": f"lact-op-{backend}", "T": T, "peak_bytes": memory["bytes"]})
                 print(f"T={T:>6} lact op {backend:>8}: peak {memory['bytes'] / 2**20:8.1f} MiB")
+    decode = decode_rows(args, mixers, device) if args.decode_contexts else []
     result = {
         "command": " ".join(["python scripts/bench_mixers.py", *(argv or sys.argv[1:])]),
         "device": describe_device(device).model_dump(),
@@ -178,11 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
         },
         "memory_method": memory["method"],
-        "shape": {
-            n: getattr(args, n)
-            for n in ("vocab", "d_model", "layers", "heads", "mlp_hidden", "lact_heads", "chunk")
-        },
+        "shape": {n: getattr(args, n) for n in SHAPE},
         "rows": rows,
+        "decode": decode,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -24,6 +24,7 @@ from .checkpoint import (
 )
 from .config import TrainConfig
 from .distributed import resolve_device, world_from_env
+from .init_from import InitSource, resolve_init_source, shape_mismatch
 from .tracking import MetricsFile
 
 
@@ -34,12 +35,14 @@ class ConfigError(ValueError):
 @dataclass
 class StartPlan:
     """What preflight decided: the checkpoint to resume from (None: a fresh start), the data's
-    identity (recorded in each checkpoint), and lines to tell the user (skipped checkpoints,
-    an unverified one, a partial metrics line to drop)."""
+    identity (recorded in each checkpoint), lines to tell the user (skipped checkpoints, an
+    unverified one, a partial metrics line to drop), and for a fresh start with `--init-from`
+    the weights to start from."""
 
     checkpoint: Path | None
     data: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    init: InitSource | None = None
 
 
 def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> StartPlan:
@@ -47,6 +50,8 @@ def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> StartPlan:
     _check_runtime(cfg, world, local_rank)
     data = _check_data(cfg, world)
     plan = _resume_target(cfg, data)
+    if plan.checkpoint is None and cfg.init_from is not None:
+        plan.init = _init_source(cfg, plan.notes)
     try:
         note = MetricsFile(cfg.run_dir).check()
     except ValueError as e:
@@ -55,6 +60,30 @@ def preflight(cfg: TrainConfig, world: int, local_rank: int = 0) -> StartPlan:
         plan.notes.append(note)
     plan.notes.extend(_mixer_notes(cfg))
     return plan
+
+
+def _init_source(cfg: TrainConfig, notes: list[str]) -> InitSource:
+    """The checked `--init-from` source; refused when its parameters are not the model's."""
+    try:
+        source = resolve_init_source(cfg.init_from)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if mismatch := shape_mismatch(source.config, cfg.model):
+        raise ConfigError(
+            f"--init-from {cfg.init_from}: a model of another shape ({mismatch}); the new run's "
+            "model must have the source's parameters"
+        )
+    changed = [
+        f"{k} {v!r} -> {getattr(cfg.model, k)!r}"
+        for k, v in source.config.model_dump().items()
+        if v != getattr(cfg.model, k)
+    ]
+    at = f" (step {source.step})" if source.step is not None else ""
+    notes.append(
+        f"starting from the weights of {source.kind} {source.weights}{at}"
+        + (f"; model changes: {', '.join(changed)}" if changed else "")
+    )
+    return source
 
 
 def _mixer_notes(cfg: TrainConfig) -> list[str]:

@@ -55,7 +55,7 @@ def _train(cfg: TrainConfig, plan: StartPlan) -> int:
     tracker = None
     clean = False
     try:
-        trainer = Trainer(cfg, env, plan.data)
+        trainer = Trainer(cfg, env, plan.data, plan.init)
         seconds = trainer.resume(plan.checkpoint) if plan.checkpoint is not None else 0.0
         # Every check has passed: from here on the run writes into its directory.
         for note in plan.notes:

@@ -28,6 +28,7 @@ from .checkpoint import Checkpointer, read_meta
 from .config import TrainConfig
 from .data import TrainData
 from .distributed import DistEnv, all_reduce_mean, clip_gradients, wrap_model
+from .init_from import InitSource, load_init_weights
 from .optim import build_optimizer, build_scheduler, decay_names
 from .outputs import SUMMARY_FILE
 from .preflight import ConfigError
@@ -70,11 +71,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, env: DistEnv, data_identity: dict[str, Any]):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        env: DistEnv,
+        data_identity: dict[str, Any],
+        init: InitSource | None = None,
+    ):
+        """`init`: start from those weights instead of the seeded initialisation (which still
+        runs first, so every later random draw is the one a run without `init` makes)."""
         self.cfg, self.env = cfg, env
         self.data_identity = data_identity  # recorded in each checkpoint, checked on resume
         seed_everything(cfg.seed)
         model = TTTLM(cfg.model)
+        if init is not None:
+            load_init_weights(model, init)
         decaying = decay_names(model)
         self.model = wrap_model(model, cfg.strategy, env)
         self.optimizer = build_optimizer(self.model, decaying, cfg)
@@ -314,6 +325,7 @@ class Trainer:
             "val_loss": val_loss,
             "checkpoint": str(self.last_checkpoint.resolve()) if self.last_checkpoint else None,
             "resumed_from_step": self.resumed_from_step,
+            "init_from": str(self.cfg.init_from.resolve()) if self.cfg.init_from else None,
             "world_size": self.env.world,
             "strategy": self.cfg.strategy,
             "tokens_per_s": self._median_throughput(),

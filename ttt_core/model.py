@@ -1,7 +1,8 @@
-"""`TTTLM`: a Llama-style language model whose attention is a TTT-Linear mixer (or, for the
-baselines, causal attention or no mixer at all; or a per-layer mix of them):
+"""`TTTLM`: a Llama-style language model whose token mixer is chosen per layer (TTT-Linear, LaCT,
+attention, sliding-window attention, or none for the no-context control):
 embeddings -> n_layers x [RMSNorm -> mixer, RMSNorm -> SwiGLU] with residuals -> RMSNorm ->
-LM head."""
+LM head. With `e2e_suffix_layers = N` (TTT-E2E, docs/ttt_e2e.md) the top N blocks are the
+`E2ESuffix`, whose prime MLPs train on the context chunk by chunk; `blocks` holds the others."""
 
 from __future__ import annotations
 

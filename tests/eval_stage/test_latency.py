@@ -33,6 +33,7 @@ def test_rows_for_each_model_and_context_with_plot(tmp_path: Path) -> None:
         assert (
             r["prefill_s"] > 0 and r["decode_ms"] > 0 and math.isfinite(r["prefill_tokens_per_s"])
         )
+        assert r["decode_ms_mean"] > 0
     ttt = {r["context"]: r["cache_bytes"] for r in rows if r["role"] == "model"}
     kv = {r["context"]: r["cache_bytes"] for r in rows if r["role"] == "baseline"}
     assert ttt[16] == ttt[64]  # the fast weights do not grow with the context
