@@ -16,6 +16,7 @@ from ttt_core import TTTLM, ModelConfig
 from ttt_core.cache import Cache
 
 from .helpers import E2E
+from .test_gradients import directional_derivatives
 
 VOCAB = 64
 
@@ -144,23 +145,9 @@ def test_rows_at_different_positions_decode_as_they_would_alone():
 def test_the_prime_gradient_through_the_inner_steps_equals_the_central_difference():
     """The outer gradient w.r.t. the prime MLPs' initial weights (their meta-learning) flows
     through every inner step: second order, each chunk recomputed in backward."""
-    model, ids = fp64_model(e2e_inner_lr=1.0).train(), random_ids(T=21)
-    inputs, labels = ids[:, :-1], ids[:, 1:]
+    model = fp64_model(e2e_inner_lr=1.0).train()
     params = [p for name, p in model.named_parameters() if ".prime." in name]
-    gen = torch.Generator().manual_seed(4)
-    direction = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
-    loss = model(inputs, labels=labels).loss
-    grads = torch.autograd.grad(loss, params)
-    analytic = sum((g * u).sum() for g, u in zip(grads, direction, strict=True)).item()
-    h, losses = 1e-6, []
-    with torch.no_grad():
-        for sign in (1.0, -1.0):
-            for p, u in zip(params, direction, strict=True):
-                p.add_(sign * h * u)
-            losses.append(model(inputs, labels=labels).loss.item())
-            for p, u in zip(params, direction, strict=True):
-                p.sub_(sign * h * u)
-    numeric = (losses[0] - losses[1]) / (2 * h)
+    analytic, numeric = directional_derivatives(model, params, h=1e-6)
     assert abs(analytic) > 1e-4
     assert abs(analytic - numeric) <= 1e-6 * abs(analytic), (analytic, numeric)
 
