@@ -5,12 +5,14 @@ latency) and a pydantic config, returning an `EvalResult`; `publish` writes its 
 logs them to MLflow. `EVALS` lists every eval once (name, config, function); `EvalOutputs` says
 which result files an out dir holds. `python -m eval_stage <eval>` is a thin CLI over them;
 `command(config, model=..., out=...)` renders one as that CLI's command, `parse_command` reads
-one. `compare_runs` / `write_comparison` put several runs' results side by side.
+one. `compare_runs` / `write_comparison` put several runs' results side by side;
+`evaluate_long_context` / `write_long_context` measure several models on the same sequences at
+growing lengths, paired against the first.
 """
 
 from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
-from .cli import command, compare_command, parse_command
+from .cli import command, compare_command, long_context_command, parse_command
 from .compare import compare_runs
 from .compare import summarize as summarize_comparison
 from .config import (
@@ -18,6 +20,7 @@ from .config import (
     GenerateConfig,
     LatencyConfig,
     LmEvalConfig,
+    LongContextConfig,
     NiahConfig,
     PerplexityConfig,
     PositionLossConfig,
@@ -26,6 +29,13 @@ from .errors import EvalInputError, SpeedupBelowThreshold
 from .evals import EVALS, STANDARD_EVALS, Eval, find_eval, run_eval
 from .figures import LossCurve
 from .latency import evaluate_latency
+from .long_context import (
+    LongContextResult,
+    evaluate_long_context,
+    read_long_context,
+)
+from .long_context import metrics as long_context_metrics
+from .long_context import summarize as summarize_long_context
 from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .niah import (
     build_cases,
@@ -39,9 +49,9 @@ from .niah import (
 from .perplexity import evaluate_perplexity
 from .plots import loss_curves_figure, plot_loss_curves, position_loss_curves
 from .position_loss import evaluate_position_loss
-from .publish import publish, write_comparison
+from .publish import publish, write_comparison, write_long_context
 from .results import EvalOutputs, EvalResult, read_result, result_file
-from .tracking import TrackingConfig, log_result
+from .tracking import TrackingConfig, log_metrics_and_files, log_result
 
 __all__ = [
     "EVALS",
@@ -56,6 +66,8 @@ __all__ = [
     "LatencyConfig",
     "LmEvalConfig",
     "LoadedModel",
+    "LongContextConfig",
+    "LongContextResult",
     "LossCurve",
     "NiahConfig",
     "PerplexityConfig",
@@ -72,6 +84,7 @@ __all__ = [
     "default_out_dir",
     "evaluate_bench_dual_primal",
     "evaluate_latency",
+    "evaluate_long_context",
     "evaluate_niah",
     "evaluate_perplexity",
     "evaluate_position_loss",
@@ -79,7 +92,10 @@ __all__ = [
     "generate_text",
     "greedy_answerer",
     "likelihood_scorer",
+    "log_metrics_and_files",
     "log_result",
+    "long_context_command",
+    "long_context_metrics",
     "loss_curves_figure",
     "open_model",
     "parse_command",
@@ -87,11 +103,14 @@ __all__ = [
     "position_loss_curves",
     "preset_models",
     "publish",
+    "read_long_context",
     "read_result",
     "result_file",
     "run_eval",
     "score_cases",
     "score_ranked",
     "summarize_comparison",
+    "summarize_long_context",
     "write_comparison",
+    "write_long_context",
 ]

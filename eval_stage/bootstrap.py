@@ -1,4 +1,5 @@
-"""Confidence intervals by the percentile bootstrap over sequences (or NIAH cases).
+"""Confidence intervals: the percentile bootstrap over sequences (or NIAH cases), and Wilson's
+score interval of a proportion.
 
 The unit resampled is the sequence: its tokens share a context, so they are not independent
 draws, while different sequences are (nearly so: they are disjoint windows of the val stream).
@@ -45,6 +46,20 @@ def mean_interval(values: np.ndarray, samples: int, seed: int) -> tuple[np.ndarr
     denominators."""
     values = np.asarray(values, dtype=np.float64)
     return ratio_interval(values, np.ones(len(values)), samples, seed)
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval (95% for the default z) of a proportion `successes / n`; unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n successes. Fractional
+    `successes` (NIAH credit shared by tied candidates) are allowed."""
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(
+            f"wilson_interval needs n >= 1 and 0 <= successes <= n, got {successes}/{n}"
+        )
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def format_interval(lo: float, hi: float) -> str:

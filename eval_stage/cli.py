@@ -35,13 +35,14 @@ from stage_common.faults import output_dir_problem, run_cli
 from stage_common.run_lock import RunDirBusy, RunDirLock, enclosing_run_dir, is_run_dir
 from ttt_core.ops import OPS_BACKENDS
 
-from . import bench, compare, harness, latency, niah, perplexity, position_loss
+from . import bench, compare, harness, latency, long_context, niah, perplexity, position_loss
 from .chat import chat, generate_text
 from .config import (
     BenchConfig,
     GenerateConfig,
     LatencyConfig,
     LmEvalConfig,
+    LongContextConfig,
     NiahConfig,
     PerplexityConfig,
     PositionLossConfig,
@@ -49,7 +50,7 @@ from .config import (
 from .device import resolve_device
 from .errors import EvalInputError, SpeedupBelowThreshold
 from .models import LoadedModel, default_out_dir, open_model, preset_models
-from .publish import publish, write_comparison
+from .publish import publish, write_comparison, write_long_context
 from .results import EvalResult
 from .tracking import TrackingConfig
 
@@ -177,6 +178,24 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_long_context(args: argparse.Namespace) -> int:
+    config = args.config_flags.config(args)
+    out = long_context.check_out_dir(args.out)
+    resolved = [path.resolve() for path in args.model]
+    if len(set(resolved)) < len(resolved):
+        raise EvalInputError(f"a --model is given twice: {[str(p) for p in args.model]}")
+    device = resolve_device(args.device)
+    models = [open_model(path, device) for path in args.model]
+    result = long_context.evaluate_long_context(models, config)
+    tracking = TrackingConfig.from_env(args.mlflow_run_id, args.mlflow_tracking_uri)
+    files = write_long_context(result, out, tracking)
+    device_info = result.device
+    print(f"device: {device_info.type} ({device_info.name}), {device_info.threads} threads")
+    print(long_context.summarize(result))
+    print("wrote " + ", ".join(map(str, files)))
+    return 0
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     config = args.config_flags.config(args)
     if args.prompt is None and not args.interactive:
@@ -253,6 +272,16 @@ def build_parser() -> CliParser:
     _add_output_flags(p, default="<first RUN>/compare")
     p.set_defaults(run=_cmd_compare)
 
+    p = sub.add_parser("long-context", help="models on the same val sequences at growing lengths: "
+                       "loss of the second half paired against the first model, passkey "
+                       "accuracy, state size, decode ms")  # fmt: skip
+    p.add_argument("--model", type=Path, action="append", required=True,
+                   help="export or run directory; repeat it, the first is the reference")  # fmt: skip
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_output_flags(p, default="required")
+    ConfigFlags(p, LongContextConfig)
+    p.set_defaults(run=_cmd_long_context)
+
     p = sub.add_parser("generate", help="text in, text out (streamed); --interactive: multi-turn")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -286,6 +315,14 @@ def compare_command(runs: Sequence[Path], out: Path) -> list[str]:
     return ["python", "-m", "eval_stage", "compare", *map(str, runs), "--out", str(out)]
 
 
+def long_context_command(models: Sequence[Path], cfg: LongContextConfig, out: Path) -> list[str]:
+    """`python -m eval_stage long-context --model M... --out OUT <cfg's flags>`."""
+    given = [token for model in models for token in ("--model", str(model))]
+    flags = subcommand_flags(build_parser(), "long-context")
+    return ["python", "-m", "eval_stage", "long-context", *given, "--out", str(out),
+            *flags.command(cfg)]  # fmt: skip
+
+
 def parse_command(argv: Sequence[str]) -> StageCommand:
     """The eval, its config and its other flags that an `eval_stage` command line (with or without
     its leading `python -m eval_stage`) stands for, without running it."""
@@ -300,7 +337,9 @@ def _run_dir_written(args: argparse.Namespace) -> Path | None:
     if args.out is not None:
         return enclosing_run_dir(args.out)
     model = getattr(args, "model", None)
-    return Path(model) if model is not None and is_run_dir(Path(model)) else None
+    if model is None or isinstance(model, list):  # long-context writes only into --out
+        return None
+    return Path(model) if is_run_dir(Path(model)) else None
 
 
 def main(argv: list[str] | None = None) -> int:

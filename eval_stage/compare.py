@@ -24,7 +24,14 @@ from data_stage import read_manifest
 from ttt_core import sha256_bytes
 
 from .errors import EvalInputError
-from .results import EvalResult, metric_key, read_result, result_file, text_table
+from .results import (
+    EvalResult,
+    metric_key,
+    read_result,
+    result_file,
+    text_table,
+    unique_labels,
+)
 
 EVAL = "compare"
 RESULTS_SUBDIR = "eval"
@@ -137,12 +144,8 @@ def summarize_run(run: Path, results: dict[str, EvalResult]) -> RunRow:
 
 
 def _unique_names(rows: list[RunRow]) -> list[RunRow]:
-    """Rows named by mixer; runs of one mixer are told apart by their folder names, then by
-    their position on the command line."""
-    names = [row.name for row in rows]
-    for label in (lambda i: f"{rows[i].mixer} ({Path(rows[i].run).name})",
-                  lambda i: f"{rows[i].mixer} #{i + 1}"):  # fmt: skip
-        names = [label(i) if names.count(name) > 1 else name for i, name in enumerate(names)]
+    """Rows named by mixer, told apart as `unique_labels` does."""
+    names = unique_labels([row.mixer for row in rows], [row.run for row in rows])
     return [row.model_copy(update={"name": name}) for row, name in zip(rows, names, strict=True)]
 
 

@@ -140,6 +140,62 @@ class NiahConfig(ConfigModel):
         return self
 
 
+class LongContextConfig(ConfigModel):
+    """Several models on the same val sequences at several lengths: the loss of each sequence's
+    second half (what the extra context buys), paired against the first model, passkey accuracy,
+    and the decode state, latency and memory after a prompt of each length."""
+
+    data: Path = Field(description="shard directory (data_stage output)")
+    verify_data: bool = VERIFY_DATA
+    lengths: list[Annotated[int, Field(ge=16)]] = Field(
+        default_factory=lambda: [256, 512, 1024, 2048], description="sequence lengths in tokens"
+    )
+    sequences: int = Field(16, ge=2, description="val sequences per length (fewer if val is short)")
+    batch_size: int = Field(2, ge=1, description="sequences per forward pass")
+    niah_trials: int = Field(
+        4, ge=0, description="passkey prompts per (length, depth); 0: no passkey eval"
+    )
+    niah_depths: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.1, 0.5, 0.9], description="needle depths (haystack fraction)"
+    )
+    niah_digits: int = Field(3, ge=1, le=20, description="passkey length in digits")
+    niah_candidates: int = Field(5, ge=2, description="keys ranked per passkey prompt")
+    decode_tokens: int = Field(16, ge=1, description="timed decode steps after each prompt")
+    seed: int = Field(0, ge=0, description="seeds the passkey prompts and the latency prompt")
+    bootstrap_samples: int = BOOTSTRAP_SAMPLES
+    bootstrap_seed: int = BOOTSTRAP_SEED
+
+    @field_validator("lengths", "niah_depths")
+    @classmethod
+    def _increasing(cls, v: list, info: ValidationInfo) -> list:
+        return _strictly_increasing(v, info.field_name)
+
+    @model_validator(mode="after")
+    def _check(self) -> LongContextConfig:
+        keys = 9 * 10 ** (self.niah_digits - 1)
+        if self.niah_candidates > keys:
+            raise ValueError(
+                f"niah_candidates {self.niah_candidates} > the {keys} keys of "
+                f"{self.niah_digits} digits"
+            )
+        return self
+
+    def niah(self) -> NiahConfig:
+        """The passkey grid at these lengths (rank scoring, as `niah`)."""
+        return NiahConfig(
+            data=self.data,
+            verify_data=False,  # verified once, by the caller
+            contexts=self.lengths,
+            depths=self.niah_depths,
+            trials=max(self.niah_trials, 1),
+            digits=self.niah_digits,
+            candidates=self.niah_candidates,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            bootstrap_samples=self.bootstrap_samples,
+        )
+
+
 class LmEvalConfig(ConfigModel):
     """lm-evaluation-harness on local tasks: the built-in `ttt_cloze` (from the val split of
     `data`) and the YAML tasks in `task_dir`."""

@@ -36,6 +36,9 @@ class LatencyRow(BaseModel):
     # their mean: the occasional chunk step spread over the tokens (None in older results)
     decode_ms_mean: float | None = None
     cache_bytes: int  # bytes the cache has allocated after the prefill and the decoded tokens
+    # bytes of the state right after the prefill: attention's keys and values of `context`
+    # tokens, a TTT layer's fixed state (None in older results)
+    state_bytes: int | None = None
 
 
 @torch.no_grad()
@@ -55,6 +58,7 @@ def measure_context(
     prefill_times, cache = time_calls(
         prefill, device, repeats=config.repeats, warmup=int(warm_up_prefill)
     )
+    state_bytes = cache.nbytes()  # a fresh cache after one prefill holds exactly its tokens
     decode_times = []
     for i, token in enumerate(steps.to(device)):
         synchronize(device)
@@ -73,6 +77,7 @@ def measure_context(
         decode_ms=1e3 * statistics.median(decode_times),
         decode_ms_mean=1e3 * statistics.fmean(decode_times),
         cache_bytes=cache.nbytes(),
+        state_bytes=state_bytes,
     )
 
 

@@ -1,5 +1,5 @@
 """Write a result (JSON + its plot) to a folder and copy it to MLflow when a run is given; the same
-for a comparison of runs, which adds a Markdown table."""
+for a comparison of runs and for a long-context comparison, which add a Markdown table."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from pathlib import Path
 from stage_common.faults import output_dir_problem
 from ttt_core.files import atomic_write_text
 
+from . import long_context
 from .compare import compare_runs, markdown
 from .errors import EvalInputError
+from .long_context_plot import plot_long_context
 from .plots import draw_plots
 from .results import EvalResult, result_file, write_json
-from .tracking import TrackingConfig, log_result
+from .tracking import TrackingConfig, log_metrics_and_files, log_result
 
 
 def publish(
@@ -46,3 +48,29 @@ def write_comparison(
     if tracking is not None and tracking.run_id is not None:
         log_result(result, files, tracking)
     return result, files
+
+
+def write_long_context(
+    result: long_context.LongContextResult, out: Path, tracking: TrackingConfig | None = None
+) -> list[Path]:
+    """`<out>/long_context.png`, `.md` and `.json` (last, listing the figure), then the metrics
+    and files to MLflow when `tracking.run_id` is set. Returns the files written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_long_context(result, out / f"{long_context.STEM}.png")
+    table = out / f"{long_context.STEM}.md"
+    atomic_write_text(table, long_context.markdown(result))
+    json_path = out / f"{long_context.STEM}.json"
+    final = result.model_copy(update={"plots": [figure.name]})
+    atomic_write_text(json_path, final.model_dump_json(indent=2) + "\n")
+    files = [json_path, figure, table]
+    if tracking is not None and tracking.run_id is not None:
+        step = next((m.step for m in result.models if m.step is not None), 0)
+        log_metrics_and_files(
+            long_context.metrics(result),
+            files,
+            tracking,
+            step=step,
+            artifact_path=f"eval/{long_context.STEM}",
+        )
+    return files

@@ -130,6 +130,16 @@ def read_result(path: Path | str) -> EvalResult:
     return EvalResult.model_validate_json(Path(path).read_text())
 
 
+def unique_labels(mixers: list[str], sources: list[str]) -> list[str]:
+    """A name per model: its mixer; models of one mixer are told apart by their folder names
+    (`ttt_linear (seed1)`), then by their position in the list (`ttt_linear #2`)."""
+    names = list(mixers)
+    for label in (lambda i: f"{mixers[i]} ({Path(sources[i]).name})",
+                  lambda i: f"{mixers[i]} #{i + 1}"):  # fmt: skip
+        names = [label(i) if names.count(name) > 1 else name for i, name in enumerate(names)]
+    return names
+
+
 def text_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """Rows as an aligned plain-text table (floats to 4 significant digits)."""
 

@@ -42,6 +42,21 @@ def _step(result: EvalResult) -> int:
 
 def log_result(result: EvalResult, files: list[Path], tracking: TrackingConfig) -> bool:
     """Log `result.metrics` and `files` to `tracking.run_id`; True on success."""
+    return log_metrics_and_files(
+        result.metrics, files, tracking, step=_step(result), artifact_path=f"eval/{result.stem}"
+    )
+
+
+def log_metrics_and_files(
+    metrics: dict[str, float],
+    files: list[Path],
+    tracking: TrackingConfig,
+    *,
+    step: int,
+    artifact_path: str,
+) -> bool:
+    """`metrics` in one `log_batch` at `step` and `files` under `artifact_path` of
+    `tracking.run_id`; True on success, a warning and False on any MLflow failure."""
     if tracking.run_id is None:
         raise ValueError("log_result needs a run id (TrackingConfig.run_id or MLFLOW_RUN_ID)")
     telemetry_off()  # before MLflow loads
@@ -50,11 +65,12 @@ def log_result(result: EvalResult, files: list[Path], tracking: TrackingConfig) 
         from mlflow.entities import Metric
 
         client = MlflowClient(tracking_uri=tracking.tracking_uri)
-        now, step = int(time.time() * 1000), _step(result)
-        metrics = [Metric(key, value, now, step) for key, value in result.metrics.items()]
-        client.log_batch(tracking.run_id, metrics=metrics)
+        now = int(time.time() * 1000)
+        client.log_batch(
+            tracking.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()]
+        )
         for path in files:
-            client.log_artifact(tracking.run_id, str(path), artifact_path=f"eval/{result.stem}")
+            client.log_artifact(tracking.run_id, str(path), artifact_path=artifact_path)
     except Exception as e:  # MLflow is a copy of the result; never lose the result over it
         log.warning(
             "MLflow logging to run %s failed (%s: %s); the results are on disk: %s",

@@ -1,5 +1,6 @@
-"""The `bringup` flow: tokenizer → shards → train → bench → export → evaluate, one MLflow parent
-run per flow run, `<run_dir>/bringup.json` updated after every stage.
+"""The `bringup` flow: tokenizer → shards → train → bench → export → evaluate (→ extend → controls
+→ compare → long_context, as configured), one MLflow parent run per flow run,
+`<run_dir>/bringup.json` updated after every stage.
 
 Before each cached task the flow asks the stage's outputs object (`TokenizerOutputs`,
 `ShardOutputs`, `TrainOutputs`, `EvalOutputs`) whether its files are still on disk and whole; if
@@ -22,9 +23,13 @@ from data_stage import ShardOutputs, TokenizerOutputs
 from eval_stage import (
     EvalOutputs,
     TrackingConfig,
+    log_metrics_and_files,
     log_result,
+    long_context_metrics,
+    read_long_context,
     read_result,
     summarize_comparison,
+    summarize_long_context,
     write_comparison,
 )
 from flows.commands import stage_commands
@@ -39,7 +44,15 @@ from flows.request import (
     resolve,
     served_location,
 )
-from flows.tasks import bench_task, eval_task, export_task, shards_task, tokenizer_task, train_task
+from flows.tasks import (
+    bench_task,
+    eval_task,
+    export_task,
+    long_context_task,
+    shards_task,
+    tokenizer_task,
+    train_task,
+)
 from flows.tracking import Tracking
 from train_stage import TrainOutputs
 from ttt_core import Family, PretrainedOutputs
@@ -68,6 +81,7 @@ class Bringup:
     ):
         self.cfg, self.refresh = cfg, refresh
         self.comparison_table: str | None = None
+        self.long_context_table: str | None = None
         self.log = get_run_logger()
         previous = read_record(cfg.run_dir)
         self.record = BringupRecord(
@@ -138,15 +152,17 @@ class Bringup:
         self.tracking.finish(run_id)
         return result
 
-    def train(self, cfg: PipelineConfig | None = None) -> dict[str, Any]:
-        """Train this bring-up's model, or control `cfg`'s (its MLflow run is nested under this
-        flow run's parent either way)."""
+    def train(self, cfg: PipelineConfig | None = None, *, extended: bool = False) -> dict[str, Any]:
+        """Train this bring-up's model, or control `cfg`'s; with `extended`, its context
+        extension from those weights (every MLflow run is nested under this flow run's parent;
+        an extension's is tagged with the run and directory it started from)."""
         cfg = cfg or self.cfg
-        train_cfg = cfg.train_config()
+        train_cfg = cfg.extend_train_config() if extended else cfg.train_config()
+        stage = "extend/train" if extended else "train"
         mlflow = {
             "tracking_uri": str(self.cfg.mlflow_tracking_uri),
             "experiment": self.cfg.name,
-            "run_name": f"{self.cfg.run_name}/{self.prefix(cfg)}train",
+            "run_name": f"{self.cfg.run_name}/{self.prefix(cfg)}{stage}",
             "parent_run_id": self.parent,
         }
         task = train_task.with_options(retries=cfg.train_retries)
@@ -161,12 +177,15 @@ class Bringup:
             grace_s=cfg.stop_grace_s,
         )
         if result.get("mlflow_run_id"):
+            tags = {"checkpoint": result["checkpoint"], "prefect.cache_hit": cached}
+            if extended:
+                source = TrainOutputs(cfg.stage_dir("train"))
+                tags["init_from"] = str(source.dir)
+                if source.mlflow_run_id():
+                    tags["init_from_run_id"] = source.mlflow_run_id()
             self.tracking.adopt(result["mlflow_run_id"], self.parent)
-            self.tracking.set_tags(
-                result["mlflow_run_id"],
-                {"checkpoint": result["checkpoint"], "prefect.cache_hit": cached},
-            )
-        if cfg is self.cfg:
+            self.tracking.set_tags(result["mlflow_run_id"], tags)
+        if cfg is self.cfg and not extended:
             self.tracking.set_tags(self.parent, {"checkpoint": result["checkpoint"]})
         return result
 
@@ -183,40 +202,65 @@ class Bringup:
         self.tracking.finish(run_id)
         return result
 
-    def evaluate(self, cfg: PipelineConfig | None = None) -> dict[str, Any]:
-        """Export and evaluate this bring-up's model, or control `cfg`'s."""
+    def evaluate(
+        self, cfg: PipelineConfig | None = None, *, extended: bool = False
+    ) -> dict[str, Any]:
+        """Export and evaluate this bring-up's model, or control `cfg`'s; with `extended`, its
+        context extension, on the extension's shards (and without the attention baseline,
+        which was trained at the shorter length)."""
         cfg = cfg or self.cfg
-        train_dir, export_dir = cfg.stage_dir("train"), cfg.stage_dir("export")
+        dirs = ("extend_train", "extend_export", "extend_eval") if extended else (
+            "train", "export", "eval"
+        )  # fmt: skip
+        train_dir, export_dir, out = map(cfg.stage_dir, dirs)
         exported = export_task(train_dir, export_dir)
-        baseline = cfg.run_root / cfg.baseline / "export" if cfg.baseline else None
+        baseline = cfg.run_root / cfg.baseline / "export" if cfg.baseline and not extended else None
         if baseline is not None and not PretrainedOutputs(baseline).complete():
             raise FileNotFoundError(
                 f"baseline {cfg.baseline!r}: no export at {baseline}; run that bring-up "
                 "(mixer=attention) to completion first, or drop `baseline`"
             )
-        params = {name: cfg.eval_config(name).model_dump(mode="json") for name in cfg.evals}
+        configs = {name: cfg.eval_config(name, extended=extended) for name in cfg.evals}
         results: dict[str, Any] = {"export": exported}
         all_cached = True
+        label = f"{self.prefix(cfg)}{'extend/' if extended else ''}"
         for name in cfg.evals:
-            out = cfg.stage_dir("eval")
             result, cached = call_cached(
-                eval_task.with_options(task_run_name=f"evaluate-{self.prefix(cfg)}{name}"),
+                eval_task.with_options(task_run_name=f"evaluate-{label}{name}"),
                 EvalOutputs(out, [name]).complete(),
                 self.refresh,
                 name=name,
                 model_dir=export_dir,
-                cfg=cfg.eval_config(name),
+                cfg=configs[name],
                 baseline_dir=baseline,
                 out_dir=out,
             )
             all_cached &= cached
             results[name] = result
-        run_id = self.child(f"{self.prefix(cfg)}evaluate", params, all_cached)
+        params = {name: c.model_dump(mode="json") for name, c in configs.items()}
+        run_id = self.child(f"{label}evaluate", params, all_cached)
         for name in cfg.evals:
             self._log_results(run_id, results[name]["files"])
         self.tracking.log_dir(run_id, export_dir, "model")
         self.tracking.finish(run_id)
         return results
+
+    def extend(self, cfg: PipelineConfig | None = None) -> dict[str, Any]:
+        """Context extension of this bring-up's model, or control `cfg`'s: shards at
+        `extend_seq_len` (built once, shared with the controls), training on from the trained
+        weights, export and the evals on the longer shards."""
+        cfg = cfg or self.cfg
+        shard_cfg = cfg.extend_shard_config()
+        if cfg is self.cfg:
+            valid = ShardOutputs(shard_cfg.out).complete()
+            shards, _ = call_cached(shards_task, valid, self.refresh, cfg=shard_cfg)
+        else:  # a control runs after the model's extend stage, on the shards it built
+            shards = {"dir": str(shard_cfg.out)}
+        return {
+            "shards": shards,
+            "train": self.train(cfg, extended=True),
+            "evaluate": self.evaluate(cfg, extended=True),
+        }
 
     def controls(self) -> dict[str, Any]:
         """Each control mixer trained and evaluated on this bring-up's data and budget."""
@@ -225,6 +269,8 @@ class Bringup:
             control = self.cfg.control_config(mixer)
             self.log.info("control %s: %s", mixer, control.run_dir)
             results[mixer] = {"train": self.train(control), "evaluate": self.evaluate(control)}
+            if control.extend_seq_len is not None:
+                results[mixer]["extend"] = self.extend(control)
         return results
 
     def compare(self) -> dict[str, Any]:
@@ -234,6 +280,29 @@ class Bringup:
         result, files = write_comparison(runs, self.cfg.stage_dir("compare"), tracking)
         self.comparison_table = summarize_comparison(result)
         return {"files": [str(f) for f in files], "metrics": result.metrics}
+
+    def long_context(self) -> dict[str, Any]:
+        """This bring-up's model (the reference) and its controls, extended ones when extending,
+        on the same val sequences at growing lengths (`eval_stage long-context`), logged on
+        the parent run."""
+        export = "extend_export" if self.cfg.extend_seq_len is not None else "export"
+        configs = [self.cfg, *(self.cfg.control_config(m) for m in self.cfg.controls)]
+        out = self.cfg.stage_dir("long_context")
+        result, _ = call_cached(
+            long_context_task,
+            (out / "long_context.json").is_file(),
+            self.refresh,
+            model_dirs=[c.stage_dir(export) for c in configs],
+            cfg=self.cfg.long_context_config(),
+            out_dir=out,
+        )
+        measured = read_long_context(result["files"][0])
+        files = [Path(f) for f in result["files"]]
+        tracking = TrackingConfig(run_id=self.parent, tracking_uri=self.tracking.uri)
+        log_metrics_and_files(long_context_metrics(measured), files, tracking, step=0,
+                              artifact_path="long_context")  # fmt: skip
+        self.long_context_table = summarize_long_context(measured)
+        return result
 
     def _log_results(self, run_id: str, files: list[str]) -> None:
         """The eval_stage MLflow logging (metrics at the model's step, JSON + plots)."""
@@ -250,19 +319,30 @@ class Bringup:
         if self.comparison_table:
             lines += ["", "comparison (eval_stage compare; the first row is the reference):"]
             lines += self.comparison_table.splitlines()
+        if self.long_context_table:
+            lines += ["", "long context (eval_stage long-context; vs the first model, paired):"]
+            lines += self.long_context_table.splitlines()
         print("\n".join(lines))  # log_prints: the UI too
 
 
-STAGES = ("tokenizer", "shards", "train", "bench", "evaluate", "controls", "compare")
+STAGES = (
+    "tokenizer", "shards", "train", "bench", "evaluate", "extend", "controls", "compare",
+    "long_context",
+)  # fmt: skip
 
 
 def stages_for(cfg: PipelineConfig) -> tuple[str, ...]:
     """The stages of a bring-up: `bench` times the TTT dual form against the primal, an op
     benchmark that says nothing about another mixer, so only TTT bring-ups run it; `controls`
-    and `compare` run when controls are configured."""
+    and `compare` run when controls are configured, `extend` with `extend_seq_len`,
+    `long_context` with `long_context`."""
     skip = set() if cfg.mixer == "ttt_linear" else {"bench"}
     if not cfg.controls:
         skip |= {"controls", "compare"}
+    if cfg.extend_seq_len is None:
+        skip.add("extend")
+    if cfg.long_context is None:
+        skip.add("long_context")
     return tuple(s for s in STAGES if s not in skip)
 
 

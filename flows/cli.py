@@ -1,5 +1,5 @@
-"""`python -m flows run|serve|up|sweep`: one bring-up in-process, the deployments, the whole stack,
-or a grid of training runs on shared data.
+"""`python -m flows run|long-context|serve|up|sweep`: one bring-up in-process, the long-context
+comparison, the deployments, the whole stack, or a grid of training runs on shared data.
 
 Prefect is imported only after `prepare_env` has pointed it at the run root's state dir.
 """
@@ -17,6 +17,8 @@ from flows.config import PIPELINE_PRESETS, PipelineConfig
 from flows.env import prepare_env
 from flows.request import (
     DEFAULT_PRESET,
+    LONG_CONTEXT_PRESET,
+    LONG_CONTEXT_SEEDS,
     MLFLOW_URI_ENV,
     RUN_ROOT_ENV,
     BringupRequest,
@@ -77,6 +79,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
+def cmd_long_context(args: argparse.Namespace) -> int:
+    run_root = Path(args.run_root).expanduser().resolve()
+    prepare_env(run_root)
+    os.environ[RUN_ROOT_ENV] = str(run_root)
+    if args.mlflow_uri:
+        os.environ[MLFLOW_URI_ENV] = args.mlflow_uri
+    from flows.long_context import long_context, seed_requests
+
+    try:  # the same checks the flow makes, before Prefect starts anything
+        overrides = parse_assignments(args.set or [])
+        seed_requests(args.preset, args.seeds, args.reference, args.families, overrides)
+    except ValueError as e:  # InvalidRequest and a bad --set
+        print(f"flows long-context: invalid request: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    state = long_context(preset=args.preset, seeds=args.seeds, reference=args.reference,
+                         families=args.families, overrides=overrides, refresh=args.refresh,
+                         return_state=True)  # fmt: skip
+    print(json.dumps({"state": state.name, "run_root": str(run_root)}))
+    return 0 if state.is_completed() else 1
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     run_root = Path(args.run_root).expanduser().resolve()
     prepare_env(run_root)
@@ -129,6 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.set_defaults(func=cmd_up)
+    lc = sub.add_parser("long-context", help="pretrain, extend and compare every family at "
+                        "growing lengths, once per seed (the long-context flow, in this process)")  # fmt: skip
+    lc.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=LONG_CONTEXT_PRESET)
+    lc.add_argument("--seeds", type=int, nargs="+", default=list(LONG_CONTEXT_SEEDS))
+    lc.add_argument("--reference", choices=get_args(Family), default="attention")
+    lc.add_argument("--families", choices=get_args(Family), nargs="+",
+                    help="compared with the reference (default: the preset's controls)")  # fmt: skip
+    lc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a PipelineConfig field of every seed's bring-up")  # fmt: skip
+    lc.add_argument("--run-root", type=Path, default=Path("runs"))
+    lc.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
+    lc.add_argument("--refresh", action="store_true", help="rerun every stage (ignore cache)")
+    lc.set_defaults(func=cmd_long_context)
     from flows.sweep import add_sweep_args
 
     add_sweep_args(sub.add_parser("sweep", help="train a grid of points on shared data"))

@@ -18,11 +18,11 @@ from pydantic import (
 )
 
 from data_stage import CorpusConfig, ShardConfig, TokenizerConfig
-from eval_stage import EVALS, STANDARD_EVALS, BenchConfig, LatencyConfig
+from eval_stage import EVALS, STANDARD_EVALS, BenchConfig, LatencyConfig, LongContextConfig
 from train_stage import TrainConfig
 from ttt_core import ConfigModel, Family, ModelConfig, deep_merge, error_summary, family_settings
 
-DATA_STAGES = ("tokenizer", "shards")
+DATA_STAGES = ("tokenizer", "shards", "extend_shards")
 # The evals a bring-up can run: eval_stage's standard ones (a field of this config each).
 EvalName = Literal[STANDARD_EVALS]  # type: ignore[valid-type]
 ALL_EVALS: tuple[str, ...] = STANDARD_EVALS
@@ -79,6 +79,24 @@ class PipelineConfig(ConfigModel):
     position_loss: dict[str, Any] = Field(default_factory=dict)
     niah: dict[str, Any] = Field(default_factory=dict)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    extend_seq_len: int | None = Field(
+        None,
+        ge=2,
+        description="context extension: after training at seq_len, train on at this longer "
+        "length from the trained weights (shards of this row length built from the same "
+        "tokenizer), then evaluate the extended model too",
+    )
+    extend: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TrainConfig overrides of the extension run (steps, batch_size, lr, "
+        "model.rope_theta...); its seq_len, data and init_from are set by the bring-up",
+    )
+    long_context: dict[str, Any] | None = Field(
+        None,
+        description="LongContextConfig fields without `data`: the long-context eval over this "
+        "model (the reference) and its controls, extended ones when extend_seq_len is set; None: "
+        "not run",
+    )
     max_restarts: int = Field(2, ge=0)
     mlflow_tracking_uri: str | None = Field(
         None, description="None: sqlite:///<run_root>/mlflow.db"
@@ -108,6 +126,7 @@ class PipelineConfig(ConfigModel):
                 kind.model_validate({**getattr(self, field), "data": "."})
             except ValidationError as e:
                 raise ValueError(error_summary(e, at=field)) from e
+        self._check_extension()
         train = self.train_config(Path("."))
         if train.model.vocab_size != self.vocab_size:
             raise ValueError(
@@ -120,6 +139,26 @@ class PipelineConfig(ConfigModel):
                 f"{self.seq_len}); lower train.seq_len or raise seq_len"
             )
         return self
+
+    def _check_extension(self) -> None:
+        if self.extend and self.extend_seq_len is None:
+            raise ValueError("extend sets the extension run's training; set extend_seq_len too")
+        if self.extend_seq_len is not None:
+            trained = self.train_config(Path(".")).max_seq_len
+            if self.extend_seq_len <= trained:
+                raise ValueError(
+                    f"extend_seq_len {self.extend_seq_len} must be longer than the training "
+                    f"length {trained}"
+                )
+            for key in ("seq_len", "data", "init_from", "run_dir", "curriculum"):
+                if key in self.extend:
+                    raise ValueError(f"extend.{key} is set by the bring-up; drop it")
+            self.extend_train_config()  # every extend override validated now
+        if self.long_context is not None:
+            try:
+                LongContextConfig.model_validate({**self.long_context, "data": "."})
+            except ValidationError as e:
+                raise ValueError(error_summary(e, at="long_context")) from e
 
     @classmethod
     def from_preset(cls, preset: str, /, **overrides: Any) -> PipelineConfig:
@@ -145,8 +184,8 @@ class PipelineConfig(ConfigModel):
         return self.run_dir / stage
 
     def control_config(self, mixer: Family) -> PipelineConfig:
-        """The bring-up of control `mixer`: this one's data (`data_from`), steps and evals, the
-        preset's settings for that mixer, under `<run_dir>/controls/<mixer>`; a hybrid's
+        """The bring-up of control `mixer`: this one's data (`data_from`), steps, extension and
+        evals, the preset's settings for that mixer, under `<run_dir>/controls/<mixer>`; a hybrid's
         `layer_mixers` is not carried over (the control is one mixer throughout)."""
         data = self.model_dump(exclude={"run_name", "controls", "baseline"})
         train = deep_merge(self.train, {"model": {"layer_mixers": None}})
@@ -158,6 +197,7 @@ class PipelineConfig(ConfigModel):
                 "run_root": self.run_dir / "controls",
                 "run_name": mixer,
                 "data_from": self.data_from or self.run_dir,
+                "long_context": None,  # the bring-up's comparison, not each control's
             }
         )
 
@@ -199,11 +239,44 @@ class PipelineConfig(ConfigModel):
         }
         return TrainConfig.model_validate(deep_merge(self._train_dict(), fixed))
 
-    def eval_config(self, name: EvalName) -> BaseModel:
+    def eval_config(self, name: EvalName, *, extended: bool = False) -> BaseModel:
+        """Eval `name` as configured, on the run's shards (the extension's with `extended`)."""
         if name not in DATA_EVALS:  # a full config of its own (latency)
             return getattr(self, name)
-        data = self.stage_dir("shards")
+        data = self.stage_dir("extend_shards" if extended else "shards")
         return DATA_EVALS[name].model_validate({**getattr(self, name), "data": data})
+
+    # --- context extension and the long-context eval ---
+    def extend_shard_config(self) -> ShardConfig:
+        """The shards at `extend_seq_len`, from the run's tokenizer and corpus."""
+        return self.shard_config().model_copy(
+            update={"seq_len": self.extend_seq_len, "out": self.stage_dir("extend_shards")}
+        )
+
+    def extend_train_config(self) -> TrainConfig:
+        """The extension run: the model's training config with `extend` merged in, at
+        `extend_seq_len` on the extension shards, starting from the trained run's weights
+        (fresh optimizer and schedule), in `extend_train/`."""
+        if self.extend_seq_len is None:
+            raise ValueError("no extension configured (extend_seq_len is None)")
+        train = deep_merge(self._train_dict(), {"curriculum": []})
+        fixed = {
+            "seq_len": self.extend_seq_len,
+            "data": str(self.stage_dir("extend_shards")),
+            "run_dir": str(self.stage_dir("extend_train")),
+            "init_from": str(self.stage_dir("train")),
+            "strategy": "fsdp" if self.nproc > 1 else "none",
+        }
+        return TrainConfig.model_validate(deep_merge(deep_merge(train, self.extend), fixed))
+
+    def long_context_config(self) -> LongContextConfig:
+        """The long-context eval, on the extension's shards when extending (else the run's)."""
+        if self.long_context is None:
+            raise ValueError("no long-context eval configured (long_context is None)")
+        shards = "extend_shards" if self.extend_seq_len is not None else "shards"
+        return LongContextConfig.model_validate(
+            {**self.long_context, "data": self.stage_dir(shards)}
+        )
 
 
 PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
@@ -257,5 +330,28 @@ PIPELINE_PRESETS: dict[str, dict[str, Any]] = {
             "batch_size": 10,
         },
         latency={"contexts": [128, 512, 2048], "decode_tokens": 8, "repeats": 2},
+    ),
+    # The long-context comparison at CPU scale (`python -m flows long-context`): every family at
+    # small_cpu's shape and tuned values, pretrained at 256 and extended to 1024, then compared
+    # at 256-2048 against attention (the bring-up's own model). Sized to finish 2 seeds in
+    # under 30 minutes on 2 cores (docs/long_context.md has the measured time).
+    "long_context_cpu": dict(
+        corpus={"format": "stdlib"},
+        vocab_size=8192,
+        seq_len=256,
+        train_preset="small_cpu",
+        train={"steps": 100},
+        mixer="attention",
+        controls=["ttt_linear", "none", "swa", "lact", "e2e"],
+        evals=["perplexity"],
+        perplexity={"batch_size": 8, "max_batches": 16},
+        extend_seq_len=1024,
+        extend={"steps": 25, "batch_size": 2},
+        long_context={
+            "lengths": [256, 512, 1024, 2048],
+            "sequences": 16,
+            "niah_trials": 4,
+            "batch_size": 4,
+        },
     ),
 }

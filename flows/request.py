@@ -19,8 +19,11 @@ from flows.fingerprint import digest
 from train_stage import TrainConfig
 from ttt_core import ConfigModel, Family, ModelConfig, error_summary, nest_dotted
 
-PresetName = Literal["debug_tiny", "small_cpu"]
+PresetName = Literal["debug_tiny", "small_cpu", "long_context_cpu"]
 DEFAULT_PRESET: PresetName = "small_cpu"
+# the long-context flow's defaults (here, so the CLI offers them without importing Prefect)
+LONG_CONTEXT_PRESET: PresetName = "long_context_cpu"
+LONG_CONTEXT_SEEDS = (0, 1)
 assert set(get_args(PresetName)) == set(PIPELINE_PRESETS), "PresetName must list PIPELINE_PRESETS"
 
 RUN_ROOT_ENV, MLFLOW_URI_ENV = "FLOWS_RUN_ROOT", "FLOWS_MLFLOW_TRACKING_URI"

@@ -1,5 +1,6 @@
-"""`python -m flows serve`: the `bringup/bringup` and `resume/resume` deployments in one process,
-and the automation that restarts a failed or crashed bring-up with `restart_count + 1`."""
+"""`python -m flows serve`: the `bringup/bringup`, `resume/resume` and `long-context/long-context`
+deployments in one process, and the automation that restarts a failed or crashed bring-up with
+`restart_count + 1`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from prefect.events.actions import RunDeployment
 from prefect.events.schemas.automations import EventTrigger, Posture
 
 from flows.bringup import bringup
+from flows.long_context import long_context
 from flows.request import DEFAULT_PRESET, MLFLOW_URI_ENV, RUN_ROOT_ENV
 from flows.resume import resume
 
@@ -89,7 +91,7 @@ def bringup_deployment() -> RunnerDeployment:
 def serve_deployments(
     run_root: Path, mlflow_uri: str | None, resume_every_s: float, resume_paused: bool
 ) -> None:
-    """Register both deployments and the automation, then run flow runs (one at a time), each
+    """Register the deployments and the automation, then run flow runs (one at a time), each
     under `run_root` and logging to `mlflow_uri` (None: the run root's SQLite store) whatever
     directory the person who started it was in."""
     os.environ[RUN_ROOT_ENV] = str(run_root)
@@ -102,11 +104,13 @@ def serve_deployments(
         parameters={"run_root": str(run_root)},
         paused=resume_paused,
     )
+    long_context_deployment = long_context.to_deployment(name="long-context", paused=False)
     deployment_id = deployment.apply()
     upsert_automation(restart_automation(deployment_id))
     print(
-        f"[flows] serving bringup/bringup and resume/resume (every {resume_every_s:g}s, "
-        f"{'paused' if resume_paused else 'active'}); automation {AUTOMATION_NAME!r}",
+        f"[flows] serving bringup/bringup, long-context/long-context and resume/resume (every "
+        f"{resume_every_s:g}s, {'paused' if resume_paused else 'active'}); automation "
+        f"{AUTOMATION_NAME!r}",
         flush=True,
     )
-    serve(deployment, resume_deployment, limit=1)
+    serve(deployment, resume_deployment, long_context_deployment, limit=1)

@@ -20,7 +20,16 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from data_stage import ShardConfig, TokenizerConfig, build_shards, train_tokenizer
-from eval_stage import BenchConfig, evaluate_bench_dual_primal, open_model, publish, run_eval
+from eval_stage import (
+    BenchConfig,
+    LongContextConfig,
+    evaluate_bench_dual_primal,
+    evaluate_long_context,
+    open_model,
+    publish,
+    run_eval,
+    write_long_context,
+)
 from flows.fingerprint import (
     corpus_fingerprint,
     digest,
@@ -70,6 +79,12 @@ def eval_key(_context: Any, p: dict[str, Any]) -> str:
         cfg,
         str(p["out_dir"]),
     )
+
+
+def long_context_key(_context: Any, p: dict[str, Any]) -> str:
+    cfg = p["cfg"]
+    exports = [export_sha256(d) for d in p["model_dirs"]]
+    return digest("long_context", exports, manifest_sha256(cfg.data), cfg, str(p["out_dir"]))
 
 
 # --- retry rule -------------------------------------------------------------------------------
@@ -150,6 +165,16 @@ def bench_task(cfg: BenchConfig, out_dir: Path) -> dict[str, Any]:
     result = evaluate_bench_dual_primal(cfg)
     files = publish(result, out_dir)
     return {"files": [str(f) for f in files], "metrics": result.metrics}
+
+
+@task(name="long_context", cache_key_fn=long_context_key, persist_result=True)
+def long_context_task(
+    model_dirs: list[Path], cfg: LongContextConfig, out_dir: Path
+) -> dict[str, Any]:
+    """`eval_stage long-context` over `model_dirs` (the first is the reference) into `out_dir`."""
+    result = evaluate_long_context([open_model(d) for d in model_dirs], cfg)
+    files = write_long_context(result, out_dir)
+    return {"files": [str(f) for f in files], "reference": result.reference}
 
 
 @task(name="evaluate", cache_key_fn=eval_key, persist_result=True)

@@ -69,3 +69,24 @@ def test_controls_have_their_own_train_export_eval_commands_and_a_compare(tmp_pa
         cfg.stage_dir("compare"),
     )
     assert eval_stage.parse_command(commands["compare"]).args.runs[0] == cfg.run_dir
+
+
+def test_an_extension_and_the_long_context_eval_have_their_commands(tmp_path):
+    sets = {"controls": ["none"], "extend_seq_len": 128, "extend.steps": 3,
+            "long_context": {"lengths": [64, 128], "sequences": 2}}  # fmt: skip
+    cfg = resolve(BringupRequest(preset="debug_tiny", overrides=sets), tmp_path)
+    commands = {stage: shlex.split(line) for stage, line in stage_commands(cfg).items()}
+    assert data_stage.parse_command(commands["extend_shards"]).config == cfg.extend_shard_config()
+    assert "controls.none.extend_shards" not in commands  # shared with the model
+    control = cfg.control_config("none")
+    for who, config, prefix in ((cfg, cfg, ""), (control, control, "controls.none.")):
+        train = commands[f"{prefix}extend.train"]
+        assert train[train.index("--config") + 1] == str(
+            who.stage_dir("extend_train") / "train_config.yaml"
+        )
+        parsed = eval_stage.parse_command(commands[f"{prefix}extend.eval.perplexity"])
+        assert parsed.config == config.eval_config("perplexity", extended=True)
+        assert parsed.args.model == who.stage_dir("extend_export")
+    parsed = eval_stage.parse_command(commands["long_context"])
+    assert parsed.config == cfg.long_context_config()
+    assert parsed.args.model == [cfg.stage_dir("extend_export"), control.stage_dir("extend_export")]

@@ -9,7 +9,8 @@ from flows.config import PIPELINE_PRESETS, PipelineConfig
 @pytest.mark.parametrize("name", sorted(PIPELINE_PRESETS))
 def test_presets_resolve_and_round_trip_through_json(name, tmp_path):
     cfg = PipelineConfig.from_preset(name, run_root=tmp_path)
-    assert cfg.run_dir == tmp_path.resolve() / f"{name}-ttt_linear"
+    mixer = "attention" if name == "long_context_cpu" else "ttt_linear"  # its reference
+    assert cfg.mixer == mixer and cfg.run_dir == tmp_path.resolve() / f"{name}-{mixer}"
     assert cfg.mlflow_tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert cfg.train_config().model.vocab_size == cfg.vocab_size
     assert PipelineConfig.model_validate_json(cfg.model_dump_json()) == cfg
@@ -80,6 +81,12 @@ def test_a_control_shares_the_data_and_budget_and_lives_under_the_run(tmp_path):
         ({"run_name": "../escape"}, "run_name"),
         ({"controls": ["none", "none"]}, "controls has repeats"),
         ({"controls": ["bogus"]}, "controls"),
+        ({"extend": {"steps": 5}}, "set extend_seq_len too"),
+        ({"extend_seq_len": 32}, "must be longer than the training length 32"),
+        ({"extend_seq_len": 128, "extend": {"seq_len": 64}}, "extend.seq_len is set by"),
+        ({"extend_seq_len": 128, "extend": {"lr": float("nan")}}, "lr"),
+        ({"long_context": {"lengths": [128, 64]}}, "long_context"),
+        ({"long_context": {"sequences": float("inf")}}, "long_context"),
     ],
 )
 def test_bad_values_are_errors_naming_the_field(overrides, names, tmp_path):
@@ -96,6 +103,23 @@ def test_eval_configs_point_at_the_shards(tmp_path):
     cfg = PipelineConfig.from_preset("debug_tiny", run_root=tmp_path)
     assert cfg.eval_config("perplexity").data == Path(cfg.run_dir / "shards")
     assert cfg.eval_config("latency") == cfg.latency
+
+
+def test_an_extension_trains_on_from_the_run_at_the_longer_length(tmp_path):
+    cfg = PipelineConfig.from_preset("long_context_cpu", run_root=tmp_path)
+    train, extend = cfg.train_config(), cfg.extend_train_config()
+    assert (train.seq_len, extend.seq_len) == (256, 1024)
+    assert extend.init_from == cfg.stage_dir("train") and extend.steps == 25
+    assert extend.data == cfg.stage_dir("extend_shards") == cfg.run_dir / "extend_shards"
+    assert extend.lr == train.lr and extend.model == train.model  # the same model, on from it
+    assert cfg.extend_shard_config().seq_len == 1024
+    assert cfg.eval_config("perplexity", extended=True).data == cfg.stage_dir("extend_shards")
+    assert cfg.long_context_config().data == cfg.stage_dir("extend_shards")
+    control = cfg.control_config("e2e")
+    assert control.long_context is None and control.extend_seq_len == 1024
+    assert control.stage_dir("extend_shards") == cfg.stage_dir("extend_shards")  # shared
+    assert control.extend_train_config().init_from == control.stage_dir("train")
+    assert control.extend_train_config().model.e2e_suffix_layers > 0
 
 
 def test_cli_refuses_a_set_without_a_value_in_one_line(tmp_path, capsys):

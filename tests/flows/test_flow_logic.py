@@ -46,7 +46,7 @@ def test_stages_run_in_pipeline_order(cfg, monkeypatch):
     result = bringup.fn(preset="debug_tiny")
     ran = ("tokenizer", "shards", "train", "bench", "evaluate")  # debug_tiny has no controls
     assert FakeBringup.calls == [*ran, "finish:FINISHED:None"]
-    assert (*ran, "controls", "compare") == STAGES
+    assert (*ran, "extend", "controls", "compare", "long_context") == STAGES
     assert set(result) == set(ran)
     assert lock_owner(cfg.run_dir) is None  # released
 

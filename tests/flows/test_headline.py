@@ -106,11 +106,16 @@ def test_the_summary_puts_the_baseline_beside_the_model(outputs, tmp_path):
 
 def test_only_ttt_bring_ups_run_the_op_benchmark_and_controls_add_their_stages(tmp_path):
     ttt = PipelineConfig.from_preset("small_cpu", run_root=tmp_path)
-    assert ttt.controls == ["none"] and stages_for(ttt) == STAGES
+    assert ttt.controls == ["none"]
+    assert stages_for(ttt) == tuple(s for s in STAGES if s not in {"extend", "long_context"})
     attention = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, mixer="attention")
     assert "bench" not in stages_for(attention) and "compare" in stages_for(attention)
     alone = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, controls=[])
     assert stages_for(alone) == ("tokenizer", "shards", "train", "bench", "evaluate")
+    extended = PipelineConfig.from_preset("long_context_cpu", run_root=tmp_path)
+    assert stages_for(extended) == (
+        "tokenizer", "shards", "train", "evaluate", "extend", "controls", "compare", "long_context"
+    )  # fmt: skip
 
 
 def test_parent_params_identify_the_bring_up_and_paths_are_tags(tmp_path):
