@@ -36,6 +36,9 @@ from .long_context import (
 )
 from .long_context import metrics as long_context_metrics
 from .long_context import summarize as summarize_long_context
+from .long_context_seeds import SeedSummary, combine_seeds, write_seed_summary
+from .long_context_seeds import markdown as seed_summary_markdown
+from .long_context_seeds import summarize as summarize_seeds
 from .models import LoadedModel, default_out_dir, open_model, preset_models
 from .niah import (
     build_cases,
@@ -72,12 +75,14 @@ __all__ = [
     "NiahConfig",
     "PerplexityConfig",
     "PositionLossConfig",
+    "SeedSummary",
     "SpeedupBelowThreshold",
     "TrackingConfig",
     "build_cases",
     "chance_level",
     "chat",
     "check_speedup",
+    "combine_seeds",
     "command",
     "compare_command",
     "compare_runs",
@@ -109,8 +114,11 @@ __all__ = [
     "run_eval",
     "score_cases",
     "score_ranked",
+    "seed_summary_markdown",
     "summarize_comparison",
     "summarize_long_context",
+    "summarize_seeds",
     "write_comparison",
     "write_long_context",
+    "write_seed_summary",
 ]

@@ -16,8 +16,13 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from eval_stage import read_long_context
-from eval_stage.long_context_seeds import combine_seeds, markdown, summarize, write_seed_summary
+from eval_stage import (
+    combine_seeds,
+    read_long_context,
+    seed_summary_markdown,
+    summarize_seeds,
+    write_seed_summary,
+)
 from flows.bringup import bringup
 from flows.request import (
     LONG_CONTEXT_PRESET,
@@ -100,8 +105,8 @@ def long_context(
     summary = combine_seeds(results, sources)
     out = run_root.expanduser().resolve() / f"{preset}-seeds"
     files = write_seed_summary(summary, out)
-    create_markdown_artifact(markdown(summary), key="long-context-seeds",
+    create_markdown_artifact(seed_summary_markdown(summary), key="long-context-seeds",
                              description=f"{len(seeds)} seeds against {reference}")  # fmt: skip
-    print(f"long context over seeds {seeds} (vs {reference}):\n{summarize(summary)}")
+    print(f"long context over seeds {seeds} (vs {reference}):\n{summarize_seeds(summary)}")
     print("wrote " + ", ".join(map(str, files)))
     return {"files": [str(f) for f in files], "runs": sources}
