@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
@@ -32,18 +32,12 @@ from eval_stage import (
     summarize_long_context,
     write_comparison,
 )
+from flows.choices import DEFAULT_PRESET, PresetName
 from flows.commands import stage_commands
 from flows.config import PipelineConfig
-from flows.headline import comparison, summary_lines
+from flows.headline import SPEEDUP, comparison, summary_lines, summary_markdown
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
-from flows.request import (
-    DEFAULT_PRESET,
-    BringupRequest,
-    InvalidRequest,
-    PresetName,
-    resolve,
-    served_location,
-)
+from flows.request import BringupRequest, InvalidRequest, resolve, served_location
 from flows.tasks import (
     bench_task,
     eval_task,
@@ -53,7 +47,7 @@ from flows.tasks import (
     tokenizer_task,
     train_task,
 )
-from flows.tracking import Tracking
+from flows.tracking import NOTE_TAG, Tracking
 from train_stage import TrainOutputs
 from ttt_core import Family, PretrainedOutputs
 
@@ -71,6 +65,16 @@ def call_cached(task: Any, outputs_valid: bool, refresh: bool, **params: Any) ->
         task = task.with_options(refresh_cache=True)
     state = task(**params, return_state=True)
     return state.result(), state.name == "Cached"
+
+
+def train_note(result: dict[str, Any], seq_len: int, init_from: str | None) -> str:
+    """The training run's one-line description, from the train task's result."""
+    did = f"trained {result.get('steps')} steps at seq_len {seq_len}"
+    if result.get("final_loss") is not None:
+        did += f" to loss {result['final_loss']:.4f}"
+    if result.get("tokens_per_s"):
+        did += f", {result['tokens_per_s']:,.0f} tokens/s"
+    return did + (f", starting from the weights of {init_from}" if init_from else "")
 
 
 class Bringup:
@@ -125,9 +129,11 @@ class Bringup:
         self.tracking.log_metrics(self.parent, self.record.summary)
         return result
 
-    def child(self, stage: str, params: dict[str, Any], cached: bool) -> str:
+    def child(self, stage: str, params: dict[str, Any], cached: bool, did: str) -> str:
+        """A stage's nested run; `did` is its one-line description (what the stage did)."""
         run_id = self.tracking.start_child(self.parent, stage, params)
-        self.tracking.set_tags(run_id, {"prefect.cache_hit": cached})
+        note = f"{did} (from the Prefect cache)" if cached else did
+        self.tracking.set_tags(run_id, {"prefect.cache_hit": cached, NOTE_TAG: note})
         return run_id
 
     # --- stages ---
@@ -136,7 +142,8 @@ class Bringup:
         result, cached = call_cached(
             tokenizer_task, TokenizerOutputs(cfg.out).complete(), self.refresh, cfg=cfg
         )
-        run_id = self.child("tokenizer", cfg.model_dump(mode="json"), cached)
+        did = f"trained a {cfg.model_type} tokenizer of {cfg.vocab_size} pieces into {cfg.out}"
+        run_id = self.child("tokenizer", cfg.model_dump(mode="json"), cached, did)
         self.tracking.log_dir(run_id, cfg.out, "tokenizer")
         self.tracking.finish(run_id)
         return result
@@ -145,7 +152,9 @@ class Bringup:
         cfg = self.cfg.shard_config()
         shards = ShardOutputs(cfg.out)
         result, cached = call_cached(shards_task, shards.complete(), self.refresh, cfg=cfg)
-        run_id = self.child("shards", cfg.model_dump(mode="json"), cached)
+        did = (f"packed {result['train_tokens']:,} train and {result['val_tokens']:,} val tokens "
+               f"into rows of {cfg.seq_len} in {cfg.out}")  # fmt: skip
+        run_id = self.child("shards", cfg.model_dump(mode="json"), cached, did)
         counts = {k: v for k, v in result.items() if k.startswith(("train_", "val_"))}
         self.tracking.log_metrics(run_id, counts)
         self.tracking.client.log_artifact(run_id, str(shards.manifest_file), "shards")
@@ -183,6 +192,7 @@ class Bringup:
                 tags["init_from"] = str(source.dir)
                 if source.mlflow_run_id():
                     tags["init_from_run_id"] = source.mlflow_run_id()
+            tags[NOTE_TAG] = train_note(result, train_cfg.max_seq_len, tags.get("init_from"))
             self.tracking.adopt(result["mlflow_run_id"], self.parent)
             self.tracking.set_tags(result["mlflow_run_id"], tags)
         if cfg is self.cfg and not extended:
@@ -197,7 +207,11 @@ class Bringup:
         cfg, out = self.cfg.bench, self.cfg.stage_dir("bench")
         valid = EvalOutputs(out, ["bench_dual_primal"]).complete()
         result, cached = call_cached(bench_task, valid, self.refresh, cfg=cfg, out_dir=out)
-        run_id = self.child("bench", cfg.model_dump(mode="json"), cached)
+        speedup = result["metrics"].get(SPEEDUP[1])
+        did = "timed the TTT-Linear dual form against the primal" + (
+            f": forward {speedup:.2f}x faster" if speedup is not None else ""
+        )
+        run_id = self.child("bench", cfg.model_dump(mode="json"), cached, did)
         self._log_results(run_id, result["files"])
         self.tracking.finish(run_id)
         return result
@@ -238,7 +252,11 @@ class Bringup:
             all_cached &= cached
             results[name] = result
         params = {name: c.model_dump(mode="json") for name, c in configs.items()}
-        run_id = self.child(f"{label}evaluate", params, all_cached)
+        loss = results.get("perplexity", {}).get("metrics", {}).get("perplexity/model/loss")
+        did = f"exported {train_dir} to {export_dir} and ran {', '.join(cfg.evals)}" + (
+            f": val loss {loss:.4f}" if loss is not None else ""
+        )
+        run_id = self.child(f"{label}evaluate", params, all_cached, did)
         for name in cfg.evals:
             self._log_results(run_id, results[name]["files"])
         self.tracking.log_dir(run_id, export_dir, "model")
@@ -314,6 +332,16 @@ class Bringup:
         self.record.status = "completed" if status == "FINISHED" else "failed"
         self.record.error = error
         write_record(self.record)
+        summary = summary_markdown(
+            self.cfg,
+            self.record.summary,
+            status=self.record.status,
+            error=error,
+            flow_run_url=browsable(flow_run.ui_url),
+        )
+        self.tracking.set_tags(self.parent, {NOTE_TAG: summary})  # the run page's description
+        create_markdown_artifact(summary, key="bringup-summary",
+                                 description=f"{self.cfg.run_name}: {self.record.status}")  # fmt: skip
         self.tracking.finish(self.parent, status)
         lines = summary_lines(self.cfg, self.record.summary)
         if self.comparison_table:
@@ -347,8 +375,12 @@ def stages_for(cfg: PipelineConfig) -> tuple[str, ...]:
 
 
 def flow_run_label() -> str:
-    """`<preset>-<mixer>[ +overrides]`: flow runs named by what they bring up, not at random."""
+    """`<preset>-<mixer>[ +overrides]`, or the `run_name` an override sets: flow runs named by
+    what they bring up, not at random."""
     params = flow_run.parameters
+    named = (params.get("overrides") or {}).get("run_name")
+    if named:
+        return str(named)
     mixer = (
         params.get("mixer")
         or (params.get("overrides") or {}).get("mixer")

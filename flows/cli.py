@@ -1,7 +1,9 @@
 """`python -m flows run|long-context|serve|up|sweep`: one bring-up in-process, the long-context
 comparison, the deployments, the whole stack, or a grid of training runs on shared data.
 
-Prefect is imported only after `prepare_env` has pointed it at the run root's state dir.
+Prefect is imported only after `prepare_env` has pointed it at the run root's state dir, and
+the stages only by the commands that use them: parsing, `--help` and `up` (a supervisor that only
+starts and stops the others) load neither torch nor MLflow nor Prefect.
 """
 
 from __future__ import annotations
@@ -11,21 +13,18 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
-from flows.config import PIPELINE_PRESETS, PipelineConfig
-from flows.env import prepare_env
-from flows.request import (
-    DEFAULT_PRESET,
-    LONG_CONTEXT_PRESET,
-    LONG_CONTEXT_SEEDS,
-    MLFLOW_URI_ENV,
-    RUN_ROOT_ENV,
-    BringupRequest,
-    resolve,
-)
+from flows.choices import DEFAULT_PRESET, LONG_CONTEXT_PRESET, LONG_CONTEXT_SEEDS, PresetName
+from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV, prepare_env
 from stage_common import CliParser, read_config_file
 from ttt_core import Family, flatten_dotted, parse_assignments
+
+if TYPE_CHECKING:
+    from flows.config import PipelineConfig
+    from flows.request import BringupRequest
+
+PRESETS = sorted(get_args(PresetName))
 
 EXIT_BAD_INPUT = 2
 
@@ -33,6 +32,8 @@ EXIT_BAD_INPUT = 2
 def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConfig]:
     """The request `--preset/--mixer/--config/--set` make and the bring-up it resolves to under
     `--run-root`, exactly as the `bringup` flow will resolve it; a bad value exits 2 naming it."""
+    from flows.request import BringupRequest, resolve
+
     try:
         from_file = flatten_dotted(read_config_file(args.config)) if args.config else {}
         try:
@@ -48,7 +49,7 @@ def load_request(args: argparse.Namespace) -> tuple[BringupRequest, PipelineConf
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=DEFAULT_PRESET)
+    p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
     p.add_argument("--mixer", choices=get_args(Family), help="default: the preset's")
     p.add_argument("--run-root", type=Path, default=Path("runs"))
     p.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
@@ -136,6 +137,30 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_sweep_args(p: argparse.ArgumentParser) -> None:
+    """The sweep's flags on `p` (the `sweep` subcommand, or `flows.sweep` standalone)."""
+    p.add_argument("--preset", choices=PRESETS, default=DEFAULT_PRESET)
+    p.add_argument("--mixer", choices=get_args(Family), help="default: the preset's")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a PipelineConfig key for every point"
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="KEY=V1,V2,...",
+        help="a train.* PipelineConfig key and its values (repeat for more axes)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the sweep's directory")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from flows.sweep import cmd_sweep as run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(prog="python -m flows", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -154,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     lc = sub.add_parser("long-context", help="pretrain, extend and compare every family at "
                         "growing lengths, once per seed (the long-context flow, in this process)")  # fmt: skip
-    lc.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=LONG_CONTEXT_PRESET)
+    lc.add_argument("--preset", choices=PRESETS, default=LONG_CONTEXT_PRESET)
     lc.add_argument("--seeds", type=int, nargs="+", default=list(LONG_CONTEXT_SEEDS))
     lc.add_argument("--reference", choices=get_args(Family), default="attention")
     lc.add_argument("--families", choices=get_args(Family), nargs="+",
@@ -165,8 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     lc.add_argument("--refresh", action="store_true", help="rerun every stage (ignore cache)")
     lc.set_defaults(func=cmd_long_context)
-    from flows.sweep import add_sweep_args
-
     add_sweep_args(sub.add_parser("sweep", help="train a grid of points on shared data"))
     return p
 

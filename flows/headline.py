@@ -59,9 +59,14 @@ def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[st
         key = _longest(metrics, prefix, pattern) if "{longest}" in pattern else prefix + pattern
         if key is not None and key in metrics:
             found[name] = float(metrics[key])
+    position = evaluated.get("position_loss", {}).get("metrics", {})
+    for key, value in position.items():  # the mean loss at each length (1x, 2x, 4x...)
+        match = re.fullmatch(rf"position_loss/{role}/len_(\d+)/mean_loss", key)
+        if match:
+            found[f"val/loss_len_{match.group(1)}"] = float(value)
     train = outputs.get("train", {})
     if role == "model":
-        for name, key in (("train/loss", "final_loss"), (TRAIN_VAL_ESTIMATE, "val_loss")):
+        for name, key in TRAIN_KEYS:
             if train.get(key) is not None:
                 found[name] = float(train[key])
         bench = outputs.get("bench", {}).get("metrics", {})
@@ -71,7 +76,13 @@ def headline(outputs: dict[str, dict[str, Any]], role: str = "model") -> dict[st
 
 
 TRAIN_VAL_ESTIMATE = "train/val_loss_estimate"  # the trainer's, on `eval_batches` batches
-TRAIN_HEADLINES = ("train/loss", TRAIN_VAL_ESTIMATE)
+# headline name -> the train stage's output
+TRAIN_KEYS = (
+    ("train/loss", "final_loss"),
+    (TRAIN_VAL_ESTIMATE, "val_loss"),
+    ("train/tokens_per_s", "tokens_per_s"),
+)
+TRAIN_HEADLINES = tuple(name for name, _ in TRAIN_KEYS)
 
 
 def comparison(
@@ -146,10 +157,61 @@ def summary_lines(cfg: PipelineConfig, metrics: dict[str, float]) -> list[str]:
     for name in metrics:
         if name.startswith("baseline/") or name in INTERVAL:
             continue
-        labels = {**LABELS, "val/loss": val_loss_label(cfg)}
-        label = f"{name} ({labels[name]})" if name in labels else name
-        row = f"  {label:<48}{_cell(metrics, name):>26}"
+        row = f"  {_label(cfg, name):<48}{_cell(metrics, name):>26}"
         if f"baseline/{name}" in metrics:
             row += f" {_cell(metrics, name, 'baseline/'):>32}"
         lines.append(row)
     return lines
+
+
+def _label(cfg: PipelineConfig, name: str) -> str:
+    """A headline metric's name with what it was measured on, where the name alone could be
+    read as something else: `val/loss_len_512 (... 2x the training length)`."""
+    labels = {**LABELS, "val/loss": val_loss_label(cfg)}
+    if name in labels:
+        return f"{name} ({labels[name]})"
+    match = re.fullmatch(r"val/loss_len_(\d+)", name)
+    if match:
+        times = int(match.group(1)) / cfg.train_config().max_seq_len
+        return f"{name} (sequences of {times:g}x the training length)"
+    return name
+
+
+def summary_markdown(
+    cfg: PipelineConfig,
+    metrics: dict[str, float],
+    *,
+    status: str,
+    error: str | None,
+    flow_run_url: str | None,
+) -> str:
+    """The bring-up's summary as Markdown, for the MLflow parent run's description and the
+    Prefect flow run's artifact: the headline table (with the baseline's column when there is
+    one), then the comparison with the controls and the long-context table when those stages
+    wrote them, the files a person opens next, and the flow run's link."""
+    baseline = any(k.startswith("baseline/") for k in metrics)
+    lines = [f"### Bring-up `{cfg.run_name}`: {status}", "",
+             f"{cfg.preset} preset, mixer `{cfg.mixer}`, run dir `{cfg.run_dir}`", ""]  # fmt: skip
+    if error:
+        lines += [f"**Error:** `{error}`", ""]
+    header = ["metric", cfg.mixer] + ([f"baseline {cfg.baseline}"] if baseline else [])
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name in metrics:
+        if name.startswith("baseline/") or name in INTERVAL:
+            continue
+        cells = [_label(cfg, name), _cell(metrics, name)]
+        if baseline:
+            cells.append(_cell(metrics, name, "baseline/") if f"baseline/{name}" in metrics else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    files = {"export": cfg.stage_dir("export")}
+    for title, stage, stem in (("Against the controls", "compare", "compare"),
+                               ("Long context", "long_context", "long_context")):  # fmt: skip
+        table = cfg.stage_dir(stage) / f"{stem}.md"
+        if table.is_file():
+            lines += ["", f"#### {title}", "", table.read_text().rstrip()]
+            files[f"{stage} figure"] = table.with_suffix(".png")
+    lines += ["", "#### Files", ""]
+    lines += [f"- {what}: `{path}`" for what, path in files.items() if path.exists()]
+    if flow_run_url:
+        lines.append(f"- Prefect flow run: {flow_run_url}")
+    return "\n".join(lines) + "\n"

@@ -24,15 +24,8 @@ from eval_stage import (
     write_seed_summary,
 )
 from flows.bringup import bringup
-from flows.request import (
-    LONG_CONTEXT_PRESET,
-    LONG_CONTEXT_SEEDS,
-    BringupRequest,
-    InvalidRequest,
-    PresetName,
-    resolve,
-    served_location,
-)
+from flows.choices import LONG_CONTEXT_PRESET, LONG_CONTEXT_SEEDS, PresetName
+from flows.request import BringupRequest, InvalidRequest, resolve, served_location
 from ttt_core import Family
 
 

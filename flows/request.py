@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import Field, ValidationError
 
+from flows.choices import DEFAULT_PRESET, PresetName
 from flows.config import PIPELINE_PRESETS, PipelineConfig
+from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV
 from flows.fingerprint import digest
 from train_stage import TrainConfig
 from ttt_core import ConfigModel, Family, ModelConfig, error_summary, nest_dotted
 
-PresetName = Literal["debug_tiny", "small_cpu", "long_context_cpu"]
-DEFAULT_PRESET: PresetName = "small_cpu"
-# the long-context flow's defaults (here, so the CLI offers them without importing Prefect)
-LONG_CONTEXT_PRESET: PresetName = "long_context_cpu"
-LONG_CONTEXT_SEEDS = (0, 1)
 assert set(get_args(PresetName)) == set(PIPELINE_PRESETS), "PresetName must list PIPELINE_PRESETS"
 
-RUN_ROOT_ENV, MLFLOW_URI_ENV = "FLOWS_RUN_ROOT", "FLOWS_MLFLOW_TRACKING_URI"
-UI_ENV = "FLOWS_MLFLOW_UI"  # the MLflow UI `flows up` serves, for links to runs
 OWNED_BY_PROCESS = {
     "run_root": "--run-root of `flows serve/up/run`",
     "mlflow_tracking_uri": "--mlflow-uri of `flows serve/run` (`flows up` sets it)",

@@ -16,8 +16,9 @@ from prefect.events.actions import RunDeployment
 from prefect.events.schemas.automations import EventTrigger, Posture
 
 from flows.bringup import bringup
+from flows.choices import DEFAULT_PRESET
+from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV
 from flows.long_context import long_context
-from flows.request import DEFAULT_PRESET, MLFLOW_URI_ENV, RUN_ROOT_ENV
 from flows.resume import resume
 
 AUTOMATION_NAME = "bringup-restart-on-failure"

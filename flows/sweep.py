@@ -27,20 +27,20 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
 from data_stage import build_shards, read_manifest, train_tokenizer
-from flows.config import PIPELINE_PRESETS, PipelineConfig
+from flows.config import PipelineConfig
 from flows.fingerprint import corpus_fingerprint, digest
-from flows.request import DEFAULT_PRESET, BringupRequest, InvalidRequest, resolve
+from flows.request import BringupRequest, InvalidRequest, resolve
 from flows.torchrun import NOT_RETRYABLE, ProcessFailed, Terminated, run_streaming
 from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
 from stage_common import CliParser, output_dir_problem, run_cli
 from train_stage import TrainConfig
-from ttt_core import Family, atomic_write_text, parse_assignments
+from ttt_core import atomic_write_text, parse_assignments
 
 RESULT_FILE, DATA_KEY = "sweep_point.json", "data.key"
 EXIT_INTERRUPTED = 143  # as train_stage: stopped by SIGTERM/SIGINT, rerun to resume
@@ -451,24 +451,6 @@ def sweep_command(args: argparse.Namespace) -> str:
     return shlex.join([*argv, "--out", str(args.out)])
 
 
-def add_sweep_args(p: argparse.ArgumentParser) -> None:
-    """The sweep's flags on `p` (the `sweep` subcommand of `python -m flows`, or standalone)."""
-    p.add_argument("--preset", choices=sorted(PIPELINE_PRESETS), default=DEFAULT_PRESET)
-    p.add_argument("--mixer", choices=get_args(Family), help="default: the preset's")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="a PipelineConfig key for every point"
-    )
-    p.add_argument(
-        "--grid",
-        action="append",
-        required=True,
-        metavar="KEY=V1,V2,...",
-        help="a train.* PipelineConfig key and its values (repeat for more axes)",
-    )
-    p.add_argument("--out", type=Path, required=True, help="the sweep's directory")
-    p.set_defaults(func=cmd_sweep)
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     def body() -> int:
         try:
@@ -497,6 +479,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from flows.cli import add_sweep_args
+
     p = CliParser(prog="python -m flows sweep", description=__doc__.splitlines()[0])
     add_sweep_args(p)
     return cmd_sweep(p.parse_args(argv))

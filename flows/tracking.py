@@ -16,11 +16,13 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 
 from flows.config import PipelineConfig
+from flows.env import UI_ENV
 from flows.headline import identity
-from flows.request import UI_ENV
+from flows.links import run_page_url
 from train_stage import log_params, mlflow_params
 
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # the run page's description (Markdown)
 # MLflow 3 opens an experiment on its GenAI page unless it is marked as model training
 KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
@@ -39,11 +41,6 @@ def ensure_experiment(client: MlflowClient, name: str, run_root: Path) -> str:
     if found is None or found.tags.get(KIND_TAG) != TRAINING_KIND:
         client.set_experiment_tag(experiment_id, KIND_TAG, TRAINING_KIND)
     return experiment_id
-
-
-def runs_table_url(ui: str, experiment_id: str) -> str:
-    """The experiment's runs table in the MLflow UI at `ui`."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 def git_commit() -> str | None:
@@ -148,7 +145,7 @@ class Tracking:
         """The UI address of a run: on the tracking server, or on the UI `flows up` serves for
         the local store (`FLOWS_MLFLOW_UI`); None when there is neither."""
         ui = self.uri if self.uri.startswith(("http://", "https://")) else os.environ.get(UI_ENV)
-        return f"{runs_table_url(ui, self.experiment_id)}/{run_id}" if ui else None
+        return run_page_url(ui, self.experiment_id, run_id) if ui else None
 
 
 @contextmanager

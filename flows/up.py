@@ -1,5 +1,10 @@
 """`python -m flows up`: Prefect server + MLflow server + `flows serve` on 127.0.0.1, stopped
-together on Ctrl-C/SIGTERM. Each service runs in its own process group and is stopped by pid."""
+together on Ctrl-C/SIGTERM. Each service runs in its own process group and is stopped by pid.
+
+This supervisor only starts, watches and stops its children, so it imports none of torch, MLflow
+or Prefect (tests/flows/test_up.py checks): the experiment it prints the address of is created
+by a short-lived child process.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,33 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow import MlflowClient
-
-from flows.config import PipelineConfig
-from flows.env import prepare_env
-from flows.request import UI_ENV
+from flows.env import UI_ENV, prepare_env
+from flows.links import runs_table_url
 from flows.torchrun import stop_group
-from flows.tracking import ensure_experiment, runs_table_url
+
+# Run in a child process: the experiment of the bring-ups (created when missing, marked as
+# model training), its id printed. Loading MLflow here would triple this supervisor's memory.
+_ENSURE_EXPERIMENT = """
+import sys
+from pathlib import Path
+from mlflow import MlflowClient
+from flows.config import PipelineConfig
+from flows.tracking import ensure_experiment
+root = Path(sys.argv[1])
+name = PipelineConfig.model_fields["name"].default
+print(ensure_experiment(MlflowClient(f"sqlite:///{root}/mlflow.db"), name, root))
+"""
+
+
+def ensure_bringup_experiment(run_root: Path, env: dict[str, str]) -> str:
+    """The id of the bring-ups' MLflow experiment in `run_root`'s store (see `_ENSURE_EXPERIMENT`)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _ENSURE_EXPERIMENT, str(run_root)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"creating the MLflow experiment failed:\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def port_free(port: int) -> bool:
@@ -135,13 +160,9 @@ def up(
         )
         return 2
     run_root.mkdir(parents=True, exist_ok=True)
-    prepare_env(run_root)
+    env = prepare_env(run_root, dict(os.environ))
     # before the server opens the store: the runs table has an address to print from the start
-    experiment_id = ensure_experiment(
-        MlflowClient(f"sqlite:///{run_root}/mlflow.db"),
-        PipelineConfig.model_fields["name"].default,
-        run_root,
-    )
+    experiment_id = ensure_bringup_experiment(run_root, env)
     stack = services(run_root, prefect_port, mlflow_port, resume_every_s, resume_paused)
     log_dir = run_root / ".logs"
     stopping: list[int] = []

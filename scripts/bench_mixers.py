@@ -19,7 +19,9 @@ the two backends differ and nothing else does. Decode (`eval_stage.latency.measu
 per context, every mixer prefills random ids into a fresh cache, then decodes `--decode-tokens`
 tokens one at a time (default: one chunk, so a chunked mixer's step is among them); rounds
 interleave the mixers, and the row keeps the median over rounds of each per-token median and
-mean (the mean counts the chunk steps).
+mean (the mean counts the chunk steps), and the state the cache holds right after the prefill
+(attention: the keys and values of the context; the others: a fixed size), drawn in
+`<out>.png`. `--seq-lens ""` skips the training rows.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ import sys
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from eval_stage.config import LatencyConfig
 from eval_stage.device import describe_device, resolve_device, time_interleaved
+from eval_stage.figures import save_figure
 from eval_stage.latency import measure_context
 from eval_stage.memory import peak_memory
 from ttt_core import TTTLM, ModelConfig
@@ -49,6 +54,7 @@ MIXERS: dict[str, dict] = {
     "lact-fused": dict(mixer="lact", ops_backend="fused"),
     "swa": dict(mixer="swa"),
     "attention": dict(mixer="attention"),
+    "none": dict(mixer="none"),
     "e2e": dict(mixer="swa"),  # + the suffix and the MLP widths (model_config)
 }
 
@@ -134,11 +140,12 @@ def decode_rows(args: argparse.Namespace, mixers: list[str], device: torch.devic
                 "decode_ms": statistics.median(r.decode_ms for r in runs[m]),
                 "decode_ms_mean": statistics.median(r.decode_ms_mean for r in runs[m]),
                 "prefill_tokens_per_s": statistics.median(r.prefill_tokens_per_s for r in runs[m]),
+                "state_bytes": runs[m][-1].state_bytes,
                 "cache_bytes": runs[m][-1].cache_bytes,
             }  # fmt: skip
             rows.append(row)
             print(f"ctx={context:>6} {m:>14}: decode {row['decode_ms']:7.2f} ms/token median, "
-                  f"{row['decode_ms_mean']:7.2f} mean  cache {row['cache_bytes'] / 2**20:7.2f} MiB",
+                  f"{row['decode_ms_mean']:7.2f} mean  state {row['state_bytes'] / 2**20:8.2f} MiB",
                   flush=True)  # fmt: skip
     return rows
 
@@ -207,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = resolve_device(args.device)
     mixers = args.mixers.split(",")
-    rows = []
-    for T in (int(t) for t in args.seq_lens.split(",")):
+    rows, memory = [], {"method": None}
+    for T in (int(t) for t in args.seq_lens.split(",") if t):
         steps = {m: training_step(args, m, T, device) for m in mixers}
         times = time_interleaved(steps, device, repeats=args.repeats, warmup=1)
         del steps
@@ -245,7 +252,38 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if decode:
+        figure = args.out.with_suffix(".png")
+        save_figure(decode_figure(decode, describe_device(device).name), figure)
+        print(f"wrote {figure}")
     return 0
+
+
+def decode_figure(rows: list[dict], device: str) -> Figure:
+    """Decode state (MiB, log) and decode ms/token (mean, from 0) against context (log), one line
+    per mixer."""
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    state_ax, ms_ax = fig.subplots(1, 2)
+    for i, mixer in enumerate(dict.fromkeys(r["mixer"] for r in rows)):
+        mine = [r for r in rows if r["mixer"] == mixer]
+        x = [r["context"] for r in mine]
+        style = {"color": f"C{i}", "marker": "o", "label": mixer}
+        state_ax.plot(x, [r["state_bytes"] / 2**20 for r in mine], **style)
+        ms_ax.plot(x, [r["decode_ms_mean"] for r in mine], **style)
+    contexts = sorted({r["context"] for r in rows})
+    for ax, label in ((state_ax, "decode state after the context (MiB, log scale)"),
+                      (ms_ax, "decode ms / token (mean, batch 1)")):  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("context (tokens, log scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    state_ax.set_yscale("log")
+    ms_ax.set_ylim(bottom=0)
+    fig.suptitle(f"Decode state and latency against context ({device})")
+    return fig
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 Also the bottom of the project, so it holds the mechanisms every package shares, one module
 each and none importing torch: `files` (atomic writes, sha256, checksummed directories),
 `dotted` (dotted overrides, deep merge), `validation` (one-line pydantic errors), `telemetry`
-(MLflow/Prefect telemetry off), `identity` (identity vs operational config fields).
+(MLflow/Prefect telemetry off), `identity` (identity vs operational config fields), `names`
+(the mixer and family names).
 
 Names are imported on first use: a name of a torch-free module loads only that module (so
 data_stage, which must not load torch, can use them); any other name loads the model modules.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .cache import Cache, KVCache, TTTCache
-    from .config import PRESETS, Family, Mixer, ModelConfig, family_of, family_settings
+    from .config import PRESETS, ModelConfig, family_of, family_settings
     from .dotted import deep_merge, flatten_dotted, nest_dotted, parse_assignments
     from .files import (
         IntegrityError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .identity import IdentityConfig
     from .mixers import AttentionMixer, NoMixer, TTTLinearMixer
     from .model import TTTLM, ModelOutput
+    from .names import Family, Mixer
     from .pretrained import PretrainedOutputs, is_pretrained
     from .telemetry import telemetry_off
     from .validation import ConfigModel, error_summary
@@ -51,6 +53,7 @@ _TORCH_FREE = {
         "verify_checksums",
     ),
     "identity": ("IdentityConfig",),
+    "names": ("Family", "Mixer"),
     "telemetry": ("telemetry_off",),
     "validation": ("ConfigModel", "error_summary"),
 }
@@ -60,10 +63,8 @@ _WHERE = {
     "KVCache": "cache",
     "TTTCache": "cache",
     "PRESETS": "config",
-    "Family": "config",
     "family_of": "config",
     "family_settings": "config",
-    "Mixer": "config",
     "ModelConfig": "config",
     "GenerationResult": "generate",
     "TokenStream": "generate",

@@ -12,18 +12,13 @@ parameter count is computed from the config alone, without allocating a single t
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
 from .identity import IdentityConfig
+from .names import DecodeMode, Family, Mixer
 from .ops.backends import OpsBackend
-
-Mixer = Literal["ttt_linear", "lact", "attention", "swa", "none"]
-# What a bring-up or control names: a mixer for every layer, or `e2e`, sliding-window attention
-# whose top blocks carry TTT-E2E's prime MLPs (`family_settings`).
-Family = Literal["ttt_linear", "lact", "attention", "swa", "none", "e2e"]
-DecodeMode = Literal["online", "chunked"]
 
 
 class ModelConfig(IdentityConfig):

@@ -109,7 +109,7 @@ def test_an_extension_trains_on_from_the_run_at_the_longer_length(tmp_path):
     cfg = PipelineConfig.from_preset("long_context_cpu", run_root=tmp_path)
     train, extend = cfg.train_config(), cfg.extend_train_config()
     assert (train.seq_len, extend.seq_len) == (256, 1024)
-    assert extend.init_from == cfg.stage_dir("train") and extend.steps == 25
+    assert extend.init_from == cfg.stage_dir("train") and extend.steps == 10
     assert extend.data == cfg.stage_dir("extend_shards") == cfg.run_dir / "extend_shards"
     assert extend.lr == train.lr and extend.model == train.model  # the same model, on from it
     assert cfg.extend_shard_config().seq_len == 1024

@@ -7,8 +7,9 @@ import pytest
 from flows import bringup as bringup_module
 from flows.bringup import STAGES, bringup, browsable, call_cached
 from flows.config import PipelineConfig
+from flows.env import RUN_ROOT_ENV
 from flows.record import LOCK_FILE, acquire_lock, lock_owner, release_lock
-from flows.request import RUN_ROOT_ENV, BringupRequest, resolve
+from flows.request import BringupRequest, resolve
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Headline metrics, the parent run's params and the one-screen summary."""
 
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from mlflow import MlflowClient
@@ -9,8 +10,10 @@ from eval_stage import bench, latency, niah, perplexity, position_loss
 from eval_stage.results import metric_key
 from flows.bringup import STAGES, stages_for
 from flows.config import PipelineConfig
-from flows.headline import comparison, headline, identity, summary_lines
-from flows.request import UI_ENV, BringupRequest, resolve
+from flows.env import UI_ENV
+from flows.headline import comparison, headline, identity, summary_lines, summary_markdown
+from flows.links import runs_table_url
+from flows.request import BringupRequest, resolve
 from flows.tracking import KIND_TAG, Tracking
 
 
@@ -33,6 +36,8 @@ def eval_outputs(role: str, scale: float) -> dict:
             "metrics": {
                 at(position_loss, "len_64", "last_bucket_loss"): 9.0,
                 at(position_loss, "len_128", "last_bucket_loss"): 4.0 * scale,
+                at(position_loss, "len_64", "mean_loss"): 5.0 * scale,
+                at(position_loss, "len_128", "mean_loss"): 4.5 * scale,
             }
         },
         "niah": {"metrics": {at(niah, "accuracy"): 0.5 * scale}},
@@ -52,7 +57,12 @@ def outputs() -> dict:
     evaluated = {k: {"metrics": {**model[k]["metrics"], **base[k]["metrics"]}} for k in model}
     speedup = metric_key(bench.EVAL, "forward", "speedup_dual_over_primal_anchored")
     return {
-        "train": {"final_loss": 3.5, "val_loss": 4.5, "checkpoint": "/abs/ckpt"},
+        "train": {
+            "final_loss": 3.5,
+            "val_loss": 4.5,
+            "checkpoint": "/abs/ckpt",
+            "tokens_per_s": 1234.0,
+        },
         "bench": {"metrics": {speedup: 6.0}},
         "evaluate": evaluated,
     }
@@ -65,11 +75,14 @@ def test_headline_reads_each_stage_at_its_longest_context(outputs):
         "val/loss_ci95_hi": 3.5,
         "val/perplexity": 30.0,
         "val/loss_last_bucket": 4.0,
+        "val/loss_len_64": 5.0,  # the mean over sequences of each length
+        "val/loss_len_128": 4.5,
         "niah/accuracy": 0.5,
         "latency/decode_ms_longest": 7.0,
         "latency/prefill_tokens_per_s_longest": 900.0,
         "train/loss": 3.5,
         "train/val_loss_estimate": 4.5,  # the trainer's few batches, named as such
+        "train/tokens_per_s": 1234.0,
         "bench/dual_over_primal_speedup": 6.0,
     }
     both = comparison(outputs)
@@ -152,4 +165,30 @@ def test_the_experiment_opens_on_the_training_view_and_links_use_the_served_ui(
     monkeypatch.setenv(UI_ENV, "http://127.0.0.1:5123")
     assert tracking.run_url("abc") == (
         f"http://127.0.0.1:5123/#/experiments/{tracking.experiment_id}/runs/abc"
+        "?workflowType=machine_learning"
     )
+    table = runs_table_url("http://127.0.0.1:5123/", "7")
+    route, query = table.split("?")
+    assert route == "http://127.0.0.1:5123/#/experiments/7/runs"
+    assert parse_qs(query) == {
+        "workflowType": ["machine_learning"], "orderByKey": ["metrics.`val/loss`"],
+        "orderByAsc": ["true"],
+    }  # fmt: skip
+
+
+def test_the_markdown_summary_has_the_table_the_controls_and_the_links(outputs, tmp_path):
+    request = BringupRequest(preset="debug_tiny", overrides={"baseline": "debug_tiny-attention"})
+    cfg = resolve(request, tmp_path)
+    (cfg.stage_dir("compare")).mkdir(parents=True)
+    (cfg.stage_dir("compare") / "compare.md").write_text("| model | val loss |\n|---|---|\n")
+    text = summary_markdown(cfg, comparison(outputs), status="completed", error=None,
+                            flow_run_url="http://127.0.0.1:4200/runs/flow-run/x")  # fmt: skip
+    assert text.startswith(f"### Bring-up `{cfg.run_name}`: completed")
+    assert "| metric | ttt_linear | baseline debug_tiny-attention |" in text
+    assert "| val/loss (whole val split, [95% CI]) | 3.4000 [3.3000, 3.5000] | 6.8000" in text
+    # debug_tiny trains at 32: 64 tokens are 2x, 128 are 4x
+    assert "val/loss_len_128 (sequences of 4x the training length) | 4.5 | 9 |" in text
+    assert "#### Against the controls" in text and "| model | val loss |" in text
+    assert "- Prefect flow run: http://127.0.0.1:4200/runs/flow-run/x" in text
+    failed = summary_markdown(cfg, {}, status="failed", error="RuntimeError: x", flow_run_url=None)
+    assert "**Error:** `RuntimeError: x`" in failed and "Prefect flow run" not in failed

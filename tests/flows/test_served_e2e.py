@@ -58,6 +58,10 @@ def serving(run_root: Path, resume_every_s: float):
             printed.append(up.stdout.readline())
         assert f"Prefect UI: http://127.0.0.1:{prefect_port}\n" in printed, printed
         assert f"MLflow UI:  http://127.0.0.1:{mlflow_port}\n" in printed, printed
+        runs_line = next(line for line in printed if line.startswith("MLflow runs: "))
+        assert "?workflowType=machine_learning&" in runs_line  # the training view, not GenAI
+        # the supervisor only starts, watches and stops: no torch, MLflow or Prefect in it
+        assert resident_mb(up.pid) < 150, resident_mb(up.pid)
         # the browser UI is told the API of the port actually served (not Prefect's 4200)
         with urllib.request.urlopen(f"http://127.0.0.1:{prefect_port}/ui-settings") as reply:
             assert json.load(reply)["api_url"] == f"http://127.0.0.1:{prefect_port}/api"
@@ -184,13 +188,23 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     assert (cfg.run_dir / "controls" / "none" / "eval" / "perplexity.json").is_file()
     assert "controls" not in {p.name for p in (cfg.run_dir / "controls" / "none").iterdir()}
     # the parent compares: headline metrics, identity params, no paths among them
-    headline = {"train/loss", "train/val_loss_estimate", "val/loss", "val/loss_ci95_lo",
-                "val/loss_ci95_hi", "val/perplexity", "val/loss_last_bucket",
-                "niah/accuracy", "latency/decode_ms_longest",
+    headline = {"train/loss", "train/val_loss_estimate", "train/tokens_per_s", "val/loss",
+                "val/loss_ci95_lo", "val/loss_ci95_hi", "val/perplexity", "val/loss_last_bucket",
+                "val/loss_len_32", "val/loss_len_64", "niah/accuracy", "latency/decode_ms_longest",
                 "latency/prefill_tokens_per_s_longest", "bench/dual_over_primal_speedup"}  # fmt: skip
     compared = {k for k in parent.data.metrics if k.startswith("compare/")}
     assert {"compare/ttt_linear/val_loss", "compare/none/val_loss_vs_reference_pct"} <= compared
     assert set(parent.data.metrics) - compared == headline == set(record.summary)
+    # what happened, on the run pages: the parent's summary, a line for every stage
+    summary = parent.data.tags["mlflow.note.content"]
+    assert summary.startswith(f"### Bring-up `{cfg.run_name}`: completed")
+    assert "| val/loss (whole val split, [95% CI]) |" in summary
+    assert "#### Against the controls" in summary and "- Prefect flow run: http" in summary
+    assert all(r.data.tags.get("mlflow.note.content") for r in children.values())
+    assert "trained 20 steps at seq_len 32" in children["train"].data.tags["mlflow.note.content"]
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+    artifact = prefect_artifact(env["PREFECT_API_URL"], "bringup-summary", flow_run_id)
+    assert artifact.type == "markdown" and artifact.data == summary
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "eval/compare")}
     assert {"eval/compare/compare.png", "eval/compare/compare.md"} <= parent_files
     assert parent.data.params["preset"] == "debug_tiny" and "model_params" in parent.data.params
@@ -210,6 +224,34 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     ]
     assert len(failed) == 1 and "train.bogus" in failed[0].state.message
     assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == bring_ups
+
+
+def resident_mb(pid: int) -> float:
+    """The resident memory of process `pid`, MB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return (
+        int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+        / 1024
+    )
+
+
+def prefect_artifact(api_url: str, key: str, flow_run_id: str):
+    """The artifact with `key` that flow run `flow_run_id` made."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    wanted = ArtifactFilter(
+        key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
+    )
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=wanted)
+    assert len(found) == 1, f"artifacts {key!r} of flow run {flow_run_id}: {found}"
+    return found[0]
 
 
 def flow_runs(api_url: str, request: BringupRequest | None = None) -> list[tuple[str, Any]]:
@@ -402,3 +444,4 @@ def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(served):
             every_s=API_POLL_S,
         )
     assert_resumed_exactly(cfg, restart_count=1, kill=kill)
+

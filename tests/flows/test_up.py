@@ -3,6 +3,8 @@ tests is a `flows up` (tests/flows/test_served_e2e.py `serving`): it checks the 
 that SIGTERM stops all three services and leaves nothing behind."""
 
 import socket
+import subprocess
+import sys
 
 from flows.up import free_port
 from tests.flows.helpers import flows_up
@@ -18,3 +20,11 @@ def test_a_taken_port_is_refused_before_anything_starts(tmp_path):
     assert proc.returncode == 2
     assert f"port {port} is taken" in out
     assert not (tmp_path / ".logs").exists()
+
+
+def test_the_supervisor_loads_neither_torch_nor_mlflow_nor_prefect():
+    """`flows up` only starts, watches and stops the others (the served tests check its RSS)."""
+    probe = ("import sys, flows.cli, flows.up; flows.cli.build_parser(); "
+             "print(sorted(m for m in ('torch', 'mlflow', 'prefect') if m in sys.modules))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
