@@ -444,4 +444,3 @@ def test_the_scheduled_resume_finishes_a_bringup_whose_process_died(served):
             every_s=API_POLL_S,
         )
     assert_resumed_exactly(cfg, restart_count=1, kill=kill)
-
