@@ -225,9 +225,11 @@ def _add_model_flags(p: argparse.ArgumentParser, *, required: bool = True) -> No
 
 def _add_output_flags(
     p: argparse.ArgumentParser,
-    default: str = "<export>/eval or <run>/eval/<checkpoint>",
+    default: str | None = "<export>/eval or <run>/eval/<checkpoint>",
 ) -> None:
-    p.add_argument("--out", type=Path, help=f"results folder (default: {default})")
+    """`--out` (`default` None: no default, the command requires it) and the MLflow flags."""
+    where = f"default: {default}" if default else "required"
+    p.add_argument("--out", type=Path, help=f"results folder ({where})")
     p.add_argument("--mlflow-run-id", help="log metrics and files to this run ($MLFLOW_RUN_ID)")
     p.add_argument("--mlflow-tracking-uri", help="MLflow tracking URI ($MLFLOW_TRACKING_URI)")
 
@@ -278,7 +280,7 @@ def build_parser() -> CliParser:
     p.add_argument("--model", type=Path, action="append", required=True,
                    help="export or run directory; repeat it, the first is the reference")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    _add_output_flags(p, default="required")
+    _add_output_flags(p, default=None)
     ConfigFlags(p, LongContextConfig)
     p.set_defaults(run=_cmd_long_context)
 

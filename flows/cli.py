@@ -179,9 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
     lc = sub.add_parser("long-context", help="pretrain, extend and compare every family at "
                         "growing lengths, once per seed (the long-context flow, in this process)")  # fmt: skip
-    lc.add_argument("--preset", choices=PRESETS, default=LONG_CONTEXT_PRESET)
-    lc.add_argument("--seeds", type=int, nargs="+", default=list(LONG_CONTEXT_SEEDS))
-    lc.add_argument("--reference", choices=get_args(Family), default="attention")
+    lc.description = ("One bring-up per seed: the reference family and the others pretrained at "
+                      "the preset's seq_len, extended to its extend_seq_len and compared on the "
+                      "same val sequences at growing lengths; then the seeds side by side in "
+                      "<run-root>/<preset>-seeds/ (docs/long_context.md).")  # fmt: skip
+    lc.add_argument("--preset", choices=PRESETS, default=LONG_CONTEXT_PRESET,
+                    help="a preset with extend_seq_len and long_context (default: %(default)s)")  # fmt: skip
+    lc.add_argument("--seeds", type=int, nargs="+", default=list(LONG_CONTEXT_SEEDS),
+                    help="one bring-up per seed (init and data order; default: 0 1)")  # fmt: skip
+    lc.add_argument("--reference", choices=get_args(Family), default="attention",
+                    help="the family every other is compared against (default: attention)")  # fmt: skip
     lc.add_argument("--families", choices=get_args(Family), nargs="+",
                     help="compared with the reference (default: the preset's controls)")  # fmt: skip
     lc.add_argument("--set", action="append", metavar="KEY=VALUE",
