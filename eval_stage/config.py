@@ -117,7 +117,7 @@ class NiahConfig(ConfigModel):
     )  # fmt: skip
     seed: int = Field(0, ge=0, description="seed of prompts, keys and the accuracy interval")
     batch_size: int = Field(
-        4, ge=1, description="sequences per forward pass (rank: prompt + one candidate each)"
+        4, ge=1, description="prompts (and then candidate answers) per forward pass"
     )
     bootstrap_samples: int = Field(
         1000, ge=100, description="bootstrap resamples of the cases behind the accuracy interval"

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+import torch
 from pydantic import BaseModel
-from torch import nn
+from torch import Tensor, nn
 
 from data_stage import ShardDataset, Tokenizer, load_tokenizer
-from ttt_core import generate
+from ttt_core import TTTLM, generate
 
 from .bootstrap import CONFIDENCE, format_interval, mean_interval
 from .config import NiahConfig
@@ -40,7 +42,6 @@ from .data import check_fits, open_val, read_stream, stream_length
 from .device import describe_device, model_device
 from .errors import EvalInputError
 from .models import LoadedModel, model_info, roles
-from .perplexity import token_losses
 from .results import EvalResult, Role, metric_key, text_table
 
 EVAL = "niah"
@@ -62,6 +63,7 @@ class NiahCase:
 
 
 Answerer = Callable[[list[NiahCase]], list[str]]
+T = TypeVar("T")
 Scorer = Callable[[list[NiahCase]], list[list[float]]]  # a score per candidate, higher = likelier
 
 
@@ -184,27 +186,53 @@ def greedy_answerer(
     return answer
 
 
-def likelihood_scorer(model: nn.Module, tokenizer: Tokenizer, batch_size: int) -> Scorer:
+def likelihood_scorer(model: TTTLM, tokenizer: Tokenizer, batch_size: int) -> Scorer:
     """Score of a candidate = log-likelihood of ANSWER.format(key=candidate) after the prompt:
-    minus the summed next-token losses of its tokens, one forward pass over prompt + answer
-    per candidate, `batch_size` such rows at once (rows of one length go together)."""
+    minus the summed next-token losses of its tokens. Each prompt is prefilled once
+    (`batch_size` prompts of one length at a time); every candidate's answer then continues a
+    copy of its prompt's cache (`batch_size` answers of one length at a time), so a case costs
+    one forward over its prompt plus its candidates' few answer tokens, not a forward over
+    prompt + answer per candidate. Equal to the latter (tests/eval_stage/test_niah.py)."""
+    device = model_device(model)
 
+    def answer_log_likelihoods(first: Tensor, cache, answers: list[list[int]]) -> list[float]:
+        """first (n, V) log-probs after each row's prompt; answers: n id lists of one length."""
+        ids = torch.tensor(answers, dtype=torch.long, device=device)  # (n, A)
+        logp = first.gather(1, ids[:, :1])  # (n, 1): the first answer token
+        if ids.shape[1] > 1:
+            rest = model(ids[:, :-1], cache=cache).logits.double().log_softmax(-1)
+            logp = torch.cat([logp, rest.gather(2, ids[:, 1:, None])[..., 0]], dim=1)
+        return logp.sum(dim=1).tolist()
+
+    @torch.no_grad()
     def score(cases: list[NiahCase]) -> list[list[float]]:
         answers = [[tokenizer.encode(ANSWER.format(key=k)) for k in c.candidates] for c in cases]
-        rows = [(i, j, c.prompt + a) for i, c in enumerate(cases) for j, a in enumerate(answers[i])]
         scores = [[0.0] * len(c.candidates) for c in cases]
-        by_length: dict[int, list[tuple[int, int, list[int]]]] = {}
-        for row in rows:
-            by_length.setdefault(len(row[2]), []).append(row)
-        for group in by_length.values():
-            for start in range(0, len(group), batch_size):
-                batch = group[start : start + batch_size]
-                losses = token_losses(model, np.array([ids for _, _, ids in batch]))
-                for (i, j, _), row_losses in zip(batch, losses, strict=True):
-                    scores[i][j] = -float(row_losses[-len(answers[i][j]) :].double().sum())
+        for group in _groups(range(len(cases)), lambda i: len(cases[i].prompt), batch_size):
+            prompts = torch.tensor([cases[i].prompt for i in group], device=device)
+            out = model(prompts, use_cache=True)
+            first = out.logits[:, -1].double().log_softmax(-1)  # (b, V)
+            pending = [(r, i, j) for r, i in enumerate(group) for j in range(len(answers[i]))]
+            for rows in _groups(pending, lambda p: len(answers[p[1]][p[2]]), batch_size):
+                at = [r for r, _, _ in rows]
+                values = answer_log_likelihoods(
+                    first[at], out.cache.select(at), [answers[i][j] for _, i, j in rows]
+                )
+                for (_, i, j), value in zip(rows, values, strict=True):
+                    scores[i][j] = value
         return scores
 
     return score
+
+
+def _groups(items: Iterable[T], key: Callable[[T], int], size: int) -> Iterator[list[T]]:
+    """Items with one key together (first-seen order), in runs of at most `size`."""
+    by_key: dict[int, list[T]] = {}
+    for item in items:
+        by_key.setdefault(key(item), []).append(item)
+    for group in by_key.values():
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
 
 
 def rank_credit(scores: list[float], true_index: int) -> float:

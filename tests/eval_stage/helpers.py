@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,17 +28,35 @@ def write_export(model: TTTLM, out: Path, tokenizer_dir: Path, step: int = 7) ->
     return save_export(model, out, tokenizer_dir, info)
 
 
+@dataclass
+class IdsCache:
+    """A stub LM's cache: every id its rows have seen (B, t)."""
+
+    ids: torch.Tensor
+
+    def select(self, rows: list[int]) -> IdsCache:
+        return IdsCache(self.ids[rows])
+
+
 class UniformLM(nn.Module):
-    """Stub LM whose logits are all zero: every next token has probability 1 / vocab_size."""
+    """Stub LM whose logits are all zero: every next token has probability 1 / vocab_size.
+    Stubs continue a cache as TTTLM does: the logits of `input_ids` after the cached ids."""
 
     def __init__(self, vocab_size: int):
         super().__init__()
         self.config = ModelConfig.from_preset("debug_tiny", vocab_size=vocab_size)
         self.scale = nn.Parameter(torch.zeros(()))
 
-    def forward(self, input_ids: torch.Tensor) -> ModelOutput:
+    def forward(self, input_ids: torch.Tensor, cache: IdsCache | None = None,
+                use_cache: bool = False) -> ModelOutput:  # fmt: skip
+        seen = input_ids if cache is None else torch.cat([cache.ids, input_ids], dim=1)
+        logits = self.logits(seen)[:, -input_ids.shape[1] :]
+        keep = use_cache or cache is not None
+        return ModelOutput(logits=logits, cache=IdsCache(seen) if keep else None)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, T = input_ids.shape
-        return ModelOutput(logits=self.scale * torch.ones(B, T, self.config.vocab_size))
+        return self.scale * torch.ones(B, T, self.config.vocab_size)
 
 
 def as_loaded(model: nn.Module, tokenizer=None, **info) -> LoadedModel:
@@ -60,9 +79,9 @@ class ConstantLM(UniformLM):
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("bias", 3 * torch.randn(vocab_size, generator=generator))
 
-    def forward(self, input_ids: torch.Tensor) -> ModelOutput:
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, T = input_ids.shape
-        return ModelOutput(logits=self.bias.expand(B, T, -1).clone())
+        return self.bias.expand(B, T, -1).clone()
 
 
 class InductionLM(UniformLM):
@@ -70,7 +89,7 @@ class InductionLM(UniformLM):
     earlier position j < t whose preceding tokens match those before t the longest (ties: the
     latest), with logit 10; all else 0. No earlier match: uniform."""
 
-    def forward(self, input_ids: torch.Tensor) -> ModelOutput:
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         B, T = input_ids.shape
         same = input_ids[:, :, None] == input_ids[:, None, :]  # (B, t, j)
         run = torch.zeros(B, T, T, dtype=torch.long)  # length of the common suffix ending at t, j
@@ -84,4 +103,4 @@ class InductionLM(UniformLM):
         logits = torch.zeros(B, T, self.config.vocab_size)
         logits.scatter_(2, follower[:, :, None], 10.0)
         logits[run.amax(-1) == 0] = 0.0
-        return ModelOutput(logits=logits)
+        return logits

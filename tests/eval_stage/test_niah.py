@@ -34,6 +34,7 @@ from eval_stage.niah import (
     rank_credit,
     score_ranked,
 )
+from ttt_core import PRESETS, TTTLM, ModelConfig, family_settings
 
 from .helpers import VOCAB, ConstantLM, InductionLM, UniformLM, as_loaded, tiny_model
 
@@ -206,6 +207,30 @@ def test_likelihood_scores_are_the_answer_log_likelihood_after_the_prompt(
             targets = ids[0, 1:]
             expected = logp[torch.arange(len(targets)), targets][-len(answer) :].sum()
             assert score == pytest.approx(float(expected), abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["ttt_linear", "attention", "none", "swa", "lact", "e2e"])
+def test_cached_scores_equal_a_whole_row_forward_per_candidate_fp64(
+    family: str, cases: list[NiahCase], tokenizer_dir: Path
+) -> None:
+    """The scorer prefills each prompt once and continues copies of its cache with the answers
+    (mid-chunk: prompts of 128 and 200 tokens); the reference runs prompt + answer whole."""
+    tok = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(0)
+    settings = family_settings(family, PRESETS["debug_tiny"])
+    model = TTTLM(ModelConfig.from_preset("debug_tiny", vocab_size=VOCAB, **settings))
+    model = model.double().eval()
+    few = [dataclasses.replace(c, candidates=c.candidates[:4]) for c in (cases[0], cases[-1])]
+    scores = likelihood_scorer(model, tok, batch_size=3)(few)
+    for case, row in zip(few, scores, strict=True):
+        for key, score in zip(case.candidates, row, strict=True):
+            answer = tok.encode(ANSWER.format(key=key))
+            ids = torch.tensor([case.prompt + answer])
+            with torch.no_grad():
+                logp = model(ids[:, :-1]).logits[0].log_softmax(-1)
+            targets = ids[0, 1:]
+            expected = logp[torch.arange(len(targets)), targets][-len(answer) :].sum()
+            assert score == pytest.approx(float(expected), abs=1e-9, rel=1e-9)
 
 
 def _rank_eval(model, shard_dir: Path, **overrides) -> EvalResult:
