@@ -72,7 +72,8 @@ def resolve_shape(config: BenchConfig, device: torch.device) -> tuple[BenchShape
     return base.model_copy(update=given), reduced
 
 
-def _inputs(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int):
+def dual_inputs(shape: BenchShape, dtype: torch.dtype, device: torch.device, seed: int):
+    """Random q, k, v (B, H, T, d), eta (B, H, T), W (B, H, d, d), LN weight and bias (H, d)."""
     gen = torch.Generator().manual_seed(seed)
     B, H, T, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
 
@@ -176,7 +177,7 @@ def evaluate_bench_dual_primal(config: BenchConfig) -> EvalResult:
     shape, reduced = resolve_shape(config, device)
     ops = competitors(config, shape, device)
     dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
-    inputs = _inputs(shape, dtype, device, config.seed)
+    inputs = dual_inputs(shape, dtype, device, config.seed)
     runners = {
         (label, mode): _runner(op, mode, inputs, config.seed)
         for mode in config.modes

@@ -1,0 +1,84 @@
+"""Where the TTT-Linear dual op spends its time on CPU: torch.profiler's top ops by self time,
+for the forward and for forward + backward, at one shape (default: issue 28's B1 H64 T256 d128
+chunk 16, fp32). Prints both tables and writes them as JSON.
+
+    python scripts/profile_ttt_linear.py --out docs/results/profile_ttt_linear.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from eval_stage.bench import BenchShape, dual_inputs
+from ttt_core.ops.ttt_linear.backends import ttt_linear_dual
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--backend", default="auto", help="ops backend of ttt_linear_dual")
+    parser.add_argument("--repeats", type=int, default=5, help="profiled calls per mode")
+    parser.add_argument("--top", type=int, default=15, help="rows per table")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    return parser.parse_args()
+
+
+def top_ops(prof, count: int, repeats: int) -> list[dict]:
+    """The `count` ops with the most self CPU time, per call of the op under test."""
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [
+        {
+            "op": e.key,
+            "self_ms": e.self_cpu_time_total / 1e3 / repeats,
+            "self_share": e.self_cpu_time_total / total,
+            "calls": e.count // repeats,
+        }
+        for e in events[:count]
+    ]
+
+
+def main() -> None:
+    args = parse_args()
+    shape = BenchShape(batch=args.batch, heads=args.heads, head_dim=args.head_dim,
+                       chunk=args.chunk, seq_len=args.seq_len)  # fmt: skip
+    inputs = dual_inputs(shape, torch.float32, torch.device("cpu"), seed=0)
+
+    def forward(grad: bool):
+        leaves = [t.detach().requires_grad_(grad) for t in inputs]
+        z, W = ttt_linear_dual(*leaves, chunk_size=shape.chunk, backend=args.backend)
+        if grad:
+            (z.sum() + W.sum()).backward()
+
+    tables = {}
+    for mode, grad in (("fwd", False), ("fwd+bwd", True)):
+        forward(grad)  # warm-up, outside the profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.repeats):
+                forward(grad)
+        tables[mode] = top_ops(prof, args.top, args.repeats)
+        print(f"\n{mode}: top {args.top} ops by self CPU time, per call")
+        print(f"{'op':<40} {'self ms':>9} {'share':>7} {'calls':>6}")
+        for row in tables[mode]:
+            print(f"{row['op'][:40]:<40} {row['self_ms']:>9.2f} {row['self_share']:>7.1%} "
+                  f"{row['calls']:>6}")  # fmt: skip
+    record = {"shape": shape.model_dump(), "dtype": "float32", "backend": args.backend,
+              "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+              "torch": torch.__version__, "repeats": args.repeats, "tables": tables}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
