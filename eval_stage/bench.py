@@ -1,6 +1,8 @@
 """`bench-dual-primal`: the TTT-Linear ops on one shape — the dual chunk form (each requested
 backend: autograd loop, fused manual backward, Triton) vs anchored primal (the token-by-token
-reference) vs the online step, optionally vs flash-linear-attention's TTT-Linear.
+reference) vs the online step, optionally vs flash-linear-attention's TTT-Linear, and the
+floor they are measured against: the dual form's five chunk matmuls and nothing else
+(`matmul_floor`, forward only), reported as `forward/<dual>_over_floor`.
 
 Inputs are random and seeded: q, k, v (B, H, T, d) in the benchmark dtype, eta (B, H, T) fp32
 at the scale of `eta_base` (0.01 x U[0, 1)), W (B, H, d, d) fp32, LN weight/bias (H, d) fp32,
@@ -90,6 +92,27 @@ def dual_inputs(shape: BenchShape, dtype: torch.dtype, device: torch.device, see
 Op = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
+def matmul_floor(q, k, v, eta, W, ln_weight, ln_bias, *, chunk_size: int):
+    """The dual form's matmuls per chunk of b tokens (X = k, Q = q chunks, (b, d)) and nothing
+    else: G = X W, A = Q Xᵀ, Z = Q W - A G, W <- W - Xᵀ G, the subtractions fused into
+    `baddbmm`. v, eta and the LayerNorm are unused: their elementwise work is what a floor
+    leaves out. Returns z (B, H, T, d) and W (B, H, d, d); T must be a multiple of b. Timed
+    in the forward mode only: autograd through this loop took longer than the fused dual
+    form's whole forward+backward (docs/performance.md), so it bounds nothing there."""
+    B, H, T, d = q.shape
+    n, b = T // chunk_size, chunk_size
+    Q = q.to(W.dtype).reshape(B * H, n, b, d)
+    X = k.to(W.dtype).reshape(B * H, n, b, d)
+    state = W.reshape(B * H, d, d)
+    z = []
+    for c in range(n):
+        G = torch.bmm(X[:, c], state)
+        A = torch.bmm(Q[:, c], X[:, c].transpose(1, 2))
+        z.append(torch.baddbmm(torch.bmm(Q[:, c], state), A, G, alpha=-1))
+        state = torch.baddbmm(state, X[:, c].transpose(1, 2), G, alpha=-1)
+    return torch.stack(z, dim=1).reshape(B, H, T, d), state.reshape(B, H, d, d)
+
+
 def competitors(
     config: BenchConfig, shape: BenchShape, device: torch.device
 ) -> dict[str, tuple[Op, str | None]]:
@@ -111,6 +134,13 @@ def competitors(
         )
     if "online" in config.ops:
         ops["online"] = (partial(ttt_linear_online, eps=EPS), None)
+    if "floor" in config.ops:
+        if shape.seq_len % shape.chunk:
+            raise EvalInputError(
+                f"the floor op times whole chunks: seq_len {shape.seq_len} is not a multiple "
+                f"of chunk {shape.chunk}"
+            )
+        ops["floor"] = (partial(matmul_floor, chunk_size=shape.chunk), None)
     if config.compare_fla:
         if (reason := fla_unavailable()) is not None:
             raise EvalInputError(f"--compare-fla: {reason}")
@@ -145,21 +175,30 @@ def _runner(op, mode: str, inputs: list[torch.Tensor], seed: int):
 
 def _speedups(rows: list[BenchRow]) -> dict[str, float]:
     """`<mode>/speedup_<dual>_over_<op>` = median time of op / median time of that dual row, for
-    each dual row against every non-dual op and every dual row listed after it; and
-    `<op>/fwd_bwd_over_fwd`, the cost of forward+backward in forwards, where both were timed."""
+    each dual row against every other op but the floor and every dual row listed after it;
+    `forward/<dual>_over_floor` = the dual row's forward time in floors; and `<op>/fwd_bwd_over_fwd`,
+    the cost of forward+backward in forwards, where both were timed."""
     times = {(r.op, r.mode): r.median_s for r in rows}
     labels = list(dict.fromkeys(r.op for r in rows))
     out = {}
     for i, dual in enumerate(labels):
         if not dual.startswith("dual"):
             continue
-        others = [op for j, op in enumerate(labels) if not op.startswith("dual") or j > i]
-        for op in others:
-            for mode in ("forward", "forward_backward"):
+        others = [
+            op
+            for j, op in enumerate(labels)
+            if op != "floor" and (not op.startswith("dual") or j > i)
+        ]
+        for mode in ("forward", "forward_backward"):
+            for op in others:
                 if (dual, mode) in times and (op, mode) in times:
                     out[f"{mode}/speedup_{dual}_over_{op}"] = (
                         times[(op, mode)] / times[(dual, mode)]
                     )
+        if (dual, "forward") in times and ("floor", "forward") in times:
+            out[f"forward/{dual}_over_floor"] = (
+                times[(dual, "forward")] / times[("floor", "forward")]
+            )
     for op in labels:
         if (op, "forward") in times and (op, "forward_backward") in times:
             out[f"{op}/fwd_bwd_over_fwd"] = times[(op, "forward_backward")] / times[(op, "forward")]
@@ -182,6 +221,7 @@ def evaluate_bench_dual_primal(config: BenchConfig) -> EvalResult:
         (label, mode): _runner(op, mode, inputs, config.seed)
         for mode in config.modes
         for label, (op, _) in ops.items()
+        if label != "floor" or mode == "forward"  # autograd through it is no backward floor
     }
     times = time_interleaved(runners, device, repeats=config.repeats, warmup=config.warmup)
     rows, memory_methods = [], set()
@@ -278,6 +318,8 @@ def summarize(result: EvalResult) -> str:
         text_table(table, ["op", "backend", "mode", "median ms", "tokens/s", "peak MiB"]),
     ]
     lines += [
-        f"{k}: {v:.2f}x" for k, v in result.metrics.items() if "speedup" in k or "fwd_bwd" in k
+        f"{k}: {v:.2f}x"
+        for k, v in result.metrics.items()
+        if "speedup" in k or "fwd_bwd" in k or "over_floor" in k
     ]
     return "\n".join(lines + result.notes)

@@ -21,7 +21,7 @@ from ttt_core.ops import OpsBackend
 from ttt_core.validation import ConfigModel
 
 DecodeMode = Literal["online", "chunked"]
-BenchOp = Literal["dual", "primal_anchored", "online"]
+BenchOp = Literal["dual", "primal_anchored", "online", "floor"]
 BenchMode = Literal["forward", "forward_backward"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -252,7 +252,8 @@ class BenchConfig(ConfigModel):
     repeats: int = Field(5, ge=1, description="timed runs per op (median)")
     warmup: int = Field(1, ge=0, description="untimed runs per op first")
     ops: list[BenchOp] = Field(
-        default_factory=lambda: ["dual", "primal_anchored", "online"], description="ops to time"
+        default_factory=lambda: ["dual", "primal_anchored", "online", "floor"],
+        description="ops to time (floor: the dual form's chunk matmuls and nothing else)",
     )
     modes: list[BenchMode] = Field(
         default_factory=lambda: ["forward", "forward_backward"], description="passes to time"
@@ -278,6 +279,8 @@ class BenchConfig(ConfigModel):
             values = getattr(self, name)
             if not values or len(set(values)) != len(values):
                 raise ValueError(f"{name} must be non-empty without repeats, got {values}")
+        if "floor" in self.ops and "ops" in self.model_fields_set and "forward" not in self.modes:
+            raise ValueError("the floor op is timed in the forward mode only: add it to modes")
         if "dual" not in self.ops and self.backends != ["auto"]:
             raise ValueError("backends choose the dual op's implementation: keep `dual` in ops")
         needs = {"dual", "primal_anchored"} - set(self.ops)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval_stage import BenchConfig, SpeedupBelowThreshold, check_speedup, evaluate_bench_dual_primal
-from eval_stage.bench import CPU_SHAPE, resolve_shape
+from eval_stage.bench import CPU_SHAPE, matmul_floor, resolve_shape
 from eval_stage.errors import EvalInputError
 from eval_stage.memory import peak_memory
 from tests.ttt_core.helpers import random_op_inputs
@@ -28,7 +28,7 @@ def test_every_op_and_mode_is_timed_and_measured() -> None:
         (op, mode)
         for op in ("dual", "primal_anchored", "online")
         for mode in ("forward", "forward_backward")
-    }
+    } | {("floor", "forward")}
     for r in rows:
         assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["peak_bytes"] >= 0
         assert r["tokens_per_s"] == pytest.approx(16 / r["median_s"])
@@ -36,6 +36,10 @@ def test_every_op_and_mode_is_timed_and_measured() -> None:
     key = "bench_dual_primal/forward/speedup_dual_over_primal_anchored"
     assert result.metrics[key] == pytest.approx(fwd["primal_anchored"] / fwd["dual"])
     assert "bench_dual_primal/forward_backward/speedup_dual_over_online" in result.metrics
+    assert result.metrics["bench_dual_primal/forward/dual_over_floor"] == pytest.approx(
+        fwd["dual"] / fwd["floor"]
+    )
+    assert not [k for k in result.metrics if "speedup_dual_over_floor" in k]
     assert result.config["shape"] == {
         "batch": 1,
         "heads": 2,
@@ -44,6 +48,30 @@ def test_every_op_and_mode_is_timed_and_measured() -> None:
         "seq_len": 16,
     }
     assert result.config["reduced_cpu_default"] is False and not result.models
+
+
+def test_the_floor_is_the_dual_forms_chunk_matmuls_fp64() -> None:
+    B, H, T, d, b = 2, 3, 12, 5, 4
+    q, k, v, eta, W, ln_w, ln_b = random_op_inputs(B, H, T, d, dtype=torch.float64, seed=3)
+    W = W.double()
+    z, W_next = matmul_floor(q, k, v, eta, W, ln_w, ln_b, chunk_size=b)
+    state, chunks = W.clone(), []
+    for c in range(T // b):  # one (batch, head) matrix product at a time, by matmul
+        X, Q = k[:, :, c * b : (c + 1) * b], q[:, :, c * b : (c + 1) * b]
+        G = X @ state
+        chunks.append(Q @ state - (Q @ X.transpose(-1, -2)) @ G)
+        state = state - X.transpose(-1, -2) @ G
+    torch.testing.assert_close(z, torch.cat(chunks, dim=2), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(W_next, state, rtol=1e-12, atol=1e-12)
+
+
+def test_the_floor_refuses_a_partial_chunk() -> None:
+    with pytest.raises(EvalInputError, match="seq_len 18 is not a multiple of chunk 4"):
+        evaluate_bench_dual_primal(BenchConfig(**{**TINY, "seq_len": 18}))
+    with pytest.raises(ValueError, match="floor op is timed in the forward mode only"):
+        BenchConfig(**TINY, ops=["dual", "floor"], modes=["forward_backward"])
+    only_backward = evaluate_bench_dual_primal(BenchConfig(**TINY, modes=["forward_backward"]))
+    assert "floor" not in {r["op"] for r in only_backward.tables["timings"]}
 
 
 def test_cpu_without_a_shape_takes_the_reduced_default_and_says_so() -> None:
