@@ -96,14 +96,13 @@ def matmul_floor(q, k, v, eta, W, ln_weight, ln_bias, *, chunk_size: int):
     """The dual form's matmuls per chunk of b tokens (X = k, Q = q chunks, (b, d)) and nothing
     else: G = X W, A = Q Xᵀ, Z = Q W - A G, W <- W - Xᵀ G, the subtractions fused into
     `baddbmm`. v, eta and the LayerNorm are unused: their elementwise work is what a floor
-    leaves out. Returns z (B, H, T, d) and W (B, H, d, d); T must be a multiple of b. Timed
+    leaves out. Returns z (B, H, T, d) and W (B, H, d, d) in q's dtype; T a multiple of b. Timed
     in the forward mode only: autograd through this loop took longer than the fused dual
     form's whole forward+backward (docs/performance.md), so it bounds nothing there."""
     B, H, T, d = q.shape
     n, b = T // chunk_size, chunk_size
-    Q = q.to(W.dtype).reshape(B * H, n, b, d)
-    X = k.to(W.dtype).reshape(B * H, n, b, d)
-    state = W.reshape(B * H, d, d)
+    Q, X = q.reshape(B * H, n, b, d), k.reshape(B * H, n, b, d)
+    state = W.to(q.dtype).reshape(B * H, d, d)  # every product in the benchmark dtype
     z = []
     for c in range(n):
         G = torch.bmm(X[:, c], state)
