@@ -200,13 +200,18 @@ def test_likelihood_scores_are_the_answer_log_likelihood_after_the_prompt(
     scores = likelihood_scorer(model, tok, batch_size=2)(few)
     for case, row in zip(few, scores, strict=True):
         for key, score in zip(case.candidates, row, strict=True):
-            answer = tok.encode(ANSWER.format(key=key))
-            ids = torch.tensor([case.prompt + answer])
-            with torch.no_grad():  # the whole row alone, log-softmax by hand
-                logp = model(ids[:, :-1]).logits[0].double().log_softmax(-1)
-            targets = ids[0, 1:]
-            expected = logp[torch.arange(len(targets)), targets][-len(answer) :].sum()
-            assert score == pytest.approx(float(expected), abs=1e-4)
+            expected = _whole_row_log_likelihood(model, tok, case, key)
+            assert score == pytest.approx(expected, abs=1e-4)
+
+
+def _whole_row_log_likelihood(model, tok, case: NiahCase, key: str) -> float:
+    """The answer's log-likelihood from one forward over prompt + answer, log-softmax by hand."""
+    answer = tok.encode(ANSWER.format(key=key))
+    ids = torch.tensor([case.prompt + answer])
+    with torch.no_grad():
+        logp = model(ids[:, :-1]).logits[0].double().log_softmax(-1)
+    targets = ids[0, 1:]
+    return float(logp[torch.arange(len(targets)), targets][-len(answer) :].sum())
 
 
 @pytest.mark.parametrize("family", ["ttt_linear", "attention", "none", "swa", "lact", "e2e"])
@@ -224,13 +229,8 @@ def test_cached_scores_equal_a_whole_row_forward_per_candidate_fp64(
     scores = likelihood_scorer(model, tok, batch_size=3)(few)
     for case, row in zip(few, scores, strict=True):
         for key, score in zip(case.candidates, row, strict=True):
-            answer = tok.encode(ANSWER.format(key=key))
-            ids = torch.tensor([case.prompt + answer])
-            with torch.no_grad():
-                logp = model(ids[:, :-1]).logits[0].log_softmax(-1)
-            targets = ids[0, 1:]
-            expected = logp[torch.arange(len(targets)), targets][-len(answer) :].sum()
-            assert score == pytest.approx(float(expected), abs=1e-9, rel=1e-9)
+            expected = _whole_row_log_likelihood(model, tok, case, key)
+            assert score == pytest.approx(expected, abs=1e-9, rel=1e-9)
 
 
 def _rank_eval(model, shard_dir: Path, **overrides) -> EvalResult:
