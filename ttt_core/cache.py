@@ -107,9 +107,14 @@ class Cache:
         from safetensors.torch import save_file
 
         tensors = {"offsets": self.offsets.contiguous()}
+        storages = {self.offsets.untyped_storage().data_ptr()}
         for i, state in enumerate(self.layers):
             for name, t in state.tensors().items():
-                tensors[f"layers.{i}.{name}"] = t.contiguous()
+                t = t.contiguous()
+                if t.untyped_storage().data_ptr() in storages:  # e.g. a fresh E2E state's
+                    t = t.clone()  # start and ring: safetensors refuses shared storage
+                storages.add(t.untyped_storage().data_ptr())
+                tensors[f"layers.{i}.{name}"] = t
         header = {
             "format_version": CACHE_FORMAT_VERSION,
             "layer_mixers": [_mixer_of(s) for s in self.layers],

@@ -248,6 +248,19 @@ def test_cache_save_load_is_bit_exact(tmp_path, stack):
         assert torch.equal(model.decode(more, loaded).logits, model.decode(more, cache).logits)
 
 
+@pytest.mark.parametrize("stack", sorted(STACKS))
+def test_a_fresh_cache_saves_and_continues_like_itself(tmp_path, stack):
+    """An empty cache (a new session's state) saves although its tensors may share storage
+    (TTT-E2E's ring and start), and loads into one that decodes the same."""
+    model = tiny_model(**STACKS[stack])
+    fresh = model.new_cache(1, decode_mode="chunked")
+    fresh.save(tmp_path / "fresh.safetensors")
+    loaded = Cache.load(tmp_path / "fresh.safetensors", model.config.model_dump())
+    with torch.no_grad():
+        ids = random_ids(1, 11, seed=7)
+        assert torch.equal(model(ids, cache=loaded).logits, model(ids, cache=fresh).logits)
+
+
 def test_cache_from_another_config_is_refused(tmp_path):
     model = tiny_model()
     with torch.no_grad():

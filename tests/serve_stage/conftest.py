@@ -1,0 +1,34 @@
+"""A served debug_tiny export (random weights, the session's tokenizer) for the HTTP tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from train_stage.export import save_export
+from ttt_core import TTTLM, ModelConfig
+
+from .server_process import ServerProcess
+
+
+def write_export(out: Path, tokenizer: Path, mixer: str) -> Path:
+    torch.manual_seed(0)
+    model = TTTLM(ModelConfig.from_preset("debug_tiny", vocab_size=512, mixer=mixer)).eval()
+    return save_export(model, out, tokenizer, {"step": 0, "tokens_seen": 0})
+
+
+@pytest.fixture(scope="session")
+def ttt_export(tmp_path_factory, debug_tiny_data) -> Path:
+    return write_export(tmp_path_factory.mktemp("serve") / "tiny-ttt", debug_tiny_data.tokenizer,
+                        "ttt_linear")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, ttt_export):
+    """One server for the module: --max-batch 2, --max-context 100000."""
+    proc = ServerProcess(ttt_export, tmp_path_factory.mktemp("state"),
+                         "--max-batch", "2", "--max-context", "100000")  # fmt: skip
+    yield proc
+    assert proc.terminate()
