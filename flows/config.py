@@ -32,6 +32,11 @@ DATA_EVALS: dict[str, type[BaseModel]] = {
 }
 
 
+def default_mlflow_uri(run_root: Path) -> str:
+    """The run root's own MLflow store, when none is given."""
+    return f"sqlite:///{Path(run_root).expanduser().resolve()}/mlflow.db"
+
+
 class PipelineConfig(ConfigModel):
     """Everything one bring-up needs. `train` is merged into `TrainConfig.preset_dict(train_preset,
     mixer)` (the preset's tuned values for the mixer);
@@ -112,7 +117,7 @@ class PipelineConfig(ConfigModel):
         if "/" in self.run_name or self.run_name.startswith("."):
             raise ValueError(f"run_name {self.run_name!r} must be a plain folder name")
         if self.mlflow_tracking_uri is None:
-            object.__setattr__(self, "mlflow_tracking_uri", f"sqlite:///{root}/mlflow.db")
+            object.__setattr__(self, "mlflow_tracking_uri", default_mlflow_uri(root))
         if len(set(self.controls)) != len(self.controls):
             raise ValueError(f"controls has repeats: {self.controls}")
         if self.mixer in self.controls:  # a model is not its own control (small_cpu, mixer=none)

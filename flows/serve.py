@@ -1,5 +1,5 @@
-"""`python -m flows serve`: the `bringup/bringup`, `resume/resume` and `long-context/long-context`
-deployments in one process, and the automation that restarts a failed or crashed bring-up with
+"""`python -m flows serve`: the `bringup/bringup`, `resume/resume`, `long-context/long-context`
+and `serve/serve` deployments in one process, and the automation that restarts a failed or crashed bring-up with
 `restart_count + 1`."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from flows.bringup import bringup
 from flows.choices import DEFAULT_PRESET
 from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV
 from flows.long_context import long_context
+from flows.model_server import serve_model
 from flows.resume import resume
 
 AUTOMATION_NAME = "bringup-restart-on-failure"
@@ -106,12 +107,13 @@ def serve_deployments(
         paused=resume_paused,
     )
     long_context_deployment = long_context.to_deployment(name="long-context", paused=False)
+    serve_deployment = serve_model.to_deployment(name="serve", paused=False)
     deployment_id = deployment.apply()
     upsert_automation(restart_automation(deployment_id))
     print(
-        f"[flows] serving bringup/bringup, long-context/long-context and resume/resume (every "
+        f"[flows] serving bringup/bringup, long-context/long-context, serve/serve and resume/resume (every "
         f"{resume_every_s:g}s, {'paused' if resume_paused else 'active'}); automation "
         f"{AUTOMATION_NAME!r}",
         flush=True,
     )
-    serve(deployment, resume_deployment, long_context_deployment, limit=1)
+    serve(deployment, resume_deployment, long_context_deployment, serve_deployment, limit=1)

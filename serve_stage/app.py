@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -61,8 +62,11 @@ def build_app(server: Server) -> FastAPI:
         return response
 
     @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "model": server.name}
+    def health() -> JSONResponse:
+        alive = server.engine.alive
+        body = {"status": "ok" if alive else "engine stopped", "model": server.name,
+                "pid": os.getpid()}  # fmt: skip
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -103,11 +107,7 @@ def build_app(server: Server) -> FastAPI:
 
     @app.delete("/v1/sessions/{session_id}")
     def delete_session(session_id: str) -> dict[str, Any]:
-        server.store.info(session_id)  # 404 first
-        if server.engine.is_busy(session_id):
-            raise ServeError(409, f"session {session_id!r} is answering a request",
-                             param="session_id", code="session_busy")  # fmt: skip
-        server.store.delete(session_id)
+        server.engine.delete_session(session_id)
         return {"id": session_id, "object": "session", "deleted": True}
 
     @app.get("/metrics")
@@ -230,6 +230,11 @@ def _install_error_handlers(app: FastAPI) -> None:
                 detail if detail.startswith(f"{param}:") or not where else f"{where}: {detail}"
             )
         return JSONResponse(error_body(400, message, param=param), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def bug(_: Request, error: Exception) -> JSONResponse:
+        return JSONResponse(error_body(500, f"internal error: {type(error).__name__}: {error}"),
+                            status_code=500)  # fmt: skip
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:

@@ -29,6 +29,9 @@ class ServeConfig(ConfigModel):
     max_context: int = Field(
         65536, ge=1, description="tokens a session (or request) may reach, generation included"
     )
+    prefill_chunk: int = Field(
+        2048, ge=1, description="prompt tokens prefilled at a time (bounds prefill memory)"
+    )
     hot_sessions: int = Field(64, ge=1, description="session states kept in memory (LRU)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")

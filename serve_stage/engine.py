@@ -120,6 +120,7 @@ class Job:
         self.first_token_at: float | None = None
         self._live = params.n  # rows still in the engine
         self._cancelled = threading.Event()
+        self.ended = False  # Done or Failed was sent: nothing more happens to this job
 
     def cancel(self) -> None:
         """The client went away: the job leaves at the next step and commits nothing."""
@@ -154,7 +155,9 @@ class _Row:
 
 class Engine:
     """The batching loop (module docstring). `max_batch` bounds the rows decoded together and
-    the jobs waiting; `max_context` bounds a session's tokens, prompt and generation included."""
+    the jobs waiting; `max_context` bounds a session's tokens, prompt and generation included;
+    a prompt is prefilled `prefill_chunk` tokens at a time (the same result: a prefill
+    continues its cache exactly), so its working memory does not grow with its length."""
 
     def __init__(
         self,
@@ -164,12 +167,15 @@ class Engine:
         *,
         max_batch: int,
         max_context: int,
+        prefill_chunk: int = 2048,
         metrics: Metrics | None = None,
     ) -> None:
         self.model, self.tokenizer, self.store = model, tokenizer, store
-        self.max_batch, self.max_context = max_batch, max_context
+        self.max_batch, self.max_context, self.prefill_chunk = max_batch, max_context, prefill_chunk
         self.metrics = metrics or Metrics()
         self.device = model.embed.weight.device
+        # a model may have more ids than its tokenizer (a vocabulary padded for speed)
+        self._unspoken = tokenizer.vocab_size < model.config.vocab_size
         self._cv = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._busy: set[str] = set()  # sessions with a job in the engine
@@ -207,8 +213,10 @@ class Engine:
         if params.n > self.max_batch:
             raise ServeError(400, f"n: {params.n} exceeds the server's --max-batch "
                              f"{self.max_batch}", param="n")  # fmt: skip
+        if job.session_id is not None and params.n != 1:
+            raise ServeError(400, "n: a session continues one history; n must be 1", param="n")
         with self._cv:
-            if self._stopping:
+            if self._stopping or (self._thread is not None and not self._thread.is_alive()):
                 raise ServeError(503, "the server is shutting down")
             seen = 0
             if job.session_id is not None:
@@ -241,7 +249,21 @@ class Engine:
         with self._cv:
             return session_id in self._busy
 
+    def delete_session(self, session_id: str) -> None:
+        """Remove a session no request is using (404 unknown, 409 busy); atomic with `submit`,
+        so no request can start on it meanwhile."""
+        with self._cv:
+            self.store.info(session_id)
+            if session_id in self._busy:
+                raise ServeError(409, f"session {session_id!r} is answering a request",
+                                 param="session_id", code="session_busy")  # fmt: skip
+            self.store.delete(session_id)
+
     # ---- the engine thread ------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
         with torch.no_grad():
@@ -252,16 +274,30 @@ class Engine:
                     if self._stopping:
                         break
                     admitted = self._admit()
-                self._drop_cancelled()
-                for job in admitted:
-                    self._guarded(lambda job=job: self._start(job), [job])
-                if self._rows:
-                    self._guarded(self._step, list({id(r.job): r.job for r in self._rows}.values()))
+                try:
+                    self._iterate(admitted)
+                except Exception:  # outside any one job's work: fail them all, keep serving
+                    log.exception("engine iteration failed")
+                    jobs = [*admitted, *{id(r.job): r.job for r in self._rows}.values()]
+                    self._rows, self._cache = [], None
+                    for job in jobs:
+                        self._end(job, Failed(ServeError(500, "generation failed (see the log)")))
                 self.metrics.batch_size.set(len(self._rows))
         self._fail_all(ServeError(503, "the server is shutting down"))
 
+    def _iterate(self, admitted: list[Job]) -> None:
+        self._drop_cancelled()
+        for job in admitted:
+            self._guarded(lambda job=job: self._start(job), [job])
+        if self._rows:
+            self._guarded(self._step, list({id(r.job): r.job for r in self._rows}.values()))
+
     def _admit(self) -> list[Job]:
         """Waiting jobs whose choices fit beside the rows there are, in order (lock held)."""
+        for job in [j for j in self._waiting if j.cancelled]:  # their clients left while waiting
+            self._waiting.remove(job)
+            self._busy.discard(job.session_id)
+            job.ended = True
         admitted, rows = [], len(self._rows)
         while self._waiting and rows + self._waiting[0].params.n <= self.max_batch:
             job = self._waiting.popleft()
@@ -277,21 +313,28 @@ class Engine:
             work()
         except Exception as e:  # the thread must outlive any one request
             log.exception("engine step failed")
+            jobs = [j for j in jobs if not j.ended]  # a job that got Done keeps it
             failed = {id(j) for j in jobs}
             keep = [i for i, r in enumerate(self._rows) if id(r.job) not in failed]
             self._keep_rows(keep)
+            error = (
+                e
+                if isinstance(e, ServeError)
+                else ServeError(500, f"generation failed: {type(e).__name__}: {e}")
+            )
             for job in jobs:
-                self._release(job)
-                job.sink(Failed(ServeError(500, f"generation failed: {type(e).__name__}: {e}")))
+                self._end(job, Failed(error))
 
     def _start(self, job: Job) -> None:
         """Prefill the job's prompt, sample each choice's first token, join the batch."""
         if job.cancelled:
             self._release(job)
+            job.ended = True
             return
         cache = self.store.state(job.session_id) if job.session_id else self.new_state()
         prompt = torch.tensor(job.prompt_ids, dtype=torch.long, device=self.device)
-        logits, cache = prefill(self.model, [prompt], cache)
+        for piece in prompt.split(self.prefill_chunk):  # bounds the prefill's working memory
+            logits, cache = prefill(self.model, [piece], cache)
         self.metrics.prompt_tokens.inc(len(job.prompt_ids))
         n = job.params.n
         if n > 1:
@@ -334,6 +377,9 @@ class Engine:
         if len(choice.token_ids) >= params.max_tokens:  # max_tokens 0: the prompt only
             self._finish(row, "length")
             return
+        if self._unspoken:  # ids the tokenizer cannot write are never sampled
+            logits = logits.clone()
+            logits[self.tokenizer.vocab_size :] = float("-inf")
         token = int(
             sample_next(
                 logits[None],
@@ -376,22 +422,32 @@ class Engine:
         if job.session_id is not None:
             self.store.put(job.session_id, cache.select([index]))
             session = self.store.info(job.session_id)
-        self._release(job)
         completion = sum(len(c.token_ids) for c in job.choices)
-        job.sink(Done(Outcome(job.choices, len(job.prompt_ids), completion, session)))
+        self._end(job, Done(Outcome(job.choices, len(job.prompt_ids), completion, session)))
 
     def _drop_cancelled(self) -> None:
-        keep = [i for i, r in enumerate(self._rows) if not r.job.cancelled]
-        if len(keep) < len(self._rows):
-            for job in {id(r.job): r.job for r in self._rows if r.job.cancelled}.values():
-                self._release(job)
-            self._keep_rows(keep)
+        """Rows of cancelled jobs leave, uncommitted; a row that has finished stays to feed its
+        last token and commit (its client has the whole answer)."""
+        dropped = [r for r in self._rows if r.job.cancelled and r.choice.finish_reason is None]
+        if not dropped:
+            return
+        for job in {id(r.job): r.job for r in dropped}.values():
+            self._release(job)
+            job.ended = True
+        gone = {id(r.job) for r in dropped}
+        self._keep_rows([i for i, r in enumerate(self._rows) if id(r.job) not in gone])
 
     def _keep_rows(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):
             return
         self._rows = [self._rows[i] for i in keep]
         self._cache = self._cache.select(keep) if keep else None
+
+    def _end(self, job: Job, event: Done | Failed) -> None:
+        """The job's last event: its session is free again first, then its client hears."""
+        self._release(job)
+        job.ended = True
+        job.sink(event)
 
     def _release(self, job: Job) -> None:
         if job.session_id is not None:
@@ -404,5 +460,5 @@ class Engine:
             self._waiting.clear()
         self._rows, self._cache = [], None
         for job in jobs:
-            self._release(job)
-            job.sink(Failed(error))
+            if not job.ended:
+                self._end(job, Failed(error))

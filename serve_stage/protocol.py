@@ -50,7 +50,7 @@ class _GenerationRequest(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1, description="extension: the k likeliest tokens only")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**62)
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP)] | None = None
     n: int = Field(1, ge=1)
     stream: bool = False

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from filelock import FileLock, Timeout
 
+from ttt_core import PretrainedOutputs
+
 from .config import ServeConfig
 from .engine import Engine, empty_state
 from .errors import ServeError, ServeInputError
@@ -101,10 +103,12 @@ def open_server(config: ServeConfig) -> Server:
             new_state=lambda: empty_state(model),
             model_config=model.config.model_dump(),
             device=str(device),
+            model_digest=PretrainedOutputs(served.directory).digest(),
         )
         metrics = Metrics()
         engine = Engine(model, served.tokenizer, store, max_batch=config.max_batch,
-                        max_context=config.max_context, metrics=metrics)  # fmt: skip
+                        max_context=config.max_context, prefill_chunk=config.prefill_chunk,
+                        metrics=metrics)  # fmt: skip
     except BaseException:
         lock.release()
         raise

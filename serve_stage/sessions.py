@@ -2,8 +2,9 @@
 
 Layout under `<state-dir>/sessions/`, per session id `S`:
 - `S.<sha12>.safetensors`: the state (`ttt_core.Cache.save`, one row), named by its digest;
-- `S.json`: `{"id", "state_file", "sha256", "tokens_seen", "state_bytes", "layers"}`, the commit
-  point. A write puts the new state file beside the old one, then replaces `S.json` atomically,
+- `S.json`: `{"id", "state_file", "sha256", "tokens_seen", "state_bytes", "layers", "model"}`
+  (`model`: the digest of the export that made it; another export's server refuses the
+  session, 409), the commit point. A write puts the new state file beside the old one, then replaces `S.json` atomically,
   then removes the old file: a server killed at any instant restarts with the state before or
   after the request, never a torn one. At start, state files no `S.json` names are removed;
   a state file whose bytes are not its recorded sha256 is refused on load.
@@ -27,7 +28,7 @@ from typing import Any
 from ttt_core import Cache
 from ttt_core.files import atomic_write_text, fsync_and_replace, sha256_file, temp_path
 
-from .errors import ServeError
+from .errors import ServeError, ServeInputError
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 SESSIONS_DIR = "sessions"
@@ -77,14 +78,16 @@ class SessionStore:
         new_state: Callable[[], Cache],
         model_config: dict[str, Any],
         device: str,
+        model_digest: str = "",
     ) -> None:
         self.directory = Path(directory) / SESSIONS_DIR
         self.directory.mkdir(parents=True, exist_ok=True)
         self._hot_limit, self._new_state = hot, new_state
-        self._model_config, self._device = model_config, device
+        self._model_config, self._device, self._model = model_config, device, model_digest
         self._lock = threading.Lock()
         self._hot: OrderedDict[str, Cache] = OrderedDict()
         self._index: dict[str, dict[str, Any]] = {}
+        self._reserved: set[str] = set()  # ids being created (no state written yet)
         self._recover()
 
     def _recover(self) -> None:
@@ -93,8 +96,12 @@ class SessionStore:
             if path.name.startswith("."):
                 path.unlink()  # a temp of a write that never finished
         for record_file in self.directory.glob("*.json"):
-            record = json.loads(record_file.read_text())
-            self._index[record["id"]] = record
+            try:
+                record = json.loads(record_file.read_text())
+                self._index[record["id"]] = record
+            except (ValueError, KeyError, TypeError) as e:
+                raise ServeInputError(f"{record_file}: not a session record ({e}); move it "
+                                      "away to start without that session") from e  # fmt: skip
         named = {record["state_file"] for record in self._index.values()}
         for state_file in self.directory.glob("*.safetensors"):
             if state_file.name not in named:
@@ -132,6 +139,11 @@ class SessionStore:
             if cache is not None:
                 self._hot.move_to_end(session_id)
                 return cache
+        if record.get("model", "") != self._model:
+            raise ServeError(409, f"session {session_id!r} was made by another model (export "
+                             f"digest {record.get('model')!r}, serving {self._model!r}); delete it "
+                             "or serve that model", param="session_id",
+                             code="session_model_mismatch")  # fmt: skip
         path = self.directory / record["state_file"]
         if sha256_file(path) != record["sha256"]:
             raise ServeError(500, f"{path}: session state damaged (sha256 differs from its record)")
@@ -153,16 +165,15 @@ class SessionStore:
         """A new empty session (an id is made when none is given); an existing id is a 409."""
         session_id = check_session_id(session_id or f"sess-{uuid.uuid4().hex[:20]}")
         with self._lock:
-            if session_id in self._index:
+            if session_id in self._index or session_id in self._reserved:
                 raise ServeError(409, f"session {session_id!r} exists", param="session_id",
                                  code="session_exists")  # fmt: skip
-            self._index[session_id] = {}  # reserved while its first state is written
+            self._reserved.add(session_id)  # unknown to requests until its first state is in
         try:
             self.put(session_id, self._new_state())
-        except BaseException:
+        finally:
             with self._lock:
-                self._index.pop(session_id, None)
-            raise
+                self._reserved.discard(session_id)
         return self.info(session_id)
 
     def put(self, session_id: str, cache: Cache) -> None:
@@ -186,6 +197,7 @@ class SessionStore:
             "tokens_seen": int(cache.offsets[0]),
             "state_bytes": state_bytes(cache),
             "layers": [type(layer).__name__ for layer in cache.layers],
+            "model": self._model,
         }
         atomic_write_text(self._record_file(session_id), json.dumps(record, indent=1) + "\n")
         if old is not None and old != state_file:

@@ -309,10 +309,14 @@ class KVState:
         return slots <= (self.extent - n_new + torch.arange(n_new, device=device))[:, None]
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> KVState:
-        """`fn` applied to every row-first tensor (the whole capacity): a new store."""
+        """`fn` applied to every row-first tensor: a new store holding the slots up to the
+        longest resulting row (rows selected away take their slots with them, so a batch that
+        rows keep joining and leaving never reads more slots than its longest row has)."""
         self._check_live()
-        store = _KVStore(fn(self._store.k), fn(self._store.v))
-        return KVState(store, fn(self.lengths), self.extent, self.ragged)
+        lengths = fn(self.lengths)
+        extent = int(lengths.max()) if lengths.numel() else 0
+        store = _KVStore(*(fn(t[:, :, :extent]) for t in (self._store.k, self._store.v)))
+        return KVState(store, lengths, extent, _is_ragged(lengths, extent))
 
     @staticmethod
     def stack(states: list[KVState]) -> KVState:

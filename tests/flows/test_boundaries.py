@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ("data_stage", "train_stage", "eval_stage", "ttt_core", "stage_common")
+STAGES = ("data_stage", "train_stage", "eval_stage", "serve_stage", "ttt_core", "stage_common")
 # What a package may import at module import time (lazy imports inside functions are seams
 # that load on demand: eval_stage reads a train_stage run dir only when asked to).
 # stage_common is the plumbing every stage shares: no stage is imported by it, and no stage
@@ -23,7 +23,8 @@ MAY_IMPORT = {
     "data_stage": {"ttt_core", "stage_common"},
     "train_stage": {"ttt_core", "stage_common", "data_stage"},
     "eval_stage": {"ttt_core", "stage_common", "data_stage"},
-    "flows": {"ttt_core", "stage_common", "data_stage", "train_stage", "eval_stage"},
+    "serve_stage": {"ttt_core", "stage_common", "data_stage"},
+    "flows": {"ttt_core", "stage_common", "data_stage", "train_stage", "eval_stage", "serve_stage"},
 }
 
 

@@ -102,11 +102,18 @@ def served(tmp_path_factory: pytest.TempPathFactory):
 def run_deployment(
     request: BringupRequest, env: dict, *extra: str, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
-    """`prefect deployment run bringup/bringup -p preset=… [-p mixer=…] [-p overrides=…]`,
-    retried while `flows serve` is still registering the deployment (seconds after it starts)."""
+    """`prefect deployment run bringup/bringup -p preset=… [-p mixer=…] [-p overrides=…]`."""
     params = request.model_dump(exclude_defaults=True)
+    return run_named_deployment("bringup/bringup", params, env, *extra, cwd=cwd, check=check)
+
+
+def run_named_deployment(
+    name: str, params: dict, env: dict, *extra: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """`prefect deployment run NAME -p k=v ...`, retried while `flows serve` is still
+    registering the deployment (seconds after it starts)."""
     command = [
-        sys.executable, "-m", "prefect", "deployment", "run", "bringup/bringup",
+        sys.executable, "-m", "prefect", "deployment", "run", name,
         *[a for k, v in params.items() for a in ("-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}")],
         *extra,
     ]  # fmt: skip
@@ -224,6 +231,34 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     ]
     assert len(failed) == 1 and "train.bogus" in failed[0].state.message
     assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == bring_ups
+
+
+@pytest.mark.slow
+def test_the_serve_deployment_serves_the_newest_export(served, tmp_path_factory, debug_tiny_data):
+    """`prefect deployment run serve/serve` from another directory starts a server on the
+    newest export under the run root; the flow run completes, its artifact says where."""
+    import openai
+
+    from tests.serve_stage.helpers import write_export
+
+    run_root, env = served
+    write_export(run_root / "served-model" / "export", debug_tiny_data.tokenizer, "ttt_linear")
+    port = free_port()
+    elsewhere = tmp_path_factory.mktemp("serve-caller")
+    done = run_named_deployment("serve/serve", {"port": port}, env, "--watch", "--watch-timeout",
+                                str(HANG_GUARD_S), cwd=elsewhere)  # fmt: skip
+    assert "Completed" in done.stdout and not list(elsewhere.iterdir())
+    flow_run_id = done.stdout.split("UUID:")[1].split()[0]
+    artifact = prefect_artifact(env["PREFECT_API_URL"], "serve", flow_run_id)
+    pid = int(artifact.data.split("- pid ")[1].split(";")[0])
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+        reply = client.completions.create(model="export", prompt="x", max_tokens=2)
+        assert reply.choices[0].finish_reason in ("stop", "length")
+        assert f"http://127.0.0.1:{port}/v1" in artifact.data
+        assert (run_root / "serve" / f"port-{port}" / "sessions").is_dir()
+    finally:
+        os.kill(pid, signal.SIGTERM)
 
 
 def resident_mb(pid: int) -> float:

@@ -5,18 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from train_stage.export import save_export
-from ttt_core import TTTLM, ModelConfig
-
+from .helpers import write_export
 from .server_process import ServerProcess
-
-
-def write_export(out: Path, tokenizer: Path, mixer: str) -> Path:
-    torch.manual_seed(0)
-    model = TTTLM(ModelConfig.from_preset("debug_tiny", vocab_size=512, mixer=mixer)).eval()
-    return save_export(model, out, tokenizer, {"step": 0, "tokens_seen": 0})
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import torch
 
 from serve_stage.engine import Done, Engine, Failed, Job, Outcome, SamplingParams
 from serve_stage.sessions import SessionStore
+from train_stage.export import save_export
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.generate import generate
 
@@ -42,12 +43,13 @@ def tiny_model(stack: str = "ttt_linear", seed: int = 0) -> TTTLM:
     return model
 
 
-def make_engine(model: TTTLM, state_dir: Path, *, max_batch: int = 8,
-                max_context: int = 4096, hot: int = 4) -> Engine:  # fmt: skip
+def make_engine(model: TTTLM, state_dir: Path, *, max_batch: int = 8, max_context: int = 4096,
+                hot: int = 4, tokenizer=None, prefill_chunk: int = 2048) -> Engine:  # fmt: skip
     engine_box: list[Engine] = []
     store = SessionStore(state_dir, hot=hot, new_state=lambda: engine_box[0].new_state(),
                          model_config=model.config.model_dump(), device="cpu")  # fmt: skip
-    engine = Engine(model, FakeTokenizer(), store, max_batch=max_batch, max_context=max_context)
+    engine = Engine(model, tokenizer or FakeTokenizer(), store, max_batch=max_batch,
+                    max_context=max_context, prefill_chunk=prefill_chunk)  # fmt: skip
     engine_box.append(engine)
     return engine
 
@@ -91,3 +93,10 @@ def reference_tokens(model: TTTLM, prompt: list[int], n: int) -> list[int]:
 def prompt_of(length: int, seed: int) -> list[int]:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (length,), generator=g).tolist()
+
+
+def write_export(out: Path, tokenizer: Path, mixer: str) -> Path:
+    """A debug_tiny export of `mixer` (random weights, seed 0) with `tokenizer` (512 ids)."""
+    torch.manual_seed(0)
+    model = TTTLM(ModelConfig.from_preset("debug_tiny", vocab_size=VOCAB, mixer=mixer)).eval()
+    return save_export(model, out, tokenizer, {"step": 0, "tokens_seen": 0})

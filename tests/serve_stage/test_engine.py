@@ -13,6 +13,7 @@ from ttt_core.generate import generate
 from ..helpers import HANG_GUARD_S, wait_for
 from .helpers import (
     VOCAB,
+    FakeTokenizer,
     Waiter,
     greedy,
     make_engine,
@@ -223,3 +224,60 @@ def test_refusals_at_submit(tmp_path):
     assert (full.status, full.code) == (429, "queue_full")
     engine.start()
     engine.stop()
+
+
+def test_ids_the_tokenizer_cannot_write_are_never_sampled(tmp_path):
+    """A model with more ids than its tokenizer (a padded vocabulary) samples only ids the
+    tokenizer has, however hot the sampling."""
+
+    class SmallTokenizer(FakeTokenizer):
+        vocab_size = 40
+
+    engine = make_engine(tiny_model(), tmp_path, tokenizer=SmallTokenizer())
+    engine.start()
+    try:
+        hot = SamplingParams(max_tokens=200, temperature=2.0, seed=0, ignore_eos=True)
+        ids = submit(engine, prompt_of(5, 1), hot).outcome().choices[0].token_ids
+    finally:
+        engine.stop()
+    assert len(ids) == 200 and max(ids) < 40
+
+
+def test_a_finished_reply_is_committed_even_if_its_client_leaves_at_once(tmp_path):
+    """A client that closes on `finish_reason` has the whole answer: the session commits it
+    (the row still feeds its last token), whenever the cancel arrives."""
+    engine = make_engine(tiny_model(), tmp_path)
+    engine.start()
+    try:
+        session = engine.store.create().id
+        waiter = Waiter()
+        job = Job(prompt_of(6, 2), greedy(4), waiter, session_id=session)
+        engine.submit(job)
+        while not isinstance(waiter.events.get(timeout=HANG_GUARD_S), Finished):
+            pass
+        job.cancel()
+        wait_for(lambda: not engine.is_busy(session), "the job to leave")
+        assert engine.store.info(session).tokens_seen == 6 + 4
+    finally:
+        engine.stop()
+
+
+def test_a_request_cancelled_while_waiting_frees_its_session_at_once(tmp_path):
+    engine = make_engine(tiny_model(), tmp_path, max_batch=1)
+    session = engine.store.create().id
+    engine.start()
+    try:
+        busy = submit(engine, prompt_of(3, 1), greedy(3000))  # holds the only row
+        assert isinstance(busy.events.get(timeout=HANG_GUARD_S), Piece)  # it is decoding
+        queued = Job(prompt_of(3, 2), greedy(2), Waiter(), session_id=session)
+        engine.submit(queued)  # waits for the row
+        with pytest.raises(ServeError) as e:  # a session in use cannot be deleted
+            engine.delete_session(session)
+        assert e.value.code == "session_busy"
+        queued.cancel()
+        wait_for(lambda: not engine.is_busy(session), "the waiting job to be dropped")
+        assert engine.store.info(session).tokens_seen == 0
+        engine.delete_session(session)
+        assert session not in engine.store
+    finally:
+        engine.stop()

@@ -98,6 +98,14 @@ def test_bad_requests_get_openai_errors(server, body, status, param):
     assert error["param"] == param
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(server, value):
+    body = f'{{"model": "{MODEL}", "prompt": "x", "temperature": {value}}}'.encode()
+    r = httpx.post(f"{server.base}/v1/completions", content=body, timeout=60,
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+
+
 def test_malformed_json_and_unknown_routes_get_openai_errors(server):
     r = httpx.post(f"{server.base}/v1/completions", content=b'{"model": ', timeout=60,
                    headers={"content-type": "application/json"})  # fmt: skip

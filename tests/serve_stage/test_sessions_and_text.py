@@ -119,3 +119,53 @@ def test_text_is_cut_before_the_stop_string_and_never_shows_a_part_of_it():
 def test_the_earliest_of_several_stop_strings_wins():
     _, stopped, text = feed(("fg", "de"), "abcdefgh")
     assert stopped and text == "abc"
+
+
+def test_a_session_of_ttt_stays_one_size_and_one_of_attention_grows(tmp_path):
+    sizes = {}
+    for stack in ("ttt_linear", "attention"):
+        model = tiny_model(stack)
+        store = store_for(model, tmp_path / stack)
+        sid = store.create("s").id
+        grown = []
+        for n in (8, 56):
+            store.put(sid, advanced(model, store.state(sid), n, seed=n))
+            grown.append(store.info(sid).state_bytes)
+        sizes[stack] = grown
+    assert sizes["ttt_linear"][0] == sizes["ttt_linear"][1]
+    assert sizes["attention"][1] > 6 * sizes["attention"][0]  # 64 tokens of keys vs 8
+
+
+def test_an_exports_chat_template_is_used_and_a_bad_one_refused(tmp_path):
+    from serve_stage.chat_template import DEFAULT_STOP, load_chat_template
+    from serve_stage.errors import ServeInputError
+
+    default = load_chat_template(tmp_path)
+    assert default.origin == "default" and default.stop == DEFAULT_STOP
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
+    assert default.render(messages, continuation=False) == "System: be brief\nUser: hi\nAssistant:"
+    assert default.render(messages[1:], continuation=True) == "\nUser: hi\nAssistant:"
+    (tmp_path / "chat_template.json").write_text(json.dumps(
+        {"template": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<bot>",
+         "stop": ["<user>"]}))  # fmt: skip
+    own = load_chat_template(tmp_path)
+    assert own.render(messages, continuation=False) == "<system>be brief<user>hi<bot>"
+    assert own.stop == ("<user>",)
+    (tmp_path / "chat_template.json").write_text('{"template": "{% for %}"}')
+    with pytest.raises(ServeInputError, match="does not compile"):
+        load_chat_template(tmp_path)
+
+
+def test_a_session_made_by_another_export_is_refused(tmp_path):
+    model = tiny_model()
+
+    def store(digest: str) -> SessionStore:
+        return SessionStore(tmp_path, hot=2, new_state=lambda: model.new_cache(1),
+                            model_config=model.config.model_dump(), device="cpu",
+                            model_digest=digest)  # fmt: skip
+
+    store("weights-a").create("s")
+    assert store("weights-a").state("s").offsets.tolist() == [0]
+    with pytest.raises(ServeError) as e:
+        store("weights-b").state("s")
+    assert (e.value.status, e.value.code) == (409, "session_model_mismatch")

@@ -183,6 +183,19 @@ def test_a_kv_cache_stays_valid_after_decoding_and_branches_on_reuse():
         assert_states_close(cache, copy, rtol=0, atol=0)
 
 
+def test_selecting_rows_of_a_kv_cache_keeps_only_the_slots_they_use():
+    """A batch that rows join and leave reads no more slots than its longest row has."""
+    model = tiny_model(mixer="attention")
+    with torch.no_grad():
+        rows = [model(random_ids(1, n, seed=n), use_cache=True).cache for n in (3, 20)]
+        batch = Cache.stack(rows)
+        short = batch.select([0])
+        more = random_ids(1, 2, seed=5)
+        assert torch.equal(model.decode(more, short).logits, model.decode(more, rows[0]).logits)
+    assert batch.layers[0].extent == 20 and short.layers[0].extent == 3
+    assert short.layers[0].k.shape[2] == 3 and not short.layers[0].ragged
+
+
 def test_kv_store_grows_by_doubling_and_nbytes_counts_its_capacity():
     model = tiny_model(mixer="attention")
     with torch.no_grad():
