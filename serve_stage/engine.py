@@ -1,8 +1,9 @@
 """Continuous batching over one model: every active choice is a row of one batched cache.
 
-One engine thread owns the model. Each iteration it admits waiting jobs (each prefilled alone,
-from its session's state or a fresh one; a job with `n` choices becomes `n` copies of that
-row), then decodes one token for every row at once. A row that finishes leaves the batch
+One engine thread owns the model. Each iteration it admits waiting jobs, feeds one
+`prefill_chunk`-token piece of the oldest prompt being prefilled (each prompt alone, from its
+session's state or a fresh one; when its last piece is in, a job with `n` choices becomes `n`
+copies of that row), then decodes one token for every row at once. A row that finishes leaves the batch
 (`Cache.select` of the rest); new rows join it (`Cache.stack`) between steps, so rows sit at
 different positions, which every mixer's decode supports. Rows never share state, so a
 request's tokens do not depend on what else is in the batch.
@@ -153,11 +154,20 @@ class _Row:
         return done and (self.pending is None or self.job.session_id is None)
 
 
+class _Prefill:
+    """A job whose prompt is being fed, `prefill_chunk` tokens per engine iteration."""
+
+    def __init__(self, job: Job, cache: Cache, pieces: list[Tensor]):
+        self.job, self.cache, self.pieces = job, cache, pieces
+        self.logits: Tensor | None = None
+
+
 class Engine:
     """The batching loop (module docstring). `max_batch` bounds the rows decoded together and
     the jobs waiting; `max_context` bounds a session's tokens, prompt and generation included;
-    a prompt is prefilled `prefill_chunk` tokens at a time (the same result: a prefill
-    continues its cache exactly), so its working memory does not grow with its length."""
+    a prompt is prefilled `prefill_chunk` tokens per iteration (the same result: a prefill
+    continues its cache exactly), so its working memory does not grow with its length and the
+    rows decoding wait one piece per step for it, not its whole prefill."""
 
     def __init__(
         self,
@@ -181,6 +191,7 @@ class Engine:
         self._busy: set[str] = set()  # sessions with a job in the engine
         self._rows: list[_Row] = []  # engine thread only, aligned with self._cache's rows
         self._cache: Cache | None = None
+        self._prefilling: deque[_Prefill] = deque()  # engine thread only
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -269,7 +280,7 @@ class Engine:
         with torch.no_grad():
             while True:
                 with self._cv:
-                    while not (self._stopping or self._waiting or self._rows):
+                    while not (self._stopping or self._waiting or self._rows or self._prefilling):
                         self._cv.wait()
                     if self._stopping:
                         break
@@ -278,17 +289,23 @@ class Engine:
                     self._iterate(admitted)
                 except Exception:  # outside any one job's work: fail them all, keep serving
                     log.exception("engine iteration failed")
-                    jobs = [*admitted, *{id(r.job): r.job for r in self._rows}.values()]
-                    self._rows, self._cache = [], None
+                    jobs = [*admitted, *(p.job for p in self._prefilling),
+                            *{id(r.job): r.job for r in self._rows}.values()]  # fmt: skip
+                    self._rows, self._cache, self._prefilling = [], None, deque()
                     for job in jobs:
                         self._end(job, Failed(ServeError(500, "generation failed (see the log)")))
                 self.metrics.batch_size.set(len(self._rows))
         self._fail_all(ServeError(503, "the server is shutting down"))
 
     def _iterate(self, admitted: list[Job]) -> None:
+        """One piece of the oldest prompt being prefilled, then one decode step: a long prompt
+        delays the batch by one piece per step, not by its whole prefill."""
         self._drop_cancelled()
         for job in admitted:
-            self._guarded(lambda job=job: self._start(job), [job])
+            self._guarded(lambda job=job: self._begin(job), [job])
+        if self._prefilling:
+            head = self._prefilling[0]
+            self._guarded(lambda: self._prefill_piece(head), [head.job])
         if self._rows:
             self._guarded(self._step, list({id(r.job): r.job for r in self._rows}.values()))
 
@@ -298,7 +315,8 @@ class Engine:
             self._waiting.remove(job)
             self._busy.discard(job.session_id)
             job.ended = True
-        admitted, rows = [], len(self._rows)
+        admitted = []
+        rows = len(self._rows) + sum(p.job.params.n for p in self._prefilling)
         while self._waiting and rows + self._waiting[0].params.n <= self.max_batch:
             job = self._waiting.popleft()
             admitted.append(job)
@@ -317,6 +335,7 @@ class Engine:
             failed = {id(j) for j in jobs}
             keep = [i for i, r in enumerate(self._rows) if id(r.job) not in failed]
             self._keep_rows(keep)
+            self._prefilling = deque(p for p in self._prefilling if id(p.job) not in failed)
             error = (
                 e
                 if isinstance(e, ServeError)
@@ -325,17 +344,26 @@ class Engine:
             for job in jobs:
                 self._end(job, Failed(error))
 
-    def _start(self, job: Job) -> None:
-        """Prefill the job's prompt, sample each choice's first token, join the batch."""
+    def _begin(self, job: Job) -> None:
+        """Start feeding the job's prompt, from its session's state or a fresh one."""
         if job.cancelled:
             self._release(job)
             job.ended = True
             return
         cache = self.store.state(job.session_id) if job.session_id else self.new_state()
         prompt = torch.tensor(job.prompt_ids, dtype=torch.long, device=self.device)
-        for piece in prompt.split(self.prefill_chunk):  # bounds the prefill's working memory
-            logits, cache = prefill(self.model, [piece], cache)
-        self.metrics.prompt_tokens.inc(len(job.prompt_ids))
+        self._prefilling.append(_Prefill(job, cache, list(prompt.split(self.prefill_chunk))))
+
+    def _prefill_piece(self, prefill_: _Prefill) -> None:
+        """Feed the next piece of a prompt (the pieces continue one another's cache exactly);
+        after the last, sample each choice's first token and join the batch."""
+        piece = prefill_.pieces.pop(0)
+        prefill_.logits, prefill_.cache = prefill(self.model, [piece], prefill_.cache)
+        self.metrics.prompt_tokens.inc(piece.numel())
+        if prefill_.pieces:
+            return
+        self._prefilling.popleft()
+        job, cache, logits = prefill_.job, prefill_.cache, prefill_.logits
         n = job.params.n
         if n > 1:
             cache, logits = cache.select([0] * n), logits.expand(n, -1)
@@ -428,6 +456,10 @@ class Engine:
     def _drop_cancelled(self) -> None:
         """Rows of cancelled jobs leave, uncommitted; a row that has finished stays to feed its
         last token and commit (its client has the whole answer)."""
+        for prefill_ in [p for p in self._prefilling if p.job.cancelled]:
+            self._prefilling.remove(prefill_)
+            self._release(prefill_.job)
+            prefill_.job.ended = True
         dropped = [r for r in self._rows if r.job.cancelled and r.choice.finish_reason is None]
         if not dropped:
             return
@@ -456,9 +488,10 @@ class Engine:
 
     def _fail_all(self, error: ServeError) -> None:
         with self._cv:
-            jobs = [*self._waiting, *{id(r.job): r.job for r in self._rows}.values()]
+            jobs = [*self._waiting, *(p.job for p in self._prefilling),
+                    *{id(r.job): r.job for r in self._rows}.values()]  # fmt: skip
             self._waiting.clear()
-        self._rows, self._cache = [], None
+        self._rows, self._cache, self._prefilling = [], None, deque()
         for job in jobs:
             if not job.ended:
                 self._end(job, Failed(error))

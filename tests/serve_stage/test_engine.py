@@ -52,7 +52,7 @@ def test_a_batch_of_requests_equals_each_request_alone(stack, tmp_path, record_b
     engine = make_engine(model, tmp_path)
     sizes = record_batches(model)
     prompts = [prompt_of(n, seed=n) for n in (5, 13, 9, 1)]
-    lengths = [7, 3, 11, 6]
+    lengths = [7, 6, 11, 6]  # prompts join one per step: all four overlap
     waiters = [submit(engine, p, greedy(m)) for p, m in zip(prompts, lengths, strict=True)]
     engine.start()
     try:
@@ -281,3 +281,31 @@ def test_a_request_cancelled_while_waiting_frees_its_session_at_once(tmp_path):
         assert session not in engine.store
     finally:
         engine.stop()
+
+
+def test_a_long_prompt_is_prefilled_between_decode_steps(tmp_path, monkeypatch):
+    """Prompt pieces and decode steps alternate: the rows decoding wait one piece per step,
+    and both requests still get what they get alone."""
+    model = tiny_model()
+    calls: list[str] = []
+    forward, decode = model.forward, model.decode
+    monkeypatch.setattr(
+        model, "forward", lambda ids, **kw: calls.append("piece") or forward(ids, **kw)
+    )
+    monkeypatch.setattr(model, "decode", lambda ids, c: calls.append("step") or decode(ids, c))
+    engine = make_engine(model, tmp_path, prefill_chunk=8)
+    first, second = prompt_of(4, 1), prompt_of(40, 2)  # the second: 5 pieces of 8
+    engine.start()
+    try:
+        early = submit(engine, first, greedy(60))
+        assert isinstance(early.events.get(timeout=HANG_GUARD_S), Piece)  # decoding
+        late = submit(engine, second, greedy(5))
+        outcomes = early.outcome(), late.outcome()
+    finally:
+        engine.stop()
+    monkeypatch.undo()
+    assert outcomes[0].choices[0].token_ids == reference_tokens(model, first, 60)
+    assert outcomes[1].choices[0].token_ids == reference_tokens(model, second, 5)
+    pieces = [i for i, c in enumerate(calls) if c == "piece"][1:]  # the second prompt's
+    assert len(pieces) == 5
+    assert all(calls[i + 1] == "step" for i in pieces[:-1])  # a step after every piece
