@@ -179,13 +179,17 @@ def test_streamed_pieces_add_up_to_the_final_text(tmp_path):
     ]
 
 
-def test_a_cancelled_request_leaves_the_batch_and_commits_nothing(tmp_path):
-    model = tiny_model()
+@pytest.mark.parametrize("stack", ["ttt_linear", "attention"])
+def test_a_cancelled_request_leaves_the_batch_and_commits_nothing(tmp_path, stack):
+    """The session continues as if the cancelled request had never been sent (its state in
+    memory, which the cancelled request started from, was not changed in place)."""
+    model = tiny_model(stack)
     engine = make_engine(model, tmp_path)
     engine.start()
     try:
         session = engine.store.create().id
-        submit(engine, prompt_of(4, 7), greedy(3), session).outcome()
+        first = submit(engine, prompt_of(4, 7), greedy(3), session).outcome()
+        history = [*prompt_of(4, 7), *first.choices[0].token_ids]
         before = engine.store.info(session).tokens_seen
         waiter = Waiter()
         job = Job(prompt_of(5, 8), greedy(3000), waiter, session_id=session)
@@ -197,6 +201,9 @@ def test_a_cancelled_request_leaves_the_batch_and_commits_nothing(tmp_path):
         assert engine.store.info(session).tokens_seen == before
         after = submit(engine, prompt_of(2, 9), greedy(2), session).outcome()
         assert after.session.tokens_seen == before + 2 + 2
+        assert after.choices[0].token_ids == reference_tokens(
+            model, [*history, *prompt_of(2, 9)], 2
+        )
     finally:
         engine.stop()
 
