@@ -19,19 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from .engine import Choice, Outcome, SamplingParams
 
-NOT_IMPLEMENTED = (
-    "logprobs",
-    "top_logprobs",
-    "echo",
-    "best_of",
-    "suffix",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "tools",
-    "tool_choice",
-    "response_format",
-)
+# OpenAI fields this server does not implement, with the values that ask for nothing (a
+# client may send those; any other value is refused rather than ignored).
+NOT_IMPLEMENTED: dict[str, tuple] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+    "presence_penalty": (None, 0),
+    "frequency_penalty": (None, 0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+}
 MAX_STOP = 4
 
 
@@ -63,8 +65,12 @@ class _GenerationRequest(BaseModel):
     def _refuse_unknown(self) -> _GenerationRequest:
         for name, value in (self.model_extra or {}).items():
             if name in NOT_IMPLEMENTED:
-                if value not in (None, False, 0, {}, []):
-                    raise ValueError(f"{name}: not supported by this server")
+                asks_nothing = (  # 0 == False in Python: keep booleans and numbers apart
+                    value == v and isinstance(value, bool) == isinstance(v, bool)
+                    for v in NOT_IMPLEMENTED[name]
+                )
+                if not any(asks_nothing):
+                    raise ValueError(f"{name}: {value!r} is not supported by this server")
             else:
                 raise ValueError(f"{name}: unknown field")
         if self.stream_options is not None and not self.stream:

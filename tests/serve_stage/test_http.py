@@ -85,6 +85,7 @@ def test_the_stream_on_the_wire_is_data_lines_with_one_id_ending_in_done(server)
         ({"prompt": [99999]}, 400, "prompt"),
         ({"prompt": "x", "temperature": 3}, 400, "temperature"),
         ({"prompt": "x", "logprobs": 2}, 400, None),
+        ({"prompt": "x", "logprobs": 0}, 400, None),  # 0 asks for the sampled tokens' logprobs
         ({"prompt": "x", "frobnicate": 1}, 400, None),
         ({"prompt": "x", "model": "other"}, 404, "model"),
         ({"prompt": "x", "session_id": "nobody"}, 404, "session_id"),
@@ -104,6 +105,12 @@ def test_non_finite_numbers_are_refused(server, value):
     r = httpx.post(f"{server.base}/v1/completions", content=body, timeout=60,
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", r.text
+
+
+def test_fields_asking_for_nothing_are_accepted(server):
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 2, "presence_penalty": 0,
+            "frequency_penalty": 0.0, "best_of": 1, "logprobs": None, "echo": False}  # fmt: skip
+    assert httpx.post(f"{server.base}/v1/completions", json=body, timeout=60).status_code == 200
 
 
 def test_malformed_json_and_unknown_routes_get_openai_errors(server):
