@@ -32,13 +32,11 @@ import httpx
 import psutil
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from data_stage import CorpusConfig, TokenizerConfig, train_tokenizer  # noqa: E402
-from tests.serve_stage.server_process import ServerProcess  # noqa: E402
-from train_stage.export import save_export  # noqa: E402
-from ttt_core import TTTLM, ModelConfig  # noqa: E402
+from data_stage import CorpusConfig, TokenizerConfig, train_tokenizer
+from flows.up import free_port
+from serve_stage import ServeConfig, launch
+from train_stage.export import save_export
+from ttt_core import TTTLM, ModelConfig
 
 
 def ints(text: str) -> list[int]:
@@ -152,16 +150,20 @@ def main() -> int:
                         continue
                     # a fresh server per point: RSS is a high-water mark, and an earlier
                     # point's prefill must not count in this one's
-                    server = ServerProcess(export, tmp / f"state-{mixer}-{n}-{length}",
-                                           "--max-batch", str(n), "--hot-sessions", str(n),
-                                           "--threads", str(args.threads), "--max-context",
-                                           str(length + args.turn_tokens + args.new_tokens))  # fmt: skip
+                    config = ServeConfig(
+                        model=str(export), state_dir=tmp / f"state-{mixer}-{n}-{length}",
+                        port=free_port(), max_batch=n, hot_sessions=n, threads=args.threads,
+                        max_context=length + args.turn_tokens + args.new_tokens,
+                    )  # fmt: skip
+                    server = launch(config, tmp / f"serve-{mixer}-{n}-{length}.log")
                     try:
-                        idle = psutil.Process(server.proc.pid).memory_info().rss
-                        point = asyncio.run(measure_point(server.base, mixer, vocab, n, length,
-                                                          args, server.proc.pid))  # fmt: skip
+                        idle = psutil.Process(server.pid).memory_info().rss
+                        point = asyncio.run(measure_point(server.base_url.removesuffix("/v1"),
+                                                          mixer, vocab, n, length, args,
+                                                          server.pid))  # fmt: skip
                     finally:
-                        server.terminate()
+                        server.process.terminate()
+                        server.process.wait()
                     rows.append({"mixer": mixer, **point, "server_rss_idle_bytes": idle})
                     print(json.dumps(rows[-1]), flush=True)
     result = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

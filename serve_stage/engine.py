@@ -290,7 +290,7 @@ class Engine:
                 except Exception:  # outside any one job's work: fail them all, keep serving
                     log.exception("engine iteration failed")
                     jobs = [*admitted, *(p.job for p in self._prefilling),
-                            *{id(r.job): r.job for r in self._rows}.values()]  # fmt: skip
+                            *self._row_jobs()]  # fmt: skip
                     self._rows, self._cache, self._prefilling = [], None, deque()
                     for job in jobs:
                         self._end(job, Failed(ServeError(500, "generation failed (see the log)")))
@@ -307,14 +307,13 @@ class Engine:
             head = self._prefilling[0]
             self._guarded(lambda: self._prefill_piece(head), [head.job])
         if self._rows:
-            self._guarded(self._step, list({id(r.job): r.job for r in self._rows}.values()))
+            self._guarded(self._step, self._row_jobs())
 
     def _admit(self) -> list[Job]:
         """Waiting jobs whose choices fit beside the rows there are, in order (lock held)."""
         for job in [j for j in self._waiting if j.cancelled]:  # their clients left while waiting
             self._waiting.remove(job)
-            self._busy.discard(job.session_id)
-            job.ended = True
+            self._drop(job)  # the condition's lock is reentrant
         admitted = []
         rows = len(self._rows) + sum(p.job.params.n for p in self._prefilling)
         while self._waiting and rows + self._waiting[0].params.n <= self.max_batch:
@@ -347,8 +346,7 @@ class Engine:
     def _begin(self, job: Job) -> None:
         """Start feeding the job's prompt, from its session's state or a fresh one."""
         if job.cancelled:
-            self._release(job)
-            job.ended = True
+            self._drop(job)
             return
         cache = self.store.state(job.session_id) if job.session_id else self.new_state()
         prompt = torch.tensor(job.prompt_ids, dtype=torch.long, device=self.device)
@@ -458,16 +456,23 @@ class Engine:
         last token and commit (its client has the whole answer)."""
         for prefill_ in [p for p in self._prefilling if p.job.cancelled]:
             self._prefilling.remove(prefill_)
-            self._release(prefill_.job)
-            prefill_.job.ended = True
+            self._drop(prefill_.job)
         dropped = [r for r in self._rows if r.job.cancelled and r.choice.finish_reason is None]
         if not dropped:
             return
         for job in {id(r.job): r.job for r in dropped}.values():
-            self._release(job)
-            job.ended = True
+            self._drop(job)
         gone = {id(r.job) for r in dropped}
         self._keep_rows([i for i, r in enumerate(self._rows) if id(r.job) not in gone])
+
+    def _row_jobs(self) -> list[Job]:
+        """The jobs of the rows in the batch, each once."""
+        return list({id(r.job): r.job for r in self._rows}.values())
+
+    def _drop(self, job: Job) -> None:
+        """A job whose client left: free its session; it gets no more events."""
+        self._release(job)
+        job.ended = True
 
     def _keep_rows(self, keep: list[int]) -> None:
         if len(keep) == len(self._rows):
@@ -489,7 +494,7 @@ class Engine:
     def _fail_all(self, error: ServeError) -> None:
         with self._cv:
             jobs = [*self._waiting, *(p.job for p in self._prefilling),
-                    *{id(r.job): r.job for r in self._rows}.values()]  # fmt: skip
+                    *self._row_jobs()]  # fmt: skip
             self._waiting.clear()
         self._rows, self._cache, self._prefilling = [], None, deque()
         for job in jobs:

@@ -26,9 +26,13 @@ START_GUARD_S = 600  # turns a hang into an error; loading a large model takes a
 
 @dataclass(frozen=True)
 class Launched:
-    pid: int
+    process: subprocess.Popen
     base_url: str  # OpenAI's base URL: http://host:port/v1
     log_file: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 def command(config: ServeConfig) -> list[str]:
@@ -52,7 +56,7 @@ def launch(config: ServeConfig, log_file: Path, env: dict[str, str] | None = Non
         try:
             health = httpx.get(f"{base}/health", timeout=2)
             if health.status_code == 200 and health.json().get("pid") == proc.pid:
-                return Launched(proc.pid, f"{base}/v1", log_file)  # ours, not another's
+                return Launched(proc, f"{base}/v1", log_file)  # ours, not another's
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:

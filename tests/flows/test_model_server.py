@@ -11,9 +11,9 @@ import pytest
 from flows.env import RUN_ROOT_ENV
 from flows.model_server import latest_export, serve_model
 from flows.request import InvalidRequest
+from flows.up import free_port
 
 from ..serve_stage.helpers import write_export
-from ..serve_stage.server_process import free_port
 
 
 def test_the_serve_flow_serves_the_newest_export(tmp_path, monkeypatch, debug_tiny_data):

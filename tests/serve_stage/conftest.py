@@ -19,7 +19,7 @@ def ttt_export(tmp_path_factory, debug_tiny_data) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, ttt_export):
     """One server for the module: --max-batch 2, --max-context 100000."""
-    proc = ServerProcess(ttt_export, tmp_path_factory.mktemp("state"),
-                         "--max-batch", "2", "--max-context", "100000")  # fmt: skip
+    proc = ServerProcess(ttt_export, tmp_path_factory.mktemp("state"), max_batch=2,
+                         max_context=100_000)  # fmt: skip
     yield proc
     assert proc.terminate()

@@ -1,48 +1,32 @@
-"""`python -m serve_stage` as a child process on a free port of 127.0.0.1, stopped by pid."""
+"""`python -m serve_stage` as a child process on a free port of 127.0.0.1 (started by
+`serve_stage.launch`), stopped by pid."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
-import httpx
-
-from ..helpers import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from flows.up import free_port
+from serve_stage import ServeConfig, launch
 
 
 class ServerProcess:
-    """Starts at construction and returns once /health answers."""
+    """Starts at construction (`ServeConfig` fields as keywords, one torch thread) and returns
+    once its /health answers."""
 
-    def __init__(self, model: Path | str, state_dir: Path, *flags: str):
-        self.model, self.state_dir, self.flags = str(model), Path(state_dir), flags
+    def __init__(self, model: Path | str, state_dir: Path, **fields: Any):
+        self.model, self.state_dir = str(model), Path(state_dir)
+        self.fields = {"threads": 1, **fields}
         self.start()
 
     def start(self) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = self.state_dir.parent / f"{self.state_dir.name}-{self.port}.log"
-        argv = [sys.executable, "-m", "serve_stage", "--model", self.model, "--state-dir",
-                str(self.state_dir), "--port", str(self.port), "--threads", "1", *self.flags]  # fmt: skip
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, f"the server on {self.base} (log {self.log})", every_s=0.2,
-                 process=self.proc)  # fmt: skip
-
-    def _healthy(self) -> bool:
-        try:
-            return httpx.get(f"{self.base}/health", timeout=5).status_code == 200
-        except httpx.TransportError:
-            return False
+        config = ServeConfig(model=self.model, state_dir=self.state_dir, port=free_port(),
+                             **self.fields)  # fmt: skip
+        self.log = self.state_dir.parent / f"{self.state_dir.name}-{config.port}.log"
+        launched = launch(config, self.log)
+        self.proc, self.base = launched.process, launched.base_url.removesuffix("/v1")
 
     def client(self):
         import openai
