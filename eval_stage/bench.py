@@ -95,20 +95,22 @@ Op = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 def matmul_floor(q, k, v, eta, W, ln_weight, ln_bias, *, chunk_size: int):
     """The dual form's matmuls per chunk of b tokens (X = k, Q = q chunks, (b, d)) and nothing
     else: G = X W, A = Q Xᵀ, Z = Q W - A G, W <- W - Xᵀ G, the subtractions fused into
-    `baddbmm`. v, eta and the LayerNorm are unused: their elementwise work is what a floor
-    leaves out. Returns z (B, H, T, d) and W (B, H, d, d) in q's dtype; T a multiple of b. Timed
-    in the forward mode only: autograd through this loop took longer than the fused dual
-    form's whole forward+backward (docs/performance.md), so it bounds nothing there."""
+    `baddbmm` and the weight updated in place (a fresh weight per chunk made it 22% slower at
+    B1 H64 T256 d128, so that floor was too easy to approach). v, eta and the LayerNorm are
+    unused: their elementwise work is what a floor leaves out. Returns z (B, H, T, d) and W
+    (B, H, d, d) in q's dtype; T a multiple of b. Timed in the forward mode only: autograd
+    through this loop took longer than the fused dual form's whole forward+backward
+    (docs/performance.md), so it bounds nothing there."""
     B, H, T, d = q.shape
     n, b = T // chunk_size, chunk_size
     Q, X = q.reshape(B * H, n, b, d), k.reshape(B * H, n, b, d)
-    state = W.to(q.dtype).reshape(B * H, d, d)  # every product in the benchmark dtype
+    state = W.to(q.dtype, copy=True).reshape(B * H, d, d)  # every product in the benchmark dtype
     z = []
     for c in range(n):
         G = torch.bmm(X[:, c], state)
         A = torch.bmm(Q[:, c], X[:, c].transpose(1, 2))
-        z.append(torch.baddbmm(torch.bmm(Q[:, c], state), A, G, alpha=-1))
-        state = torch.baddbmm(state, X[:, c].transpose(1, 2), G, alpha=-1)
+        z.append(torch.bmm(Q[:, c], state).baddbmm_(A, G, alpha=-1))
+        state.baddbmm_(X[:, c].transpose(1, 2), G, alpha=-1)
     return torch.stack(z, dim=1).reshape(B, H, T, d), state.reshape(B, H, d, d)
 
 

@@ -48,7 +48,7 @@ def test_dual_matches_anchored_primal_fp32(B, H, T, d, chunk):
 def test_dual_with_chunk_one_is_the_online_step():
     inputs = random_op_inputs(2, 3, 21, 8)
     z_online, W_online = ttt_linear_online(*inputs)
-    z_dual, W_dual = ttt_linear_dual(*inputs, chunk_size=1)
+    z_dual, W_dual = ttt_linear_dual(*inputs, chunk_size=1, backend="autograd")
     torch.testing.assert_close(z_dual, z_online, rtol=0, atol=1e-12)
     torch.testing.assert_close(W_dual, W_online, rtol=0, atol=1e-12)
 
@@ -136,7 +136,7 @@ def test_scan_resumed_mid_chunk_equals_one_scan(split):
 
 def test_chunked_step_reproduces_dual_token_by_token():
     q, k, v, eta, W, lw, lb = random_op_inputs(2, 2, 20, 8)
-    z_dual, W_dual = ttt_linear_dual(q, k, v, eta, W, lw, lb, chunk_size=8)
+    z_dual, W_dual = ttt_linear_dual(q, k, v, eta, W, lw, lb, chunk_size=8, backend="autograd")
     anchor, outputs = W, []
     for t in range(20):
         one = slice(t, t + 1)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from ..rope import apply_rope
+from ..rope import apply_rope_pair
 from ..state import KVState
 from .common import MixerOutput, merge_heads, split_heads
 
@@ -38,7 +38,7 @@ class AttentionMixer(nn.Module):
         written into the state's store (returned state; None without a state)."""
         H, theta = self.config.n_heads, self.config.rope_theta
         q, k, v = (split_heads(proj(x), H) for proj in (self.wq, self.wk, self.wv))
-        q, k = apply_rope(q, positions, theta), apply_rope(k, positions, theta)
+        q, k = apply_rope_pair(q, k, positions, theta)
         T = x.shape[1]
         if state is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)

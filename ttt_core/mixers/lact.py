@@ -15,7 +15,7 @@ from ..config import ModelConfig
 from ..norms import RMSNorm
 from ..ops.lact import chunk_step, lact_scan, swiglu_apply
 from ..precision import upcast, wide_dtype
-from ..rope import apply_rope
+from ..rope import apply_rope, apply_rope_pair
 from ..state import LactState, RingKVState
 from .common import MixerOutput, common_start, merge_heads, split_heads
 from .swa import sliding_window_attention
@@ -130,7 +130,7 @@ class LactMixer(nn.Module):
         H, Hf, theta = cfg.n_heads, cfg.lact_heads, cfg.rope_theta
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         qa, ka, va = (split_heads(t, H) for t in (q, k, v))
-        qa, ka = apply_rope(qa, positions, theta), apply_rope(ka, positions, theta)
+        qa, ka = apply_rope_pair(qa, ka, positions, theta)
         fast_q = F.silu(q * self.qk_scale[:, 0] + self.qk_offset[:, 0])
         fast_k = F.silu(k * self.qk_scale[:, 1] + self.qk_offset[:, 1])
         fast_q, fast_k = (_l2_normalise(split_heads(t, Hf)) for t in (fast_q, fast_k))

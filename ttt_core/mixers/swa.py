@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..rope import apply_rope
+from ..rope import apply_rope_pair
 from ..state import RingKVState
 from .attention import AttentionMixer
 from .common import MixerOutput, merge_heads, split_heads
@@ -92,7 +92,7 @@ class SlidingWindowMixer(AttentionMixer):
     ) -> MixerOutput:
         H, theta = self.config.n_heads, self.config.rope_theta
         q, k, v = (split_heads(proj(x), H) for proj in (self.wq, self.wk, self.wv))
-        q, k = apply_rope(q, positions, theta), apply_rope(k, positions, theta)
+        q, k = apply_rope_pair(q, k, positions, theta)
         out, ring = sliding_window_attention(q, k, v, positions, self.config.window_size, state)
         return MixerOutput(self.wo(merge_heads(out)), ring, None)
 

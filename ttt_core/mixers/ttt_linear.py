@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..ops import DualResult, dual_scan, ttt_linear_chunked_step, ttt_linear_online
 from ..ops.ttt_linear.common import state_dtype
-from ..rope import apply_rope
+from ..rope import apply_rope_pair
 from ..state import FastWeightState
 from .common import MixerOutput, common_start, merge_heads, split_heads
 
@@ -41,8 +41,7 @@ class TTTLinearMixer(nn.Module):
         H, b = self.config.n_heads, self.config.chunk_size
         q, k, v = (split_heads(proj(x), H) for proj in (self.wq, self.wk, self.wv))
         in_chunk = positions % b
-        q = apply_rope(q, in_chunk, self.config.rope_theta)
-        k = apply_rope(k, in_chunk, self.config.rope_theta)
+        q, k = apply_rope_pair(q, k, in_chunk, self.config.rope_theta)
         gate = self.eta_gate(x)
         eta = self.config.eta_base * torch.sigmoid(gate.to(state_dtype(gate)))  # (B, T, H or 1)
         return q, k, v, eta.transpose(1, 2).expand(-1, H, -1)

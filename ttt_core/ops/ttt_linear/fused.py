@@ -1,19 +1,24 @@
 """The dual form with a hand-written backward (`backend="fused"`): the results of the autograd
-loop in `dual.py` at a fraction of its memory.
+loop in `dual.py` at a fraction of its memory and time.
 
-Per chunk (anchor W, rows Q, K, V (b, d), eta (b,), s = 2/b, M strictly lower-triangular):
+Per chunk (anchor W, rows Q, K, V (b, d), eta (b,), s = 2/b, M strictly lower-triangular, the
+inner LayerNorm LN(u) = w * x_hat(u) + beta with x_hat = (u - mean u) * rstd):
 
     U = K W^T,  R = K + LN(U) - V,  G = LN'(U)^T (s R),  A = (Q K^T) * M * eta_col
-    P = Q W^T - A G,  Z = Q + LN(P),  W_next = W - (eta G)^T K
+    P = Q W^T - A G,  Z = Q + LN(P),  W_next = W - G^T (eta K)
 
-Forward walks the chunks once, updating one running weight in place, and keeps (only when a
-gradient is needed) the two pre-LayerNorm activations `U` and `P` ((b, d) each) of every chunk
-and the (d, d) weight of every `weight_stride`-th chunk. Backward walks the chunks in reverse
-carrying `dW` (the gradient of the chunk's end state, accumulated in place): per segment it first
-replays the weights in between from the stored one (the inner gradients come from `U` alone, so
-the replay is exact), then recomputes LayerNorm statistics, `R`, `G` and `Q K^T` per chunk and
-applies the analytic first- and second-order gradients of the inner LayerNorm; nothing is
-differentiated by autograd. Precision follows
+Q K^T and A, which do not depend on W, are formed for all chunks at once before the loop; the
+loop does the other four products per chunk and the LayerNorm work in as few passes as the
+algebra allows (the native LayerNorm kernels for the statistics and for x_hat's
+vector-Jacobian product). On CPU a fresh (B, H, T, d)-sized temporary costs more in memory
+traffic than batching K - V or eta K over the chunks saves, so those are formed per chunk. Forward keeps, only when a gradient is needed, the normalised
+`x_hat` and `rstd` of U and P of every chunk and the (d, d) weight of every `weight_stride`-th
+chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end
+state, accumulated in place): per segment it first replays the weights in between from the
+stored one (the inner gradients come from U's statistics alone, so the replay is bitwise exact),
+then applies the analytic first- and second-order gradients of the inner LayerNorm; the terms
+through A and the LayerNorm bias's sums are formed for all chunks at once after the loop;
+nothing is differentiated by autograd. Precision follows
 `dual.py`: `W`-products and `Q K^T` run in the activation dtype in forward; the backward runs in
 the state dtype.
 """
@@ -31,12 +36,8 @@ from .common import (
     chunk_inner_loss,
     fast_weight_product,
     from_chunks,
-    inner_ln,
-    inner_ln_backward,
-    masked_scores,
     no_autocast,
     real_slots,
-    residual_from_u,
     state_dtype,
     strictly_lower,
     to_chunks,
@@ -80,78 +81,6 @@ def fused_dual_scan(
     )
 
 
-class _InnerGrad(NamedTuple):
-    """A chunk's inner-loss gradient factors at its anchor and the LayerNorm quantities that
-    made them, state dtype: g, e = s (K + LN(U) - V), h = ln_w * e, x_hat (BH, b, d); sigma
-    (BH, b, 1)."""
-
-    g: Tensor
-    e: Tensor
-    h: Tensor
-    x_hat: Tensor
-    sigma: Tensor
-
-
-def _inner_grad_from_u(
-    u: Tensor, k: Tensor, v: Tensor, ln_w: Tensor, ln_b: Tensor, eps: float, scale: float
-) -> tuple[_InnerGrad, Tensor]:
-    """The chunk's `G` from its pre-LN activations `u = K grad_at^T`, and the residual r."""
-    r, x_hat, sigma = residual_from_u(u, k, v, ln_w, ln_b, eps)
-    return _inner_grad(x_hat, sigma, r, ln_w, scale), r
-
-
-def _inner_grad(x_hat: Tensor, sigma: Tensor, r: Tensor, ln_w: Tensor, scale: float) -> _InnerGrad:
-    """The inner gradient factors from the residual r and the LN statistics of U."""
-    e = scale * r
-    g = inner_ln_backward(e, x_hat, sigma, ln_w)
-    return _InnerGrad(g, e, ln_w[:, None] * e, x_hat, sigma)
-
-
-class _Chunk(NamedTuple):
-    """One chunk's forward quantities, state dtype: rows (BH, b, d), eta (BH, b), weights
-    (BH, d, d). `grad_at` is the weight the inner gradients were taken at (the anchor); `inner`
-    the recomputed inner gradient."""
-
-    q: Tensor
-    k: Tensor
-    eta: Tensor
-    W: Tensor
-    grad_at: Tensor
-    ln_p: tuple[Tensor, Tensor]  # x_hat, sigma of P = Q W^T - A G
-    scores: Tensor  # Q K^T (BH, b, b)
-    inner: _InnerGrad
-
-
-class _ChunkGrads(NamedTuple):
-    """Gradients of one chunk (LN params per (batch, head) row); d_grad_at w.r.t. the weight its
-    inner gradients were taken at, when that is not the weight it read (else it is in dW)."""
-
-    dq: Tensor
-    dk: Tensor
-    dv: Tensor
-    deta: Tensor
-    d_ln_w: Tensor
-    d_ln_b: Tensor
-    d_grad_at: Tensor | None
-
-
-class _LNStats(NamedTuple):
-    """LayerNorm statistics of every chunk: x_hat (BH, n, b, d), sigma (BH, n, b, 1)."""
-
-    x_hat: Tensor
-    sigma: Tensor
-
-    @classmethod
-    def empty(cls, rows: int, n: int, b: int, d: int, like: Tensor) -> _LNStats:
-        return cls(like.new_empty(rows, n, b, d), like.new_empty(rows, n, b, 1))
-
-    def store(self, c: int, x_hat: Tensor, sigma: Tensor) -> None:
-        self.x_hat[:, c], self.sigma[:, c] = x_hat, sigma
-
-    def at(self, c: int) -> tuple[Tensor, Tensor]:
-        return self.x_hat[:, c], self.sigma[:, c]
-
-
 def default_weight_stride(n_chunks: int) -> int:
     """Forward stores the weight of every `stride`-th chunk, backward replays the updates in
     between: ceil(sqrt(n)) keeps about 2 sqrt(n) (d, d) weights alive instead of n, for one
@@ -159,10 +88,99 @@ def default_weight_stride(n_chunks: int) -> int:
     return max(1, math.ceil(math.sqrt(n_chunks)))
 
 
+class _Layout(NamedTuple):
+    """One scan's inputs by chunk and what does not depend on W: k, v (BH, n, b, d), eta
+    (BH, n, b); per-(batch, head) LayerNorm weight `w`, `s w` and bias (BH, 1, d) with s = 2 / b
+    the inner loss's `scale`; scores Q K^T, mask_eta = M * eta_col and A = scores * mask_eta
+    (BH, n, b, b), state dtype. Nothing here is (BH, n, b, d)-sized beyond the inputs' views
+    (see the module docstring)."""
+
+    scale: float
+    kc: Tensor
+    vc: Tensor
+    eta_c: Tensor
+    w: Tensor
+    sw: Tensor
+    bias: Tensor
+    scores: Tensor
+    mask_eta: Tensor
+    A: Tensor
+
+    @classmethod
+    def of(cls, qc, kc, vc, eta_c, ln_weight, ln_bias, batch, sd) -> _Layout:
+        """qc, kc, vc (BH, n, b, d) in the activation dtype, eta_c (BH, n, b) in `sd`."""
+        b = qc.shape[2]
+        w, bias = (p.to(sd).repeat(batch, 1)[:, None, :] for p in (ln_weight, ln_bias))
+        scores = torch.matmul(qc, kc.transpose(-1, -2)).to(sd)
+        mask_eta = strictly_lower(b, qc.device) * eta_c[:, :, None, :]
+        scale = 2.0 / b
+        return cls(scale, kc, vc, eta_c, w, scale * w, bias, scores, mask_eta, scores * mask_eta)
+
+
+class _Normalised(NamedTuple):
+    """LayerNorm statistics of every chunk: x_hat (BH, n, b, d), rstd (BH, n, b, 1)."""
+
+    x_hat: Tensor
+    rstd: Tensor
+
+    @classmethod
+    def empty(cls, rows: int, n: int, b: int, d: int, like: Tensor) -> _Normalised:
+        return cls(like.new_empty(rows, n, b, d), like.new_empty(rows, n, b, 1))
+
+    def at(self, c: int) -> tuple[Tensor, Tensor]:
+        return self.x_hat[:, c], self.rstd[:, c]
+
+
+def _normalise(u: Tensor, eps: float, out: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """(x_hat, rstd) of u (BH, b, d) over its last dim, biased variance; written into `out`
+    (two views) when given."""
+    x_hat, _, rstd = torch.native_layer_norm(u, [u.shape[-1]], None, None, eps)
+    if out is None:
+        return x_hat, rstd
+    out[0].copy_(x_hat)
+    out[1].copy_(rstd)
+    return out
+
+
+def _ln_vjp(dy: Tensor, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
+    """`rstd * (dy - mean(dy) - x_hat * mean(dy * x_hat))`: the vector-Jacobian product of
+    `x_hat(u)` (a symmetric operator), over the last dim of (BH, b, d). `unit` is (zeros, ones)
+    shaped like rstd, so the fused native kernel normalises nothing again."""
+    zeros, ones = unit
+    mask = [True, False, False]
+    vjp = torch.ops.aten.native_layer_norm_backward(
+        dy, x_hat, [dy.shape[-1]], zeros, ones, None, None, mask
+    )
+    return vjp[0].mul_(rstd)
+
+
+def _unit(like: Tensor) -> tuple[Tensor, Tensor]:
+    """(zeros, ones) shaped like a chunk's rstd (BH, b, 1): `_ln_vjp`'s mean and rstd."""
+    return torch.zeros_like(like), torch.ones_like(like)
+
+
+def _inner_grad(
+    lay: _Layout, c: int, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(g, h, r) of chunk c from U's statistics, state dtype: r = K - V + bias + w x_hat,
+    h = s w r, g = x_hat'(U)^T h."""
+    sd = x_hat.dtype
+    r = torch.sub(lay.kc[:, c].to(sd), lay.vc[:, c].to(sd)).add_(lay.bias).addcmul_(lay.w, x_hat)
+    h = r * lay.sw
+    return _ln_vjp(h, x_hat, rstd, unit), h, r
+
+
+def _update(lay: _Layout, c: int, W: Tensor, g: Tensor, out: Tensor) -> Tensor:
+    """`W - g^T (eta K)` (BH, d, d) for chunk c in one fused product, written into `out` (W
+    itself for an update in place)."""
+    keta = lay.kc[:, c].to(W.dtype) * lay.eta_c[:, c, :, None]
+    return torch.baddbmm(W, g.transpose(1, 2), keta, alpha=-1, out=out)
+
+
 class FusedDualScan(torch.autograd.Function):
     """(q, k, v, eta, W, anchor | None, ln_weight, ln_bias, b, eps, first_pos, with_inner_loss,
-    weight_stride | None) -> (z (B, H, T, d), W_next, the weight the last chunk's gradients were taken at, inner-loss
-    stats (3,) or an empty tensor).
+    weight_stride | None) -> (z (B, H, T, d), W_next, the weight the last chunk's gradients
+    were taken at, inner-loss stats (3,) or an empty tensor).
 
     Internally batch and heads are one dimension and tokens are (chunk, slot): per-chunk tensors
     are strided views (BH, b, d), weights (BH, d, d), and weight updates single `baddbmm` calls."""
@@ -180,38 +198,36 @@ class FusedDualScan(torch.autograd.Function):
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x, b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
-            ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
+            lay = _Layout.of(qc, kc, vc, eta_c, ln_weight, ln_bias, B, sd)
             W_c = W.reshape(B * H, d, d).to(sd, copy=True)  # the running weight, updated in place
             W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
-            # what backward needs of each chunk: the LayerNorm statistics of U = K W^T and of
-            # P = Q W^T - A G (x_hat (b, d) and sigma (b, 1) each), not U and P themselves
-            ln_u, ln_p = (_LNStats.empty(B * H, n, b, d, W_c) if keep else None for _ in range(2))
-            z = W_c.new_empty(B * H, n, b, d)
+            ln_u, ln_p = (
+                _Normalised.empty(B * H, n, b, d, W_c) if keep else None for _ in range(2)
+            )
+            unit = _unit(W_c.new_empty(B * H, b, 1))
+            z = qc.to(sd) + lay.bias[:, None]  # Z = Q + bias + w x_hat(P), the last term per chunk
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
-                q_c, k_c, v_c, eta_cc = qc[:, c], kc[:, c], vc[:, c], eta_c[:, c]
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
-                u = fast_weight_product(k_c, grad_at)
-                inner, r = _inner_grad_from_u(u, k_c, v_c, ln_w, ln_b, eps, 2.0 / b)
-                p = fast_weight_product(q_c, W_c) - masked_scores(q_c, k_c, eta_cc) @ inner.g
-                ln_of_p, x_hat_p, sigma_p = inner_ln(p, ln_w, ln_b, eps)
-                z[:, c] = q_c.to(sd) + ln_of_p
-                if keep:
-                    ln_u.store(c, inner.x_hat, inner.sigma)
-                    ln_p.store(c, x_hat_p, sigma_p)
+                u = fast_weight_product(kc[:, c], grad_at)
+                x_hat, rstd = _normalise(u, eps, ln_u.at(c) if keep else None)
+                g, _, r = _inner_grad(lay, c, x_hat, rstd, unit)
+                p = fast_weight_product(qc[:, c], W_c).baddbmm_(lay.A[:, c], g, alpha=-1)
+                z[:, c].addcmul_(lay.w, _normalise(p, eps, ln_p.at(c) if keep else None)[0])
                 if c == n - 1:
                     last_grad_at = grad_at.clone()
-                W_c.baddbmm_(_eta_weighted(inner.g, eta_cc), k_c.to(sd), alpha=-1)
+                _update(lay, c, W_c, g, out=W_c)
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
-                    loss += chunk_inner_loss(r, k_c, v_c, W_c, ln_w, ln_b, eps, real)
+                    ln_w, ln_b = lay.w[:, 0], lay.bias[:, 0]
+                    loss += chunk_inner_loss(r, kc[:, c], vc[:, c], W_c, ln_w, ln_b, eps, real)
                 grad_at = W_c
             z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
             ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_u, *ln_p)
-            ctx.config = (b, eps, first_pos, stride, W.dtype)
+            ctx.config = (b, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
         return z, W_c.reshape(B, H, d, d), last_grad_at.reshape(B, H, d, d), stats
@@ -219,46 +235,42 @@ class FusedDualScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
         q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *stats = ctx.saved_tensors
-        ln_u, ln_p = _LNStats(*stats[:2]), _LNStats(*stats[2:])
-        b, eps, first_pos, stride, W_dtype = ctx.config
+        ln_u, ln_p = _Normalised(*stats[:2]), _Normalised(*stats[2:])
+        b, first_pos, stride, W_dtype = ctx.config
         B, H, T, d = q.shape
         n, sd = ln_u.x_hat.shape[1], W_saved.dtype
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x.to(sd), b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
             dz_c = _chunked(_or_zeros(dz, q).to(sd), b, first_pos, n)
-            ln_w, ln_b = _per_row(ln_weight.to(sd), B), _per_row(ln_bias.to(sd), B)
-            dq, dk, dv = (torch.empty_like(ln_u.x_hat) for _ in range(3))
-            deta = ln_u.x_hat.new_empty(B * H, n, b)
-            d_ln_w, d_ln_b = torch.zeros_like(ln_w), torch.zeros_like(ln_b)
+            lay = _Layout.of(qc, kc, vc, eta_c, ln_weight, ln_bias, B, sd)
+            unit = _unit(W_saved.new_empty(B * H, b, 1))
+            grads = _Grads.empty(B * H, n, b, d, W_saved)
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
             dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
             anchor_rows = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             d_anchor = None
+            replayed = W_saved.new_empty(stride - 1, B * H, d, d)
             for start in reversed(range(0, n, stride)):
                 chunks = range(start, min(start + stride, n))
-                segment = _replay(
-                    W_saved[start // stride], chunks, ln_u, kc, vc, eta_c, ln_w, ln_b, 2.0 / b
-                )
+                segment = _replay(W_saved[start // stride], chunks, ln_u, lay, unit, replayed)
                 for c in reversed(chunks):
                     W_c, inner = segment[c - start]
                     own_anchor = anchor_rows is not None and c == 0
                     grad_at = anchor_rows if own_anchor else W_c
-                    q_c, k_c = qc[:, c], kc[:, c]
-                    scores = torch.bmm(q_c, k_c.transpose(1, 2))
-                    chunk = _Chunk(q_c, k_c, eta_c[:, c], W_c, grad_at, ln_p.at(c), scores, inner)
-                    g = _chunk_backward(chunk, dz_c[:, c], dW, ln_w, eps, 2.0 / b, not own_anchor)
-                    dq[:, c], dk[:, c], dv[:, c], deta[:, c] = g.dq, g.dk, g.dv, g.deta
-                    d_ln_w += g.d_ln_w
-                    d_ln_b += g.d_ln_b
+                    rows = _Rows(qc[:, c], kc[:, c], eta_c[:, c, :, None], dz_c[:, c], W_c, grad_at)
+                    d_grad_at = _chunk_backward(
+                        c, rows, inner, ln_u, ln_p, dW, grads, lay, unit, own_anchor
+                    )
                     if own_anchor:
-                        d_anchor = g.d_grad_at
+                        d_anchor = d_grad_at
                     if c == n - 1 and d_last_anchor is not None:  # the returned anchor's gradient
                         last = d_last_anchor.reshape(B * H, d, d).to(sd)
                         if own_anchor:
                             d_anchor = d_anchor + last
                         else:
                             dW.add_(last)
+            dq, dk, dv, deta, d_ln_w, d_ln_b = grads.finish(qc, kc, dz_c, lay)
         dq, dk, dv, deta = (_unchunked(x, B, first_pos, T) for x in (dq, dk, dv, deta))
         return (
             dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), deta.to(eta.dtype),
@@ -270,39 +282,119 @@ class FusedDualScan(torch.autograd.Function):
         )  # fmt: skip
 
 
+class _Inner(NamedTuple):
+    """A chunk's inner-loss gradient `g`, and `h = s w r`, `r = K + LN(U) - V` that made it
+    (BH, b, d), state dtype."""
+
+    g: Tensor
+    h: Tensor
+    r: Tensor
+
+
+class _Rows(NamedTuple):
+    """One chunk's inputs in backward, state dtype: q, k, dz (BH, b, d), eta (BH, b, 1); the
+    weight it read and the one its inner gradients were taken at (BH, d, d)."""
+
+    q: Tensor
+    k: Tensor
+    eta: Tensor
+    dz: Tensor
+    W: Tensor
+    grad_at: Tensor
+
+
+class _Grads(NamedTuple):
+    """What the reverse loop fills per chunk, state dtype: dq and dk without their terms through
+    A, dv (BH, n, b, d); dA (BH, n, b, b); deta_update (BH, n, b), the W-update term of d eta;
+    ln_w_terms (BH, b, d), the summands of the LayerNorm weight's gradient, accumulated over the
+    chunks (summed over the rows once, at the end)."""
+
+    dq: Tensor
+    dk: Tensor
+    dv: Tensor
+    dA: Tensor
+    deta_update: Tensor
+    ln_w_terms: Tensor
+
+    @classmethod
+    def empty(cls, rows: int, n: int, b: int, d: int, like: Tensor) -> _Grads:
+        full = [like.new_empty(rows, n, b, d) for _ in range(3)]
+        return cls(*full, like.new_empty(rows, n, b, b), like.new_empty(rows, n, b),
+                   like.new_zeros(rows, b, d))  # fmt: skip
+
+    def finish(self, qc: Tensor, kc: Tensor, dz_c: Tensor, lay: _Layout):
+        """(dq, dk, dv, deta (BH, n, b[, d]), d_ln_w, d_ln_b (BH, d)), adding the terms of every
+        chunk at once: through A = (Q K^T) * M * eta_col (batched products over all chunks), and
+        the LayerNorm bias's (Z's, and the bias in K - V + bias, whose gradient is -dv)."""
+        b, d = self.dq.shape[-2:]
+        dS = self.dA * lay.mask_eta
+        self.dq.view(-1, b, d).baddbmm_(dS.view(-1, b, b), kc.reshape(-1, b, d))
+        dS_t = dS.transpose(-1, -2).reshape(-1, b, b)
+        self.dk.view(-1, b, d).baddbmm_(dS_t, qc.reshape(-1, b, d))
+        mask = strictly_lower(b, qc.device)
+        deta = (self.dA * lay.scores * mask).sum(-2).sub_(self.deta_update)
+        d_ln_b = dz_c.sum((1, 2)).sub_(self.dv.sum((1, 2)))
+        return self.dq, self.dk, self.dv, deta, self.ln_w_terms.sum(1), d_ln_b
+
+
+def _chunk_backward(
+    c: int, x: _Rows, inner: _Inner, ln_u: _Normalised, ln_p: _Normalised, dW: Tensor,
+    grads: _Grads, lay: _Layout, unit: tuple[Tensor, Tensor], own_anchor: bool,
+) -> Tensor | None:  # fmt: skip
+    """Chunk c's gradients into `grads`, given dz and dW, the gradient of its end state, which
+    becomes in place the gradient of the weight it read (plus of `grad_at` when that is it).
+    Returns the gradient of `grad_at` when it is the caller's anchor, else None. Names with an
+    `n_` prefix hold the negated gradient (fewer passes: every use of dG is linear)."""
+    x_hat, rstd = ln_u.at(c)
+    d = x_hat.shape[-1]
+    # Z = Q + w x_hat(P) + bias (the bias's share is summed later)
+    x_hat_p, rstd_p = ln_p.at(c)
+    grads.ln_w_terms.addcmul_(x.dz, x_hat_p)
+    dP = _ln_vjp(x.dz * lay.w, x_hat_p, rstd_p, unit)
+    # P = Q W^T - A G
+    grads.dA[:, c] = torch.bmm(dP, inner.g.transpose(1, 2)).neg_()
+    grads.dq[:, c] = torch.baddbmm(x.dz, dP, x.W)
+    # W_next = W - G^T (eta K)
+    g_dW = torch.bmm(inner.g, dW)
+    grads.deta_update[:, c] = torch.linalg.vecdot(g_dW, x.k)
+    n_dg = torch.bmm(x.k, dW.transpose(1, 2)).mul_(x.eta)
+    n_dg.baddbmm_(lay.A[:, c].transpose(1, 2), dP)
+    # G = x_hat'(U)^T H with H = s w R, differentiated through H, x_hat and rstd of U
+    h_x = torch.linalg.vecdot(inner.h, x_hat)[..., None].mul_(rstd / d)
+    n_dg_x = torch.linalg.vecdot(n_dg, x_hat)[..., None].mul_(rstd / d)
+    n_rstd_term = torch.linalg.vecdot(n_dg, inner.g)[..., None].mul_(rstd / d)
+    n_dh = _ln_vjp(n_dg, x_hat, rstd, unit)
+    dx_hat = torch.addcmul(inner.h * n_dg_x, n_dg, h_x)
+    n_dr = lay.sw * n_dh
+    # R = K - V + bias + w x_hat: the weight's share (the bias's is -dv, summed later)
+    grads.ln_w_terms.addcmul_(torch.addcmul(inner.r, lay.w, x_hat), n_dh, value=-lay.scale)
+    dU = _ln_vjp(dx_hat.addcmul_(lay.w, n_dr, value=-1), x_hat, rstd, unit)
+    dU.addcmul_(x_hat, n_rstd_term)
+    # U = K grad_at^T; dK also collects -eta G dW_next (and dS^T Q, added later)
+    grads.dk[:, c] = torch.baddbmm(n_dr.addcmul(x.eta, g_dW), dU, x.grad_at, beta=-1)
+    grads.dv[:, c] = n_dr
+    # dW_next has been read: it now becomes the gradient of the weight this chunk read.
+    dW.baddbmm_(dP.transpose(1, 2), x.q)
+    if own_anchor:
+        return torch.bmm(dU.transpose(1, 2), x.k)
+    dW.baddbmm_(dU.transpose(1, 2), x.k)
+    return None
+
+
 def _replay(
-    W_start: Tensor,
-    chunks: range,
-    ln_u: _LNStats,
-    kc: Tensor,
-    vc: Tensor,
-    eta_c: Tensor,
-    ln_w: Tensor,
-    ln_b: Tensor,
-    scale: float,
-) -> list[tuple[Tensor, _InnerGrad]]:
+    W_start: Tensor, chunks: range, ln_u: _Normalised, lay: _Layout, unit, buffer: Tensor
+) -> list[tuple[Tensor, _Inner]]:
     """[(W read by chunk c, its inner gradient) for c in `chunks`], from the stored weight of the
-    first: the inner gradients come from the saved `U` (no product with W), each next weight
-    from one update, exactly as forward made them."""
+    first: the inner gradients come from the saved statistics of U (no product with W), each
+    next weight from one update, exactly as forward made them, written into `buffer`
+    (stride - 1, BH, d, d), reused by every segment."""
     out, W_c = [], W_start
-    for c in chunks:
-        x_hat, sigma = ln_u.at(c)
-        ln_of_u = ln_w[:, None, :] * x_hat + ln_b[:, None, :]  # as `inner_ln` forms it
-        inner = _inner_grad(x_hat, sigma, kc[:, c] + ln_of_u - vc[:, c], ln_w, scale)
+    for i, c in enumerate(chunks):
+        inner = _Inner(*_inner_grad(lay, c, *ln_u.at(c), unit))
         out.append((W_c, inner))
         if c != chunks[-1]:
-            W_c = _updated(W_c, inner.g, eta_c[:, c], kc[:, c])
+            W_c = _update(lay, c, W_c, inner.g, out=buffer[i])
     return out
-
-
-def _updated(W: Tensor, g: Tensor, eta: Tensor, k: Tensor) -> Tensor:
-    """`W - (eta g)^T k` in one fused product: W (BH, d, d), g and k (BH, b, d), eta (BH, b)."""
-    return torch.baddbmm(W, _eta_weighted(g, eta), k.to(W.dtype), alpha=-1)
-
-
-def _eta_weighted(g: Tensor, eta: Tensor) -> Tensor:
-    """`(eta g)^T` (BH, d, b): the left factor of a weight update."""
-    return (g * eta[..., None]).transpose(1, 2)
 
 
 def _chunked(x: Tensor, chunk_size: int, first_pos: int, n_chunks: int) -> Tensor:
@@ -318,83 +410,6 @@ def _unchunked(x: Tensor, batch: int, first_pos: int, length: int) -> Tensor:
     return from_chunks(x.unflatten(0, (batch, -1)), first_pos, length)
 
 
-def _per_row(param: Tensor, batch: int) -> Tensor:
-    """LN parameter (H, d) -> (B * H, d), matching the flattened (batch, head) dimension."""
-    return param.repeat(batch, 1)
-
-
 def _or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
     """An output's incoming gradient, zeros when autograd passes None (the output was unused)."""
     return torch.zeros_like(like) if grad is None else grad
-
-
-def _chunk_backward(
-    x: _Chunk,
-    dz: Tensor,
-    dW: Tensor,
-    ln_w: Tensor,
-    eps: float,
-    scale: float,
-    grad_at_is_W: bool,
-) -> _ChunkGrads:
-    """Gradients of one chunk given dz (BH, b, d) and dW, the gradient of its end state, which
-    becomes in place the gradient of the weight it read (plus of `grad_at` when that is it)."""
-    mask = strictly_lower(x.q.shape[-2], x.q.device)
-    g, e, h, x_hat, sigma = x.inner
-    x_hat_p, sigma_p = x.ln_p
-    scores = x.scores
-    mask_eta = mask * x.eta[:, None, :]
-    # Z = Q + LN(P)
-    d_ln_w = (dz * x_hat_p).sum(1)
-    d_ln_b = dz.sum(1)
-    dP = inner_ln_backward(dz, x_hat_p, sigma_p, ln_w)
-    # P = Q W^T - A G with A = (Q K^T) * M * eta_col
-    dA = torch.bmm(dP, g.transpose(1, 2)).neg_()
-    dS = dA * mask_eta
-    deta = (dA * scores * mask).sum(1)
-    dq = torch.baddbmm(torch.baddbmm(dz, dP, x.W), dS, x.k)
-    # W_next = W - (eta G)^T K
-    g_dW = torch.bmm(g, dW)
-    eta_col = x.eta[..., None]
-    dg = torch.bmm((scores * mask_eta).transpose(1, 2), dP)
-    dg = dg.addcmul_(eta_col, torch.bmm(x.k, dW.transpose(1, 2))).neg_()
-    deta = deta - (g_dW * x.k).sum(-1)
-    # G = LN'(U)^T e, e = s (K + LN(U) - V), differentiated through e, x_hat and sigma
-    dh, dx_hat, dsigma = _ln_backward_grads(dg, g, h, x_hat, sigma)
-    dr = (scale * ln_w[:, None]) * dh
-    d_ln_w += (e * dh + dr * x_hat).sum(1)
-    d_ln_b += dr.sum(1)
-    dU = _ln_input_grad(dx_hat.addcmul_(ln_w[:, None], dr), dsigma, x_hat, sigma)
-    # U = K grad_at^T; dK also collects -eta G dW_next, dS^T Q and dr
-    dk = torch.baddbmm(dr.addcmul(eta_col, g_dW, value=-1), dU, x.grad_at)
-    dk = torch.baddbmm(dk, dS.transpose(1, 2), x.q)
-    # dW_next has been read: it now becomes the gradient of the weight this chunk read (in one
-    # product over the stacked rows when the inner gradients were taken at that weight too).
-    d_grad_at = None
-    if grad_at_is_W:
-        dW.baddbmm_(torch.cat([dP, dU], 1).transpose(1, 2), torch.cat([x.q, x.k], 1))
-    else:
-        dW.baddbmm_(dP.transpose(1, 2), x.q)
-        d_grad_at = torch.bmm(dU.transpose(1, 2), x.k)
-    return _ChunkGrads(dq, dk, dr.neg_(), deta, d_ln_w, d_ln_b, d_grad_at)
-
-
-def _ln_backward_grads(
-    dg: Tensor, g: Tensor, h: Tensor, x_hat: Tensor, sigma: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of `g = (h - mean(h) - x_hat * mean(h * x_hat)) / sigma` (the LN backward, with
-    h = ln_weight * e) w.r.t. h, x_hat and sigma, given dg; means over the last dim."""
-    t = dg / sigma
-    t_x = (t * x_hat).mean(-1, keepdim=True)
-    dh = t - t.mean(-1, keepdim=True) - x_hat * t_x
-    dx_hat = -(h * x_hat).mean(-1, keepdim=True) * t - h * t_x
-    dsigma = -(g * dg).sum(-1, keepdim=True) / sigma
-    return dh, dx_hat, dsigma
-
-
-def _ln_input_grad(dx_hat: Tensor, dsigma: Tensor, x_hat: Tensor, sigma: Tensor) -> Tensor:
-    """du for `x_hat = (u - mean(u)) / sigma`, `sigma = sqrt(var(u) + eps)` given the gradients
-    of both (d sigma / d u = x_hat / d)."""
-    centered = dx_hat - dx_hat.mean(-1, keepdim=True)
-    through_x_hat = (centered - x_hat * (dx_hat * x_hat).mean(-1, keepdim=True)) / sigma
-    return through_x_hat + dsigma * x_hat / x_hat.shape[-1]
