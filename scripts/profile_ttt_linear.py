@@ -1,6 +1,7 @@
 """Where the TTT-Linear dual op spends its time on CPU: torch.profiler's top ops by self time,
 for the forward and for forward + backward, at one shape (default: issue 28's B1 H64 T256 d128
-chunk 16, fp32). Prints both tables and writes them as JSON.
+chunk 16, fp32). Prints both tables with the call's median time unprofiled and its mean time under the profiler
+(whose per-op overhead inflates the small ops' self times), and writes them as JSON.
 
     python scripts/profile_ttt_linear.py --out docs/results/profile_ttt_linear.json
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -58,6 +61,16 @@ def top_ops(prof, count: int, repeats: int) -> list[dict]:
     ]
 
 
+def median_ms(fn, repeats: int) -> float:
+    """Median wall milliseconds of `repeats` calls of fn, outside any profiler."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def main() -> None:
     args = parse_args()
     shape = BenchShape(batch=args.batch, heads=args.heads, head_dim=args.head_dim,
@@ -70,21 +83,29 @@ def main() -> None:
         if grad:
             (z.sum() + W.sum()).backward()
 
-    tables = {}
+    tables, unprofiled_ms, profiled_ms = {}, {}, {}
     for mode, grad in (("fwd", False), ("fwd+bwd", True)):
         forward(grad)  # warm-up, outside the profile
+        unprofiled_ms[mode] = median_ms(lambda grad=grad: forward(grad), args.repeats)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
             for _ in range(args.repeats):
                 forward(grad)
+            profiled_ms[mode] = (time.perf_counter() - start) * 1e3 / args.repeats
         tables[mode] = top_ops(prof, args.top, args.repeats)
-        print(f"\n{mode}: top {args.top} ops by self CPU time, per call")
+        print(
+            f"\n{mode}: {unprofiled_ms[mode]:.2f} ms per call unprofiled (median), "
+            f"{profiled_ms[mode]:.2f} ms under the profiler (mean); "
+            f"top {args.top} ops by self CPU time, per call"
+        )
         print(f"{'op':<40} {'self ms':>9} {'share':>7} {'calls':>6}")
         for row in tables[mode]:
             print(f"{row['op'][:40]:<40} {row['self_ms']:>9.2f} {row['self_share']:>7.1%} "
                   f"{row['calls']:>6}")  # fmt: skip
     record = {"shape": shape.model_dump(), "dtype": "float32", "backend": args.backend,
               "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              "torch": torch.__version__, "repeats": args.repeats, "tables": tables}  # fmt: skip
+              "torch": torch.__version__, "repeats": args.repeats, "tables": tables,
+              "unprofiled_ms": unprofiled_ms, "profiled_ms": profiled_ms}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -12,7 +12,7 @@ loop does the other four products per chunk and the LayerNorm work in as few pas
 algebra allows (the native LayerNorm kernels for the statistics and for x_hat's
 vector-Jacobian product). On CPU a fresh (B, H, T, d)-sized temporary costs more in memory
 traffic than batching K - V or eta K over the chunks saves, so those are formed per chunk. Forward keeps, only when a gradient is needed, the normalised
-`x_hat` and `rstd` of U and P of every chunk and the (d, d) weight of every `weight_stride`-th
+`x_hat` and `rstd` of U and P of every chunk (chunk-major) and the (d, d) weight of every `weight_stride`-th
 chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end
 state, accumulated in place): per segment it first replays the weights in between from the
 stored one (the inner gradients come from U's statistics alone, so the replay is bitwise exact),
@@ -111,35 +111,44 @@ class _Layout(NamedTuple):
         """qc, kc, vc (BH, n, b, d) in the activation dtype, eta_c (BH, n, b) in `sd`."""
         b = qc.shape[2]
         w, bias = (p.to(sd).repeat(batch, 1)[:, None, :] for p in (ln_weight, ln_bias))
-        scores = torch.matmul(qc, kc.transpose(-1, -2)).to(sd)
+        rows, n, _, d = qc.shape
+        flat_q, flat_k = qc.reshape(-1, b, d), kc.reshape(-1, b, d)
+        scores = torch.bmm(flat_q, flat_k.transpose(1, 2)).to(sd).view(rows, n, b, b)
         mask_eta = strictly_lower(b, qc.device) * eta_c[:, :, None, :]
         scale = 2.0 / b
         return cls(scale, kc, vc, eta_c, w, scale * w, bias, scores, mask_eta, scores * mask_eta)
 
 
 class _Normalised(NamedTuple):
-    """LayerNorm statistics of every chunk: x_hat (BH, n, b, d), rstd (BH, n, b, 1)."""
+    """LayerNorm statistics of every chunk, one tensor each as the native kernel made it (no
+    copy into a shared buffer): x_hat (BH, b, d) and rstd (BH, b, 1) per chunk."""
 
-    x_hat: Tensor
-    rstd: Tensor
+    x_hat: list[Tensor]
+    rstd: list[Tensor]
 
-    @classmethod
-    def empty(cls, rows: int, n: int, b: int, d: int, like: Tensor) -> _Normalised:
-        return cls(like.new_empty(rows, n, b, d), like.new_empty(rows, n, b, 1))
+    def add(self, u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+        """(x_hat, rstd) of u (BH, b, d) over its last dim (biased variance), kept."""
+        x_hat, rstd = _normalise(u, eps)
+        self.x_hat.append(x_hat)
+        self.rstd.append(rstd)
+        return x_hat, rstd
 
     def at(self, c: int) -> tuple[Tensor, Tensor]:
-        return self.x_hat[:, c], self.rstd[:, c]
+        return self.x_hat[c], self.rstd[c]
+
+    def flat(self) -> list[Tensor]:
+        return [*self.x_hat, *self.rstd]
+
+    @classmethod
+    def of_flat(cls, tensors: list[Tensor]) -> _Normalised:
+        n = len(tensors) // 2
+        return cls(list(tensors[:n]), list(tensors[n:]))
 
 
-def _normalise(u: Tensor, eps: float, out: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-    """(x_hat, rstd) of u (BH, b, d) over its last dim, biased variance; written into `out`
-    (two views) when given."""
+def _normalise(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """(x_hat, rstd) of u (BH, b, d) over its last dim, biased variance."""
     x_hat, _, rstd = torch.native_layer_norm(u, [u.shape[-1]], None, None, eps)
-    if out is None:
-        return x_hat, rstd
-    out[0].copy_(x_hat)
-    out[1].copy_(rstd)
-    return out
+    return x_hat, rstd
 
 
 def _ln_vjp(dy: Tensor, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
@@ -201,9 +210,7 @@ class FusedDualScan(torch.autograd.Function):
             lay = _Layout.of(qc, kc, vc, eta_c, ln_weight, ln_bias, B, sd)
             W_c = W.reshape(B * H, d, d).to(sd, copy=True)  # the running weight, updated in place
             W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
-            ln_u, ln_p = (
-                _Normalised.empty(B * H, n, b, d, W_c) if keep else None for _ in range(2)
-            )
+            ln_u, ln_p = _Normalised([], []), _Normalised([], [])
             unit = _unit(W_c.new_empty(B * H, b, 1))
             z = qc.to(sd) + lay.bias[:, None]  # Z = Q + bias + w x_hat(P), the last term per chunk
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
@@ -212,10 +219,11 @@ class FusedDualScan(torch.autograd.Function):
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
                 u = fast_weight_product(kc[:, c], grad_at)
-                x_hat, rstd = _normalise(u, eps, ln_u.at(c) if keep else None)
+                x_hat, rstd = ln_u.add(u, eps) if keep else _normalise(u, eps)
                 g, _, r = _inner_grad(lay, c, x_hat, rstd, unit)
                 p = fast_weight_product(qc[:, c], W_c).baddbmm_(lay.A[:, c], g, alpha=-1)
-                z[:, c].addcmul_(lay.w, _normalise(p, eps, ln_p.at(c) if keep else None)[0])
+                x_hat_p = (ln_p.add(p, eps) if keep else _normalise(p, eps))[0]
+                z[:, c].addcmul_(lay.w, x_hat_p)
                 if c == n - 1:
                     last_grad_at = grad_at.clone()
                 _update(lay, c, W_c, g, out=W_c)
@@ -226,7 +234,8 @@ class FusedDualScan(torch.autograd.Function):
                 grad_at = W_c
             z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
-            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_u, *ln_p)
+            ln_stats = [*ln_u.flat(), *ln_p.flat()]
+            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_stats)
             ctx.config = (b, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
@@ -234,11 +243,12 @@ class FusedDualScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
-        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *stats = ctx.saved_tensors
-        ln_u, ln_p = _Normalised(*stats[:2]), _Normalised(*stats[2:])
+        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_stats = ctx.saved_tensors
+        half = len(ln_stats) // 2
+        ln_u, ln_p = _Normalised.of_flat(ln_stats[:half]), _Normalised.of_flat(ln_stats[half:])
         b, first_pos, stride, W_dtype = ctx.config
         B, H, T, d = q.shape
-        n, sd = ln_u.x_hat.shape[1], W_saved.dtype
+        n, sd = len(ln_u.x_hat), W_saved.dtype
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x.to(sd), b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
