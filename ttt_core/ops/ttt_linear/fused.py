@@ -11,9 +11,10 @@ Q K^T and A, which do not depend on W, are formed for all chunks at once before 
 loop does the other four products per chunk and the LayerNorm work in as few passes as the
 algebra allows (the native LayerNorm kernels for the statistics and for x_hat's
 vector-Jacobian product). On CPU a fresh (B, H, T, d)-sized temporary costs more in memory
-traffic than batching K - V or eta K over the chunks saves, so those are formed per chunk. Forward keeps, only when a gradient is needed, the normalised
-`x_hat` and `rstd` of U and P of every chunk (chunk-major) and the (d, d) weight of every `weight_stride`-th
-chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end
+traffic than batching K - V or eta K over the chunks saves, so those are formed per chunk.
+Forward keeps, only when a gradient is needed, the normalised `x_hat` and `rstd` of U and P of
+every chunk (one tensor per chunk, as the native kernel made it) and the (d, d) weight of every
+`weight_stride`-th chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end
 state, accumulated in place): per segment it first replays the weights in between from the
 stored one (the inner gradients come from U's statistics alone, so the replay is bitwise exact),
 then applies the analytic first- and second-order gradients of the inner LayerNorm; the terms
