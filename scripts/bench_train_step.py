@@ -27,19 +27,13 @@ from pathlib import Path
 
 import torch
 
+from stage_common.config_cli import positive_int
 from train_stage.config import TrainConfig
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.mixers.ttt_linear import TTTLinearMixer
 from ttt_core.ops import DualResult
 
 FREE_SCAN = "ttt_linear-free-scan"
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,8 +44,8 @@ def parse_args() -> argparse.Namespace:
         default=f"ttt_linear,none,{FREE_SCAN}",
         help=f"comma-separated; the first is compared with 'none' (also: {FREE_SCAN})",
     )
-    parser.add_argument("--rounds", type=positive, default=9)
-    parser.add_argument("--warmup", type=positive, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=9)
+    parser.add_argument("--warmup", type=positive_int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()

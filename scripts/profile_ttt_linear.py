@@ -19,29 +19,23 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eval_stage.bench import BenchShape, dual_inputs
+from stage_common.config_cli import positive_int
 from ttt_core.ops.backends import OPS_BACKENDS
 from ttt_core.ops.ttt_linear.backends import ttt_linear_dual
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=positive, default=1)
-    parser.add_argument("--heads", type=positive, default=64)
-    parser.add_argument("--seq-len", type=positive, default=256)
-    parser.add_argument("--head-dim", type=positive, default=128)
-    parser.add_argument("--chunk", type=positive, default=16)
+    parser.add_argument("--batch", type=positive_int, default=1)
+    parser.add_argument("--heads", type=positive_int, default=64)
+    parser.add_argument("--seq-len", type=positive_int, default=256)
+    parser.add_argument("--head-dim", type=positive_int, default=128)
+    parser.add_argument("--chunk", type=positive_int, default=16)
     parser.add_argument(
         "--backend", default="auto", choices=OPS_BACKENDS, help="ops backend of ttt_linear_dual"
     )
-    parser.add_argument("--repeats", type=positive, default=5, help="profiled calls per mode")
-    parser.add_argument("--top", type=positive, default=15, help="rows per table")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="profiled calls per mode")
+    parser.add_argument("--top", type=positive_int, default=15, help="rows per table")
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     return parser.parse_args()
 

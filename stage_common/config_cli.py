@@ -48,6 +48,14 @@ class ConfigFileError(ValueError):
     """`--config FILE` cannot be read or is not a YAML mapping (a refusal: exit 2)."""
 
 
+def positive_int(text: str) -> int:
+    """argparse `type=` for a count of at least 1 (scripts' hand-written flags)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def describe_refusal(error: BaseException) -> str:
     """A refusal in one line; a pydantic error names each field (`invalid config: lr: ...`)."""
     if isinstance(error, ValidationError):
