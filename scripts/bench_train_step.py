@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from stage_common.config_cli import positive_int
-from train_stage.config import TrainConfig
+from stage_common.config_cli import describe_refusal, positive_int
+from train_stage.config import TRAIN_PRESETS, TrainConfig
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.mixers.ttt_linear import TTTLinearMixer
 from ttt_core.ops import DualResult
@@ -38,20 +38,27 @@ FREE_SCAN = "ttt_linear-free-scan"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small_cpu", help="train_stage recipe")
+    parser.add_argument(
+        "--preset", default="small_cpu", choices=sorted(TRAIN_PRESETS), help="train_stage recipe"
+    )
     parser.add_argument(
         "--mixers",
         default=f"ttt_linear,none,{FREE_SCAN}",
-        help=f"comma-separated; the first is compared with 'none' (also: {FREE_SCAN})",
+        help=f"comma-separated mixers, each compared with 'none' (which must be one); also {FREE_SCAN}",
     )
-    parser.add_argument("--rounds", type=positive_int, default=9)
-    parser.add_argument("--warmup", type=positive_int, default=2)
+    parser.add_argument("--rounds", type=positive_int, default=9, help="timed rounds")
+    parser.add_argument("--warmup", type=positive_int, default=2, help="untimed rounds first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
     args.mixers = [m for m in args.mixers.split(",") if m]
     if "none" not in args.mixers:
         parser.error("--mixers must include 'none', the control every row is compared with")
+    for mixer in args.mixers:  # refused before any model is built
+        try:
+            recipe(args.preset, mixer)
+        except ValueError as e:
+            parser.error(f"--mixers {mixer}: {describe_refusal(e)}")
     return args
 
 
