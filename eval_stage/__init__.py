@@ -14,6 +14,7 @@ from .bench import check_speedup, evaluate_bench_dual_primal
 from .chat import Conversation, chat, generate_text
 from .cli import command, compare_command, long_context_command, parse_command
 from .compare import compare_runs
+from .compare import records as comparison_records
 from .compare import summarize as summarize_comparison
 from .config import (
     BenchConfig,
@@ -56,6 +57,15 @@ from .publish import publish, write_comparison, write_long_context
 from .results import EvalOutputs, EvalResult, read_result, result_file
 from .tracking import TrackingConfig, log_metrics_and_files, log_result
 
+
+def log_export_model(export_dir, name: str = "model"):
+    """`pyfunc.log_export_model`: the export as a pyfunc model in the active MLflow run (MLflow
+    is imported on this call only, not with the package)."""
+    from .pyfunc import log_export_model as log
+
+    return log(export_dir, name)
+
+
 __all__ = [
     "EVALS",
     "STANDARD_EVALS",
@@ -86,6 +96,7 @@ __all__ = [
     "command",
     "compare_command",
     "compare_runs",
+    "comparison_records",
     "default_out_dir",
     "evaluate_bench_dual_primal",
     "evaluate_latency",
@@ -97,6 +108,7 @@ __all__ = [
     "generate_text",
     "greedy_answerer",
     "likelihood_scorer",
+    "log_export_model",
     "log_metrics_and_files",
     "log_result",
     "long_context_command",

@@ -217,7 +217,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _add_model_flags(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     p.add_argument("--model", type=Path, required=required,
-                   help="export directory or train_stage run directory")  # fmt: skip
+                   help="export directory, train_stage run directory, or an MLflow URI "
+                   "(models:/NAME@champion, runs:/ID/model)")  # fmt: skip
     p.add_argument("--baseline", type=Path,
                    help="attention baseline (export or run directory), evaluated alongside")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -278,7 +279,8 @@ def build_parser() -> CliParser:
                        "loss of the second half paired against the first model, passkey "
                        "accuracy, state size, decode ms")  # fmt: skip
     p.add_argument("--model", type=Path, action="append", required=True,
-                   help="export or run directory; repeat it, the first is the reference")  # fmt: skip
+                   help="export or run directory, or an MLflow URI; repeat it, the first is "
+                   "the reference")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_output_flags(p, default=None)
     ConfigFlags(p, LongContextConfig)

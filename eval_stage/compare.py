@@ -273,6 +273,14 @@ def rows_of(result: EvalResult) -> list[RunRow]:
     return [RunRow.model_validate(r) for r in result.tables["runs"]]
 
 
+def records(result: EvalResult) -> list[dict[str, Any]]:
+    """The comparison's table as one dict per model, keys in column order (missing cells
+    empty): what a table artifact shows."""
+    rows = rows_of(result)
+    columns = table_columns(rows)
+    return [{c: row.get(c, "") for c in columns} for row in table_rows(rows)]
+
+
 def summarize(result: EvalResult) -> str:
     """The comparison as a plain-text table."""
     rows = rows_of(result)

@@ -4,6 +4,7 @@ needs shapes). Also where results go by default."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 import yaml
 
 from data_stage import SentencePieceTokenizer, load_tokenizer
+from stage_common.mlflow_models import MlflowFetchError, fetch_export, is_mlflow_uri
 from ttt_core import TTTLM, ModelConfig
 from ttt_core.pretrained import TOKENIZER_DIR, has_pretrained_files, is_pretrained, read_info
 
@@ -51,8 +53,19 @@ def load_run(path: Path, device: torch.device | str = "cpu") -> LoadedModel:
 
 
 def open_model(path: Path | str, device: torch.device | str = "cpu") -> LoadedModel:
-    """An export (`load_export`) or a run directory (`load_run`), in eval mode on `device`; a bad
-    path, a missing or damaged file, as `EvalInputError` naming it."""
+    """An export (`load_export`), a run directory (`load_run`) or an MLflow URI of an export
+    (`models:/NAME@champion`: fetched into a temporary directory, so an alias is resolved on
+    every call), in eval mode on `device`; a bad path, a missing or damaged file, as
+    `EvalInputError` naming it."""
+    if is_mlflow_uri(str(path)):
+        with tempfile.TemporaryDirectory(prefix="ttt-eval-model-") as tmp:
+            try:
+                export = fetch_export(str(path), Path(tmp))
+            except MlflowFetchError as e:
+                raise EvalInputError(str(e)) from e
+            loaded = open_model(export, device)  # held in memory: the files can go
+        loaded.info["source"] = str(path)
+        return loaded
     path = Path(path)
     if not path.is_dir():
         raise EvalInputError(

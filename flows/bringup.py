@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, State
 
@@ -23,6 +27,7 @@ from data_stage import ShardOutputs, TokenizerOutputs
 from eval_stage import (
     EvalOutputs,
     TrackingConfig,
+    comparison_records,
     log_metrics_and_files,
     log_result,
     long_context_metrics,
@@ -35,8 +40,16 @@ from eval_stage import (
 from flows.choices import DEFAULT_PRESET, PresetName
 from flows.commands import stage_commands
 from flows.config import PipelineConfig
-from flows.headline import SPEEDUP, comparison, summary_lines, summary_markdown
+from flows.fingerprint import export_sha256, manifest_sha256
+from flows.headline import (
+    SPEEDUP,
+    comparison,
+    headline_rows,
+    summary_lines,
+    summary_markdown,
+)
 from flows.record import BringupRecord, acquire_lock, read_record, release_lock, write_record
+from flows.registry import EXPORT_TAG, Measured, model_name, register_export
 from flows.request import BringupRequest, InvalidRequest, resolve, served_location
 from flows.tasks import (
     bench_task,
@@ -47,7 +60,7 @@ from flows.tasks import (
     tokenizer_task,
     train_task,
 )
-from flows.tracking import NOTE_TAG, Tracking
+from flows.tracking import NOTE_TAG, Tracking, git_commit
 from train_stage import TrainOutputs
 from ttt_core import Family, PretrainedOutputs
 
@@ -297,6 +310,9 @@ class Bringup:
         tracking = TrackingConfig(run_id=self.parent, tracking_uri=self.tracking.uri)
         result, files = write_comparison(runs, self.cfg.stage_dir("compare"), tracking)
         self.comparison_table = summarize_comparison(result)
+        create_table_artifact(comparison_records(result), key=COMPARISON_KEY,
+                              description=f"{self.cfg.run_name} against its controls; the first "
+                              "row is the reference")  # fmt: skip
         return {"files": [str(f) for f in files], "metrics": result.metrics}
 
     def long_context(self) -> dict[str, Any]:
@@ -322,6 +338,26 @@ class Bringup:
         self.long_context_table = summarize_long_context(measured)
         return result
 
+    def register(self) -> dict[str, Any]:
+        """The final export (the extended one when extending) as a pyfunc model in the Model
+        Registry (`flows.registry`), in a `register` child run; `champion` moves only on an
+        interval-supported improvement."""
+        export = self.cfg.stage_dir("extend_export" if self.cfg.extend_seq_len else "export")
+        name = model_name(str(self.cfg.preset), self.cfg.mixer)
+
+        def start_run() -> str:
+            return self.child("register", {"model": name, "export": str(export)}, False,
+                              f"registered {export} as a version of {name}")  # fmt: skip
+
+        tags = {EXPORT_TAG: export_sha256(export),
+                "data.shards_sha256": manifest_sha256(self.cfg.shard_config().out),
+                "git.commit": git_commit() or "unknown", "run_dir": str(self.cfg.run_dir),
+                "prefect.flow_run_id": str(flow_run.id)}  # fmt: skip
+        result = register_export(self.tracking.uri, start_run, export, name,
+                                 Measured.of_summary(self.record.summary), tags)  # fmt: skip
+        self.log.info("%s version %s: %s", name, result["version"], result["decision"])
+        return result
+
     def _log_results(self, run_id: str, files: list[str]) -> None:
         """The eval_stage MLflow logging (metrics at the model's step, JSON + plots)."""
         paths = [Path(f) for f in files]
@@ -340,8 +376,11 @@ class Bringup:
             flow_run_url=browsable(flow_run.ui_url),
         )
         self.tracking.set_tags(self.parent, {NOTE_TAG: summary})  # the run page's description
-        create_markdown_artifact(summary, key="bringup-summary",
-                                 description=f"{self.cfg.run_name}: {self.record.status}")  # fmt: skip
+        description = f"{self.cfg.run_name}: {self.record.status}"
+        create_markdown_artifact(summary, key=SUMMARY_KEY, description=description)
+        rows = headline_rows(self.cfg, self.record.summary)
+        if rows:
+            create_table_artifact(rows, key=HEADLINE_KEY, description=description)
         self.tracking.finish(self.parent, status)
         lines = summary_lines(self.cfg, self.record.summary)
         if self.comparison_table:
@@ -353,9 +392,17 @@ class Bringup:
         print("\n".join(lines))  # log_prints: the UI too
 
 
+# Prefect artifact keys: one each, the same for every bring-up, so the Artifacts page keeps
+# each one's history across runs
+SUMMARY_KEY, HEADLINE_KEY, COMPARISON_KEY = (
+    "bringup-summary",
+    "bringup-headline",
+    "bringup-comparison",
+)
+
 STAGES = (
     "tokenizer", "shards", "train", "bench", "evaluate", "extend", "controls", "compare",
-    "long_context",
+    "long_context", "register",
 )  # fmt: skip
 
 

@@ -11,3 +11,5 @@ DEFAULT_PRESET: PresetName = "small_cpu"
 # the long-context flow's defaults
 LONG_CONTEXT_PRESET: PresetName = "long_context_cpu"
 LONG_CONTEXT_SEEDS = (0, 1)
+# the process work pool `flows deploy` creates and `flows up` starts a worker for
+POOL_NAME = "ttt-local"

@@ -1,5 +1,5 @@
-"""`python -m flows run|long-context|serve|up|sweep`: one bring-up in-process, the long-context
-comparison, the deployments, the whole stack, or a grid of training runs on shared data.
+"""`python -m flows run|long-context|deploy|up|sweep`: one bring-up in-process, the long-context
+comparison, the deployments on a work pool, the whole stack, or a grid of training runs on shared data.
 
 Prefect is imported only after `prepare_env` has pointed it at the run root's state dir, and
 the stages only by the commands that use them: parsing, `--help` and `up` (a supervisor that only
@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from flows.choices import DEFAULT_PRESET, LONG_CONTEXT_PRESET, LONG_CONTEXT_SEEDS, PresetName
-from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV, prepare_env
-from stage_common import CliParser, read_config_file
+from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV, UI_ENV, prepare_env
+from stage_common import CliParser, positive_int, read_config_file
 from ttt_core import Family, flatten_dotted, parse_assignments
 
 if TYPE_CHECKING:
@@ -101,12 +101,20 @@ def cmd_long_context(args: argparse.Namespace) -> int:
     return 0 if state.is_completed() else 1
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_deploy(args: argparse.Namespace) -> int:
     run_root = Path(args.run_root).expanduser().resolve()
     prepare_env(run_root)
-    from flows.serve import serve_deployments
+    from flows.deploy import AUTOMATION_NAME, POOL_NAME, deploy
+    from flows.slots import TRAIN_SLOTS, default_train_slots
 
-    serve_deployments(run_root, args.mlflow_uri, args.resume_every, args.resume_paused)
+    slots = args.train_slots or default_train_slots()
+    names = deploy(run_root, args.mlflow_uri, os.environ.get(UI_ENV), args.resume_every,
+                   args.resume_paused, args.pool_limit, slots)  # fmt: skip
+    print(f"[flows] work pool {POOL_NAME!r} (at most {args.pool_limit} flow runs at once), "
+          f"{TRAIN_SLOTS!r} = {slots}, automation {AUTOMATION_NAME!r}; deployments "
+          f"{', '.join(names)} (resume every {args.resume_every:g}s, "
+          f"{'paused' if args.resume_paused else 'active'}); run them with: "
+          f"prefect worker start --pool {POOL_NAME}", flush=True)  # fmt: skip
     return 0
 
 
@@ -114,10 +122,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     from flows.up import up
 
     run_root = Path(args.run_root).expanduser().resolve()
-    return up(run_root, args.prefect_port, args.mlflow_port, args.resume_every, args.resume_paused)
+    return up(run_root, args.prefect_port, args.mlflow_port, deploy_flags(args))
 
 
-def add_serve_args(p: argparse.ArgumentParser) -> None:
+def deploy_flags(args: argparse.Namespace) -> list[str]:
+    """The `flows deploy` flags that repeat `args`' deployment options (for `flows up`)."""
+    flags = ["--resume-every", str(args.resume_every), "--pool-limit", str(args.pool_limit),
+             "--resume-paused" if args.resume_paused else "--resume-active"]  # fmt: skip
+    return flags + (["--train-slots", str(args.train_slots)] if args.train_slots else [])
+
+
+def add_deploy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-root", type=Path, default=Path("runs"), help="where bring-ups run; resume scans it"
     )
@@ -135,6 +150,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="run the resume schedule (default)",
     )
+    p.add_argument("--pool-limit", type=positive_int, default=4, metavar="N",
+                   help="flow runs the work pool runs at once (default: %(default)s)")  # fmt: skip
+    p.add_argument("--train-slots", type=positive_int, metavar="N",
+                   help="trainings at once, the train-slots limit (default: GPUs, 1 on CPU)")  # fmt: skip
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
@@ -168,12 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(run)
     run.add_argument("--refresh", action="store_true", help="rerun every stage (ignore cache)")
     run.set_defaults(func=cmd_run)
-    serve = sub.add_parser("serve", help="serve the bringup and resume deployments")
-    add_serve_args(serve)
-    serve.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
-    serve.set_defaults(func=cmd_serve)
-    up = sub.add_parser("up", help="Prefect server + MLflow server + serve, on 127.0.0.1")
-    add_serve_args(up)
+    deploy = sub.add_parser("deploy", help="create the work pool, train-slots limit, "
+                            "deployments and restart automation (PREFECT_API_URL's server)")  # fmt: skip
+    add_deploy_args(deploy)
+    deploy.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
+    deploy.set_defaults(func=cmd_deploy)
+    up = sub.add_parser("up", help="Prefect server + MLflow server + deploy + a worker, "
+                        "on 127.0.0.1")  # fmt: skip
+    add_deploy_args(up)
     up.add_argument("--prefect-port", type=int, default=4200)
     up.add_argument("--mlflow-port", type=int, default=5000)
     up.set_defaults(func=cmd_up)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ttt_core import telemetry_off
 
-# Where a flow run works and logs, set by the process that runs it (`flows serve/up/run`)
+# Where a flow run works and logs, set by the process that runs it (`flows up/deploy/run`)
 RUN_ROOT_ENV, MLFLOW_URI_ENV = "FLOWS_RUN_ROOT", "FLOWS_MLFLOW_TRACKING_URI"
 UI_ENV = "FLOWS_MLFLOW_UI"  # the MLflow UI `flows up` serves, for links to runs
 

@@ -177,6 +177,24 @@ def _label(cfg: PipelineConfig, name: str) -> str:
     return name
 
 
+def headline_rows(cfg: PipelineConfig, metrics: dict[str, float]) -> list[dict[str, str]]:
+    """The headline table, one dict per metric: `metric` (labelled with what it was measured
+    on), the model's cell (column named by the mixer) and the baseline's when there is one (the
+    val loss as `value [lo, hi]`). The Markdown summary and Prefect's table artifact show it."""
+    baseline = any(k.startswith("baseline/") for k in metrics)
+    rows = []
+    for name in metrics:
+        if name.startswith("baseline/") or name in INTERVAL:
+            continue
+        row = {"metric": _label(cfg, name), cfg.mixer: _cell(metrics, name)}
+        if baseline:
+            row[f"baseline {cfg.baseline}"] = (
+                _cell(metrics, name, "baseline/") if f"baseline/{name}" in metrics else ""
+            )
+        rows.append(row)
+    return rows
+
+
 def summary_markdown(
     cfg: PipelineConfig,
     metrics: dict[str, float],
@@ -189,20 +207,14 @@ def summary_markdown(
     Prefect flow run's artifact: the headline table (with the baseline's column when there is
     one), then the comparison with the controls and the long-context table when those stages
     wrote them, the files a person opens next, and the flow run's link."""
-    baseline = any(k.startswith("baseline/") for k in metrics)
     lines = [f"### Bring-up `{cfg.run_name}`: {status}", "",
              f"{cfg.preset} preset, mixer `{cfg.mixer}`, run dir `{cfg.run_dir}`", ""]  # fmt: skip
     if error:
         lines += [f"**Error:** `{error}`", ""]
-    header = ["metric", cfg.mixer] + ([f"baseline {cfg.baseline}"] if baseline else [])
+    rows = headline_rows(cfg, metrics)
+    header = list(rows[0]) if rows else ["metric", cfg.mixer]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in metrics:
-        if name.startswith("baseline/") or name in INTERVAL:
-            continue
-        cells = [_label(cfg, name), _cell(metrics, name)]
-        if baseline:
-            cells.append(_cell(metrics, name, "baseline/") if f"baseline/{name}" in metrics else "")
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(row.values()) + " |" for row in rows]
     files = {"export": cfg.stage_dir("export")}
     for title, stage, stem in (("Against the controls", "compare", "compare"),
                                ("Long context", "long_context", "long_context")):  # fmt: skip

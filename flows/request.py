@@ -3,7 +3,7 @@
 The `bringup` flow's parameters and `python -m flows run --preset … --set …` both resolve here,
 so a deployment run and a CLI run of the same request build the same bring-up in the same run
 dir. Where runs live (`run_root`) and the MLflow store belong to the process that runs the flow
-(`flows serve/up` options, or `flows run --run-root`), never to the request.
+(`flows up/deploy` options, or `flows run --run-root`), never to the request.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from ttt_core import ConfigModel, Family, ModelConfig, error_summary, nest_dotte
 assert set(get_args(PresetName)) == set(PIPELINE_PRESETS), "PresetName must list PIPELINE_PRESETS"
 
 OWNED_BY_PROCESS = {
-    "run_root": "--run-root of `flows serve/up/run`",
-    "mlflow_tracking_uri": "--mlflow-uri of `flows serve/run` (`flows up` sets it)",
+    "run_root": "--run-root of `flows up/deploy/run`",
+    "mlflow_tracking_uri": "--mlflow-uri of `flows deploy/run` (`flows up` sets it)",
     "preset": "the `preset` parameter",
 }
 # Keys that change how a run is watched, retried or compared, not what it trains or measures:
@@ -98,6 +98,6 @@ def resolve(
 
 def served_location() -> tuple[Path, str | None]:
     """(run_root, MLflow tracking URI or None for the run root's SQLite store) of this process:
-    `FLOWS_RUN_ROOT` / `FLOWS_MLFLOW_TRACKING_URI`, which `flows serve/up/run` set; `./runs`
+    `FLOWS_RUN_ROOT` / `FLOWS_MLFLOW_TRACKING_URI`, which `flows up/deploy/run` set; `./runs`
     when unset."""
     return Path(os.environ.get(RUN_ROOT_ENV, "runs")), os.environ.get(MLFLOW_URI_ENV) or None

@@ -25,7 +25,7 @@ def unfinished(run_root: Path) -> list[BringupRecord]:
 @flow(name="resume")
 def resume(run_root: str) -> dict[str, str]:
     """Resume each unfinished bring-up (its recorded request, resolved under this process's run
-    root, which `flows serve` sets to `run_root`); returns run name -> final state name. Each
+    root, which the deployment (`flows deploy`) sets to `run_root`); returns run name -> final state name. Each
     resume counts as a restart, so a bring-up that keeps failing stops at its `max_restarts`."""
     logger = get_run_logger()
     states = {}

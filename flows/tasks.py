@@ -37,6 +37,8 @@ from flows.fingerprint import (
     manifest_sha256,
     tokenizer_hash,
 )
+from flows.progress import TrainingProgress
+from flows.slots import TRAIN_SLOTS, train_slot
 from flows.torchrun import NOT_RETRYABLE, ProcessFailed, run_streaming
 from flows.tracking import system_metrics
 from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
@@ -140,10 +142,12 @@ def train_task(
         if mlflow is None
         else system_metrics(run.mlflow_run_id_file, mlflow["tracking_uri"])
     )
-    with monitor:
+    logger.info("waiting for a %r slot", TRAIN_SLOTS)
+    progress = TrainingProgress((mlflow or {}).get("run_name", str(run_dir)), logger.info)
+    with train_slot(), monitor:
         run_streaming(
             command,
-            logger.info,
+            progress,
             env=env,
             grace_s=grace_s,
             what="train_stage",

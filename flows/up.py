@@ -1,5 +1,6 @@
-"""`python -m flows up`: Prefect server + MLflow server + `flows serve` on 127.0.0.1, stopped
-together on Ctrl-C/SIGTERM. Each service runs in its own process group and is stopped by pid.
+"""`python -m flows up`: Prefect server + MLflow server on 127.0.0.1, then `flows deploy` (the
+work pool, limits, deployments and automation), then a worker for the pool; stopped together on
+Ctrl-C/SIGTERM. Each service runs in its own process group and is stopped by pid.
 
 This supervisor only starts, watches and stops its children, so it imports none of torch, MLflow
 or Prefect (tests/flows/test_up.py checks): the experiment it prints the address of is created
@@ -18,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flows.choices import POOL_NAME
 from flows.env import UI_ENV, prepare_env
 from flows.links import runs_table_url
 from flows.torchrun import stop_group
@@ -48,7 +50,10 @@ def ensure_bringup_experiment(run_root: Path, env: dict[str, str]) -> str:
 
 
 def port_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:`port`. SO_REUSEADDR, as the servers bind: connections of a
+    stack just stopped (TIME_WAIT) do not make the port taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -107,21 +112,24 @@ class Service:
             stop_group(self.proc, grace_s)
 
 
-def services(
-    run_root: Path, prefect_port: int, mlflow_port: int, resume_every_s: float, resume_paused: bool
-) -> list[Service]:
-    """The three services: the two servers (started together), then `flows serve`, which
-    registers its deployments with the Prefect server."""
+def stack_env(run_root: Path, prefect_port: int, mlflow_port: int) -> dict[str, str]:
+    """The environment of the deploy step and the worker (and so of every flow run the worker
+    starts): the run root's Prefect home, the stack's API and its MLflow UI for links."""
     env = prepare_env(run_root, dict(os.environ))
     api = f"http://127.0.0.1:{prefect_port}/api"
-    serve_env = {**env, "PREFECT_API_URL": api, UI_ENV: f"http://127.0.0.1:{mlflow_port}"}
+    return {**env, "PREFECT_API_URL": api, UI_ENV: f"http://127.0.0.1:{mlflow_port}"}
+
+
+def servers(run_root: Path, prefect_port: int, mlflow_port: int) -> list[Service]:
+    """The Prefect and MLflow servers, started side by side."""
+    env = prepare_env(run_root, dict(os.environ))
+    api = f"http://127.0.0.1:{prefect_port}/api"
     # the browser UI asks the server where its API is; without this it answers port 4200
     prefect_env = {**env, "PREFECT_UI_API_URL": api}
     # MLflow 3's server also starts job workers (GenAI scorers, periodic tasks) by default:
     # nothing the runs table, charts and artifacts use, so one web worker and no jobs
     mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     db = f"sqlite:///{run_root}/mlflow.db"
-    resume_flag = "--resume-paused" if resume_paused else "--resume-active"
     return [
         Service(
             "prefect-server",
@@ -138,18 +146,34 @@ def services(
             mlflow_env,
             f"http://127.0.0.1:{mlflow_port}/health",
         ),
-        Service(
-            "flows-serve",
-            [sys.executable, "-m", "flows", "serve", "--run-root", str(run_root),
-             "--resume-every", str(resume_every_s), resume_flag],
-            serve_env,
-        ),
     ]  # fmt: skip
 
 
-def up(
-    run_root: Path, prefect_port: int, mlflow_port: int, resume_every_s: float, resume_paused: bool
-) -> int:
+def deploy_command(run_root: Path, deploy_flags: list[str]) -> list[str]:
+    return [sys.executable, "-m", "flows", "deploy", "--run-root", str(run_root), *deploy_flags]
+
+
+def worker(env: dict[str, str]) -> Service:
+    """One process worker for the pool: it polls the server and starts each flow run in a
+    process of its own."""
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL_NAME,
+               "--type", "process", "--name", f"{POOL_NAME}-worker"]  # fmt: skip
+    return Service("worker", command, env)
+
+
+def run_deploy(run_root: Path, deploy_flags: list[str], env: dict[str, str], log_dir: Path) -> str:
+    """`flows deploy` as a short-lived child (it imports the flows, and with them torch, which
+    this supervisor must not hold); its output is appended to `deploy.log`. Returns its last line."""
+    done = subprocess.run(deploy_command(run_root, deploy_flags), env=env, capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    with open(log_dir / "deploy.log", "a") as log:
+        log.write(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise RuntimeError(f"flows deploy failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def up(run_root: Path, prefect_port: int, mlflow_port: int, deploy_flags: list[str]) -> int:
     """Start everything, print the UIs, block until SIGINT/SIGTERM, stop everything."""
     taken = [p for p in (prefect_port, mlflow_port) if not port_free(p)]
     if taken or prefect_port == mlflow_port:
@@ -163,8 +187,9 @@ def up(
     env = prepare_env(run_root, dict(os.environ))
     # before the server opens the store: the runs table has an address to print from the start
     experiment_id = ensure_bringup_experiment(run_root, env)
-    stack = services(run_root, prefect_port, mlflow_port, resume_every_s, resume_paused)
+    stack_servers = servers(run_root, prefect_port, mlflow_port)
     log_dir = run_root / ".logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -172,17 +197,17 @@ def up(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     started: list[Service] = []
-    servers = [s for s in stack if s.health_url]
     try:
-        for service in servers:  # side by side: together they come up in the time of the slower
+        for service in stack_servers:  # side by side: they come up in the time of the slower
             service.start(log_dir)
             started.append(service)
-        for service in servers:
+        for service in stack_servers:
             service.wait_healthy(120)
-        for service in stack:
-            if service not in servers:
-                service.start(log_dir)
-                started.append(service)
+        env = stack_env(run_root, prefect_port, mlflow_port)
+        print(run_deploy(run_root, deploy_flags, env, log_dir), flush=True)
+        pool_worker = worker(env)
+        pool_worker.start(log_dir)
+        started.append(pool_worker)
         mlflow_ui = f"http://127.0.0.1:{mlflow_port}"
         print(f"Prefect UI: http://127.0.0.1:{prefect_port}", flush=True)
         print(f"MLflow UI:  {mlflow_ui}", flush=True)

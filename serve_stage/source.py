@@ -1,28 +1,26 @@
 """The model a server serves: an export directory, or one fetched from MLflow first.
 
-An MLflow URI (`runs:/`, `models:/`, `mlflow-artifacts:/`) is downloaded once into
-`<state-dir>/models/<sha of the URI>/` (into a temp directory, renamed when complete), then
-loaded like a local export: weights checked against their checksums, the tokenizer beside them
+An MLflow URI (`runs:/`, `models:/NAME@ALIAS`, `mlflow-artifacts:/`; a bare export or the
+MLflow model a bring-up registers) is downloaded once into `<state-dir>/models/<sha of the
+URI>/` (`stage_common.mlflow_models`), then loaded like a local export: weights checked against their checksums, the tokenizer beside them
 required, the chat template read (`chat_template.py`).
 """
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from data_stage import DataStageError, SentencePieceTokenizer, load_tokenizer
+from stage_common.mlflow_models import MlflowFetchError, fetch_export, is_mlflow_uri
 from ttt_core import TTTLM
-from ttt_core.files import sha256_bytes
 from ttt_core.pretrained import TOKENIZER_DIR, has_pretrained_files
 
 from .chat_template import ChatTemplate, load_chat_template
 from .errors import ServeInputError
 
-MLFLOW_SCHEMES = ("runs:/", "models:/", "mlflow-artifacts:/")
 MODELS_DIR = "models"
 
 
@@ -35,29 +33,12 @@ class ServedModel:
     name: str
 
 
-def is_mlflow_uri(model: str) -> bool:
-    return model.startswith(MLFLOW_SCHEMES)
-
-
 def fetch_from_mlflow(uri: str, state_dir: Path) -> Path:
     """The export behind `uri`, downloaded into the state directory unless it is there."""
-    target = Path(state_dir) / MODELS_DIR / sha256_bytes(uri.encode())[:16]
-    if target.is_dir():
-        return target
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    staging = target.with_name(f".{target.name}.download")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
-        local.rename(target)
-    except MlflowException as e:
-        raise ServeInputError(f"{uri}: cannot fetch from MLflow: {e.message}") from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        return fetch_export(uri, Path(state_dir) / MODELS_DIR)
+    except MlflowFetchError as e:
+        raise ServeInputError(str(e)) from e
 
 
 def resolve_device(device: str) -> torch.device:

@@ -10,7 +10,7 @@ The atomic-file, hashing, dotted-override and validation mechanisms live in `ttt
 model's own save format needs them). Imports no torch.
 """
 
-from stage_common.config_cli import CliParser, read_config_file
+from stage_common.config_cli import CliParser, positive_int, read_config_file
 from stage_common.faults import (
     EXIT_BAD_INPUT,
     EXIT_DIVERGED,
@@ -35,6 +35,7 @@ __all__ = [
     "free_bytes",
     "is_no_space",
     "output_dir_problem",
+    "positive_int",
     "read_config_file",
     "run_cli",
 ]

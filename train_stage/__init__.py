@@ -17,6 +17,7 @@ from .config import TRAIN_PRESETS, CurriculumStage, MlflowConfig, TrainConfig
 from .distributed import torchrun_command
 from .export import RunModel, export_model, load_run_model
 from .outputs import TrainOutputs
+from .progress import parse_step
 from .tracking import log_params, mlflow_params
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "log_params",
     "mlflow_params",
     "parse_command",
+    "parse_step",
     "torchrun_command",
 ]

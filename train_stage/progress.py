@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import sys
+
+_STEP = re.compile(r"(?:^|[\s:\]])step (\d+)/(\d+)  loss ")
 
 
 def format_duration(seconds: float) -> str:
@@ -42,3 +45,10 @@ class Progress:
         if record.get("checkpoint_seconds") is not None:
             parts.append(f"saved ({record['checkpoint_seconds']:.2f}s)")
         print("  ".join(parts), file=sys.stdout, flush=True)
+
+
+def parse_step(line: str) -> tuple[int, int] | None:
+    """(step, total) of a line `Progress.update` printed (at its start, possibly after a log
+    prefix); None for any other line."""
+    match = _STEP.search(line)
+    return (int(match.group(1)), int(match.group(2))) if match else None

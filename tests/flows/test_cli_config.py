@@ -27,10 +27,10 @@ def test_a_bad_config_file_exits_2_with_one_line(tmp_path, capsys, text, message
     assert info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("command", ["up", "serve"])
+@pytest.mark.parametrize("command", ["up", "deploy"])
 def test_the_resume_schedule_is_active_unless_asked_paused(command):
     """The served end-to-end tests start `flows up --resume-paused` and switch the schedule on
-    through the API; what a plain `flows up`/`flows serve` registers is decided here."""
+    through the API; what a plain `flows up`/`flows deploy` registers is decided here."""
     parse = build_parser().parse_args
     assert parse([command]).resume_paused is False
     assert parse([command, "--resume-active"]).resume_paused is False

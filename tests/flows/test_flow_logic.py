@@ -45,9 +45,10 @@ class FakeBringup:
 def test_stages_run_in_pipeline_order(cfg, monkeypatch):
     monkeypatch.setattr(bringup_module, "Bringup", FakeBringup)
     result = bringup.fn(preset="debug_tiny")
-    ran = ("tokenizer", "shards", "train", "bench", "evaluate")  # debug_tiny has no controls
+    # debug_tiny has no controls, no extension, no long-context stage
+    ran = ("tokenizer", "shards", "train", "bench", "evaluate", "register")
     assert FakeBringup.calls == [*ran, "finish:FINISHED:None"]
-    assert (*ran, "extend", "controls", "compare", "long_context") == STAGES
+    assert (*ran[:-1], "extend", "controls", "compare", "long_context", "register") == STAGES
     assert set(result) == set(ran)
     assert lock_owner(cfg.run_dir) is None  # released
 

@@ -11,7 +11,14 @@ from eval_stage.results import metric_key
 from flows.bringup import STAGES, stages_for
 from flows.config import PipelineConfig
 from flows.env import UI_ENV
-from flows.headline import comparison, headline, identity, summary_lines, summary_markdown
+from flows.headline import (
+    comparison,
+    headline,
+    headline_rows,
+    identity,
+    summary_lines,
+    summary_markdown,
+)
 from flows.links import runs_table_url
 from flows.request import BringupRequest, resolve
 from flows.tracking import KIND_TAG, Tracking
@@ -124,10 +131,11 @@ def test_only_ttt_bring_ups_run_the_op_benchmark_and_controls_add_their_stages(t
     attention = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, mixer="attention")
     assert "bench" not in stages_for(attention) and "compare" in stages_for(attention)
     alone = PipelineConfig.from_preset("small_cpu", run_root=tmp_path, controls=[])
-    assert stages_for(alone) == ("tokenizer", "shards", "train", "bench", "evaluate")
+    assert stages_for(alone) == ("tokenizer", "shards", "train", "bench", "evaluate", "register")
     extended = PipelineConfig.from_preset("long_context_cpu", run_root=tmp_path)
     assert stages_for(extended) == (
-        "tokenizer", "shards", "train", "evaluate", "extend", "controls", "compare", "long_context"
+        "tokenizer", "shards", "train", "evaluate", "extend", "controls", "compare", "long_context",
+        "register",
     )  # fmt: skip
 
 
@@ -192,3 +200,17 @@ def test_the_markdown_summary_has_the_table_the_controls_and_the_links(outputs, 
     assert "- Prefect flow run: http://127.0.0.1:4200/runs/flow-run/x" in text
     failed = summary_markdown(cfg, {}, status="failed", error="RuntimeError: x", flow_run_url=None)
     assert "**Error:** `RuntimeError: x`" in failed and "Prefect flow run" not in failed
+
+
+def test_the_headline_table_artifact_has_the_markdown_tables_rows(outputs, tmp_path):
+    request = BringupRequest(preset="debug_tiny", overrides={"baseline": "debug_tiny-attention"})
+    cfg = resolve(request, tmp_path)
+    rows = headline_rows(cfg, comparison(outputs))
+    assert list(rows[0]) == ["metric", "ttt_linear", "baseline debug_tiny-attention"]
+    loss = next(r for r in rows if r["metric"].startswith("val/loss ("))
+    assert loss["ttt_linear"] == "3.4000 [3.3000, 3.5000]"
+    text = summary_markdown(cfg, comparison(outputs), status="completed", error=None,
+                            flow_run_url=None)  # fmt: skip
+    assert all("| " + " | ".join(row.values()) + " |" in text for row in rows)
+    assert not any("ci95" in r["metric"] for r in rows)  # the interval sits in the loss cell
+    assert headline_rows(cfg, {}) == []

@@ -1,6 +1,7 @@
 """What a person types: the deployment's form, request → run name, bad keys refused at once."""
 
 import json
+from pathlib import Path
 
 import pytest
 from prefect.utilities.callables import parameter_schema
@@ -8,6 +9,7 @@ from prefect.utilities.callables import parameter_schema
 from flows import bringup as bringup_module
 from flows.bringup import bringup
 from flows.config import PIPELINE_PRESETS
+from flows.deploy import PROJECT_ROOT, bringup_deployment, restart_automation
 from flows.request import (
     RUN_ROOT_ENV,
     BringupRequest,
@@ -15,11 +17,16 @@ from flows.request import (
     resolve,
     run_name,
 )
-from flows.serve import bringup_deployment, restart_automation
 
 
 def test_the_deployment_form_is_short_typed_and_needs_nothing():
-    schema = bringup_deployment()._parameter_openapi_schema.model_dump_for_openapi()
+    deployment = bringup_deployment({"FLOWS_RUN_ROOT": "/somewhere"})
+    # what a worker runs: this project's own source, the flow's file, the stack's run root
+    assert deployment.entrypoint == "flows/bringup.py:bringup"
+    assert Path(deployment.storage.to_pull_step()["prefect.deployments.steps.set_working_directory"]
+                ["directory"]) == PROJECT_ROOT  # fmt: skip
+    assert deployment.job_variables == {"env": {"FLOWS_RUN_ROOT": "/somewhere"}}
+    schema = deployment._parameter_openapi_schema.model_dump_for_openapi()
     assert "required" not in schema  # `prefect deployment run bringup/bringup` runs as is
     props = schema["properties"]
     assert list(props) == ["preset", "mixer", "overrides", "refresh"]

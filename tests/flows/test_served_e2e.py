@@ -1,4 +1,4 @@
-"""End to end as a person runs it: `flows up` (Prefect server, MLflow server, `flows serve`), then
+"""End to end as a person runs it: `flows up` (Prefect server, MLflow server, a pool worker), then
 `prefect deployment run bringup/bringup` from another directory, kills, restarts and resumes."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from flows.config import PipelineConfig
 from flows.record import read_record
 from flows.request import BringupRequest, resolve
-from flows.up import free_port, services
+from flows.up import free_port, stack_env
 from tests.flows.helpers import (
     Kill,
     children_of,
@@ -69,8 +69,8 @@ def serving(run_root: Path, resume_every_s: float):
         assert len(service_pids) >= 3
         with pytest.MonkeyPatch.context() as patch:  # the environment `flows up` gives `serve`
             patch.delenv("PREFECT_HOME")
-            *_, serve = services(run_root, prefect_port, mlflow_port, resume_every_s, True)
-        yield serve.env
+            env = stack_env(run_root, prefect_port, mlflow_port)
+        yield env
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -110,7 +110,7 @@ def run_deployment(
 def run_named_deployment(
     name: str, params: dict, env: dict, *extra: str, cwd: Path | None = None, check: bool = True
 ) -> subprocess.CompletedProcess:
-    """`prefect deployment run NAME -p k=v ...`, retried while `flows serve` is still
+    """`prefect deployment run NAME -p k=v ...`, retried while `flows deploy` is still
     registering the deployment (seconds after it starts)."""
     command = [
         sys.executable, "-m", "prefect", "deployment", "run", name,
@@ -129,7 +129,7 @@ def run_named_deployment(
 
 
 def read_deployment(api_url: str, name: str, timeout_s: float = 120):
-    """The deployment `name`, waiting for `flows serve` to register it."""
+    """The deployment `name`, waiting for `flows deploy` to register it."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -231,6 +231,47 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     ]
     assert len(failed) == 1 and "train.bogus" in failed[0].state.message
     assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == bring_ups
+
+
+@pytest.mark.slow
+def test_two_submissions_run_at_once_on_the_pool_and_take_turns_to_train(served, tmp_path_factory):
+    """Two `prefect deployment run`s from another directory, neither watched: the pool's worker
+    runs both at once, each in its own process, and `train-slots` (1 on CPU) lets one train at
+    a time."""
+    from flows.choices import POOL_NAME
+
+    run_root, env = served
+    api = env["PREFECT_API_URL"]
+    elsewhere = tmp_path_factory.mktemp("submitter")
+    requests = [BringupRequest(preset="debug_tiny", overrides={"train.steps": steps, "name": "pool",
+                                                               "evals": ["perplexity"]})
+                for steps in (24, 26)]  # fmt: skip
+    for request in requests:
+        run_deployment(request, env, cwd=elsewhere)
+    assert not list(elsewhere.iterdir())
+
+    def finished() -> list[Any] | None:
+        runs = [run for r in requests for _, run in flow_runs(api, r)]
+        return (
+            runs if len(runs) == 2 and all(r.state and r.state.is_final() for r in runs) else None
+        )
+
+    runs = wait_for(finished, "both submissions to finish", every_s=API_POLL_S)
+    assert [r.state.name for r in runs] == ["Completed", "Completed"]
+    assert {r.work_pool_name for r in runs} == {POOL_NAME}
+    assert runs[0].infrastructure_pid != runs[1].infrastructure_pid  # a process each
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert second.start_time < first.end_time  # they ran at the same time
+    # train_stage's own MLflow runs span the torchrun launches, which hold the slot
+    client = MlflowClient(str(resolve(requests[0], run_root).mlflow_tracking_uri))
+    trainings = sorted(
+        (r.info for r in client.search_runs([client.get_experiment_by_name("pool").experiment_id])
+         if r.info.run_name.endswith("/train")),
+        key=lambda info: info.start_time,
+    )  # fmt: skip
+    assert len(trainings) == 2 and trainings[0].end_time <= trainings[1].start_time
+    for request in requests:
+        assert read_record(resolve(request, run_root).run_dir).status == "completed"
 
 
 @pytest.mark.slow
