@@ -171,7 +171,7 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     children = {
         r.info.run_name.removeprefix(f"{cfg.run_name}/"): r for r in runs if r is not parent
     }
-    stages = {"tokenizer", "shards", "train", "bench", "evaluate"}
+    stages = {"tokenizer", "shards", "train", "bench", "evaluate", "register"}
     assert set(children) == stages | {"none/train", "none/evaluate"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
     history = client.get_metric_history(children["train"].info.run_id, "loss")
@@ -212,6 +212,19 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     flow_run_id = parent.data.tags["prefect.flow_run_id"]
     artifact = prefect_artifact(env["PREFECT_API_URL"], "bringup-summary", flow_run_id)
     assert artifact.type == "markdown" and artifact.data == summary
+    api = env["PREFECT_API_URL"]
+    table = prefect_artifact(api, "bringup-headline", flow_run_id)
+    assert table.type == "table" and "val/loss (whole val split" in str(table.data)
+    compared_table = prefect_artifact(api, "bringup-comparison", flow_run_id)
+    assert compared_table.type == "table" and "vs ref" in str(compared_table.data)
+    progress = prefect_artifacts(api, "training-progress", flow_run_id)
+    assert [(a.type, a.data) for a in progress] == [("progress", 100.0)] * 2  # model, control
+    # the export is a registered pyfunc version, tagged with what it was measured on
+    versions = [v for v in client.search_model_versions("name = 'ttt-debug_tiny-ttt_linear'")
+                if v.tags.get("prefect.flow_run_id") == flow_run_id]  # fmt: skip
+    assert len(versions) == 1 and versions[0].tags["git.commit"]
+    assert float(versions[0].tags["val/loss"]) == record.summary["val/loss"]
+    assert versions[0].tags["data.shards_sha256"] and versions[0].tags["champion.decision"]
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id, "eval/compare")}
     assert {"eval/compare/compare.png", "eval/compare/compare.md"} <= parent_files
     assert parent.data.params["preset"] == "debug_tiny" and "model_params" in parent.data.params
@@ -231,6 +244,12 @@ def test_deployment_run_completes_with_the_mlflow_layout(served, tmp_path_factor
     ]
     assert len(failed) == 1 and "train.bogus" in failed[0].state.message
     assert sorted(p.name for p in run_root.iterdir() if (p / "bringup.json").exists()) == bring_ups
+
+    # the registry's champion is what the serve deployment serves when asked for it
+    served_model = serve_through_deployment(
+        env, {"model": "models:/ttt-debug_tiny-ttt_linear@champion"}, tmp_path_factory
+    )
+    assert served_model == "models:/ttt-debug_tiny-ttt_linear@champion"
 
 
 @pytest.mark.slow
@@ -274,32 +293,41 @@ def test_two_submissions_run_at_once_on_the_pool_and_take_turns_to_train(served,
         assert read_record(resolve(request, run_root).run_dir).status == "completed"
 
 
-@pytest.mark.slow
-def test_the_serve_deployment_serves_the_newest_export(served, tmp_path_factory, debug_tiny_data):
-    """`prefect deployment run serve/serve` from another directory starts a server on the
-    newest export under the run root; the flow run completes, its artifact says where."""
+def serve_through_deployment(env: dict, params: dict, tmp_path_factory) -> str:
+    """`prefect deployment run serve/serve` from another directory, watched to completion; one
+    completion through the server its artifact names, which is then stopped. Returns the model
+    the server says it serves."""
     import openai
 
-    from tests.serve_stage.helpers import write_export
-
-    run_root, env = served
-    write_export(run_root / "served-model" / "export", debug_tiny_data.tokenizer, "ttt_linear")
     port = free_port()
     elsewhere = tmp_path_factory.mktemp("serve-caller")
-    done = run_named_deployment("serve/serve", {"port": port}, env, "--watch", "--watch-timeout",
-                                str(HANG_GUARD_S), cwd=elsewhere)  # fmt: skip
+    done = run_named_deployment("serve/serve", {**params, "port": port}, env, "--watch",
+                                "--watch-timeout", str(HANG_GUARD_S), cwd=elsewhere)  # fmt: skip
     assert "Completed" in done.stdout and not list(elsewhere.iterdir())
     flow_run_id = done.stdout.split("UUID:")[1].split()[0]
     artifact = prefect_artifact(env["PREFECT_API_URL"], "serve", flow_run_id)
     pid = int(artifact.data.split("- pid ")[1].split(";")[0])
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-        reply = client.completions.create(model="export", prompt="x", max_tokens=2)
+        model = client.models.list().data[0].id
+        reply = client.completions.create(model=model, prompt="x", max_tokens=2)
         assert reply.choices[0].finish_reason in ("stop", "length")
         assert f"http://127.0.0.1:{port}/v1" in artifact.data
-        assert (run_root / "serve" / f"port-{port}" / "sessions").is_dir()
+        return model
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_the_serve_deployment_serves_the_newest_export(served, tmp_path_factory, debug_tiny_data):
+    """`prefect deployment run serve/serve` from another directory starts a server on the
+    newest export under the run root; the flow run completes, its artifact says where."""
+    from tests.serve_stage.helpers import write_export
+
+    run_root, env = served
+    write_export(run_root / "served-model" / "export", debug_tiny_data.tokenizer, "ttt_linear")
+    assert serve_through_deployment(env, {}, tmp_path_factory) == "export"
+    assert len(list((run_root / "serve").glob("port-*/sessions"))) >= 1
 
 
 def resident_mb(pid: int) -> float:
@@ -312,7 +340,14 @@ def resident_mb(pid: int) -> float:
 
 
 def prefect_artifact(api_url: str, key: str, flow_run_id: str):
-    """The artifact with `key` that flow run `flow_run_id` made."""
+    """The one artifact with `key` that flow run `flow_run_id` made."""
+    found = prefect_artifacts(api_url, key, flow_run_id)
+    assert len(found) == 1, f"artifacts {key!r} of flow run {flow_run_id}: {found}"
+    return found[0]
+
+
+def prefect_artifacts(api_url: str, key: str, flow_run_id: str) -> list:
+    """The artifacts with `key` that flow run `flow_run_id` made."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -325,9 +360,7 @@ def prefect_artifact(api_url: str, key: str, flow_run_id: str):
         key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])
     )
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=wanted)
-    assert len(found) == 1, f"artifacts {key!r} of flow run {flow_run_id}: {found}"
-    return found[0]
+        return client.read_artifacts(artifact_filter=wanted)
 
 
 def flow_runs(api_url: str, request: BringupRequest | None = None) -> list[tuple[str, Any]]:
