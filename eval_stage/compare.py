@@ -273,12 +273,17 @@ def rows_of(result: EvalResult) -> list[RunRow]:
     return [RunRow.model_validate(r) for r in result.tables["runs"]]
 
 
-def records(result: EvalResult) -> list[dict[str, Any]]:
-    """The comparison's table as one dict per model, keys in column order (missing cells
-    empty): what a table artifact shows."""
+def records(result: EvalResult) -> list[dict[str, str]]:
+    """The comparison's table as one dict per model, keys in column order, cells as shown
+    (losses to 4 decimals, missing cells empty): the Markdown table's rows, and what a table
+    artifact shows."""
     rows = rows_of(result)
     columns = table_columns(rows)
-    return [{c: row.get(c, "") for c in columns} for row in table_rows(rows)]
+    return [
+        {c: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+         for c, v in zip(columns, map(row.get, columns), strict=True)}
+        for row in table_rows(rows)
+    ]  # fmt: skip
 
 
 def summarize(result: EvalResult) -> str:
@@ -292,9 +297,7 @@ def markdown(result: EvalResult) -> str:
     rows = rows_of(result)
     columns = table_columns(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table_rows(rows):
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in map(row.get, columns)]
-        lines.append("| " + " | ".join(c if c != "None" else "" for c in cells) + " |")
+    lines += ["| " + " | ".join(record.values()) + " |" for record in records(result)]
     decode = rows[0].decode_context
     lines += [
         "",

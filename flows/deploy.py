@@ -32,8 +32,12 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
+from flows.bringup import bringup
 from flows.choices import DEFAULT_PRESET, POOL_NAME
 from flows.env import MLFLOW_URI_ENV, RUN_ROOT_ENV, UI_ENV
+from flows.long_context import long_context
+from flows.model_server import serve_model
+from flows.resume import resume
 from flows.slots import TRAIN_SLOTS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source every deployment pulls
@@ -132,8 +136,6 @@ def bringup_deployment(env: dict[str, str]) -> RunnerDeployment:
     """`bringup/bringup` with the form a person fills in: `restart_count` stays a parameter of
     the flow (the automation and `resume` pass it; JSON schemas accept properties they do not
     list) but is dropped from the deployment's schema, so the UI and CLI never offer it."""
-    from flows.bringup import bringup
-
     deployment = from_source(bringup, "bringup", env)
     schema = deployment._parameter_openapi_schema  # no public setter; what apply() registers
     for name in INTERNAL_PARAMETERS:
@@ -153,10 +155,6 @@ def deploy(
     """Create or update everything the module docstring lists; every flow run works under
     `run_root` and logs to `mlflow_uri` (None: the run root's SQLite store), whichever directory
     it was started from. Returns the deployments' names."""
-    from flows.long_context import long_context
-    from flows.model_server import serve_model
-    from flows.resume import resume
-
     env = {RUN_ROOT_ENV: str(run_root)}
     env.update({k: v for k, v in ((MLFLOW_URI_ENV, mlflow_uri), (UI_ENV, mlflow_ui)) if v})
     ensure_pool(POOL_NAME, pool_limit)

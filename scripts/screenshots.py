@@ -7,8 +7,9 @@ to show the val loss.
     python scripts/screenshots.py --run-dir runs/debug_tiny-ttt_linear \
         --mlflow-ui http://127.0.0.1:5000 --prefect-ui http://127.0.0.1:4200 --out shots/
 
-Reads the parent run id and the Prefect flow run id from `<run-dir>/bringup.json` and its MLflow
-store, opens each page in Chromium (`chromium --headless`, which renders the JavaScript of both
+Also captures the registered model's page, Prefect's Artifacts list and the flow run's headline
+table, comparison table and training progress artifacts. Reads the parent run id and the
+Prefect flow run id from `<run-dir>/bringup.json` and its MLflow store, opens each page in Chromium (`chromium --headless`, which renders the JavaScript of both
 UIs) and writes `<page>.png` and `<page>.txt` (the rendered page's text) into `--out`. The run
 page (its Description) and the Prefect summary must show the val loss with its value; exit 1
 names a page that does not. The runs table is captured and reported only: MLflow shows no
@@ -31,7 +32,10 @@ from flows.links import run_page_url, runs_table_url
 
 # the summary's row: "val/loss (whole val split, [95% CI]) 5.4310 [5.3915, 5.4761]"
 VAL_LOSS_ROW = re.compile(r"val/loss \([^)]*\)\s*\|?\s*\d+\.\d{4}")
-MUST_SHOW = ("mlflow_parent_run", "prefect_summary")
+# the flow run's artifacts captured: the summary, the headline and comparison tables, training
+# progress (the comparison only when the bring-up had controls)
+ARTIFACT_KEYS = ("bringup-summary", "bringup-headline", "bringup-comparison", "training-progress")
+MUST_SHOW = ("mlflow_parent_run", "prefect_summary", "prefect_headline")
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1500,1000",
                  "--virtual-time-budget=20000"]  # fmt: skip
 
@@ -54,19 +58,18 @@ def capture(browser: str, url: str, out: Path, name: str) -> str:
     return text
 
 
-def prefect_artifact_url(prefect_ui: str, flow_run_id: str) -> str:
-    """The `bringup-summary` artifact page of the flow run (Prefect's REST API finds its id)."""
+def prefect_artifact_url(prefect_ui: str, flow_run_id: str, key: str) -> str | None:
+    """The page of the flow run's artifact `key` (Prefect's REST API finds its id); None when
+    the flow run made none."""
     from urllib.request import Request, urlopen
 
-    query = {"artifacts": {"key": {"any_": ["bringup-summary"]},
+    query = {"artifacts": {"key": {"any_": [key]},
                            "flow_run_id": {"any_": [flow_run_id]}}}  # fmt: skip
     request = Request(f"{prefect_ui.rstrip('/')}/api/artifacts/filter", method="POST",
                       data=json.dumps(query).encode(), headers={"Content-Type": "application/json"})  # fmt: skip
     with urlopen(request, timeout=30) as reply:
         found = json.load(reply)
-    if not found:
-        raise SystemExit(f"flow run {flow_run_id} has no bringup-summary artifact")
-    return f"{prefect_ui.rstrip('/')}/artifacts/artifact/{found[-1]['id']}"
+    return f"{prefect_ui.rstrip('/')}/artifacts/artifact/{found[-1]['id']}" if found else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,11 +88,20 @@ def main(argv: list[str] | None = None) -> int:
 
     client = MlflowClient(tracking_uri=args.mlflow_ui)
     experiment = client.get_run(parent).info.experiment_id
+    model = f"ttt-{record['config']['preset']}-{record['config']['mixer']}"
     pages = {
         "mlflow_runs_table": runs_table_url(args.mlflow_ui, experiment),
         "mlflow_parent_run": run_page_url(args.mlflow_ui, experiment, parent),
-        "prefect_summary": prefect_artifact_url(args.prefect_ui, flow_run_id),
-    }
+        "mlflow_registered_model": f"{args.mlflow_ui.rstrip('/')}/#/models/{model}"
+                                   "?workflowType=machine_learning",
+        "prefect_artifacts": f"{args.prefect_ui.rstrip('/')}/artifacts",
+        **{f"prefect_{key.split('-')[-1]}": prefect_artifact_url(args.prefect_ui, flow_run_id, key)
+           for key in ARTIFACT_KEYS},
+    }  # fmt: skip
+    absent = [name for name, url in pages.items() if url is None]
+    if [name for name in absent if name in MUST_SHOW]:
+        raise SystemExit(f"flow run {flow_run_id} has no artifact for {', '.join(absent)}")
+    pages = {name: url for name, url in pages.items() if url is not None}
     args.out.mkdir(parents=True, exist_ok=True)
     missing = []
     for name, url in pages.items():

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 
-from flows.up import free_port
+from flows.up import free_port, port_free
 from tests.flows.helpers import flows_up
 
 
@@ -28,3 +28,24 @@ def test_the_supervisor_loads_neither_torch_nor_mlflow_nor_prefect():
              "print(sorted(m for m in ('torch', 'mlflow', 'prefect') if m in sys.modules))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_port_left_in_time_wait_by_a_stopped_stack_is_free():
+    """A server that accepted a connection and stopped leaves it in TIME_WAIT on its side; the
+    servers bind with SO_REUSEADDR, so `flows up` started again at once must not refuse."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server closes first: its side of the connection waits in TIME_WAIT
+    client.close()
+    listener.close()
+    assert port_free(port)
+    with socket.socket() as busy:  # a listener, though, is refused
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        assert not port_free(port)
