@@ -1,5 +1,7 @@
-"""`python -m flows run|long-context|deploy|up|sweep`: one bring-up in-process, the long-context
-comparison, the deployments on a work pool, the whole stack, or a grid of training runs on shared data.
+"""`python -m flows`: bring-ups in this process, or on a Prefect work pool (deploy, up).
+
+`run|long-context|deploy|up|sweep`: one bring-up in-process, the long-context comparison, the
+deployments on a work pool, the whole stack, or a grid of training runs on shared data.
 
 Prefect is imported only after `prepare_env` has pointed it at the run root's state dir, and
 the stages only by the commands that use them: parsing, `--help` and `up` (a supervisor that only
@@ -136,7 +138,8 @@ def add_deploy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--run-root", type=Path, default=Path("runs"), help="where bring-ups run; resume scans it"
     )
-    p.add_argument("--resume-every", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--resume-every", type=float, default=600.0, metavar="SECONDS",
+                   help="interval of the resume/resume schedule (default: %(default)g)")  # fmt: skip
     resume = p.add_mutually_exclusive_group()
     resume.add_argument(
         "--resume-paused",
@@ -189,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     deploy = sub.add_parser("deploy", help="create the work pool, train-slots limit, "
                             "deployments and restart automation (PREFECT_API_URL's server)")  # fmt: skip
+    deploy.description = ("Create or update, on the Prefect server PREFECT_API_URL names: the "
+                          "process work pool ttt-local, the train-slots concurrency limit, the "
+                          "deployments bringup, resume, long-context and serve (from this "
+                          "project's source) and the restart automation. A worker runs them: "
+                          "prefect worker start --pool ttt-local (flows up starts one).")  # fmt: skip
     add_deploy_args(deploy)
     deploy.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     deploy.set_defaults(func=cmd_deploy)
