@@ -1,7 +1,7 @@
 """`python -m flows`: bring-ups in this process, or on a Prefect work pool (deploy, up).
 
 `run|long-context|deploy|up|sweep`: one bring-up in-process, the long-context comparison, the
-deployments on a work pool, the whole stack, or a grid of training runs on shared data.
+deployments on a work pool, the whole stack, or an Optuna search of train.* settings on shared data.
 
 Prefect is imported only after `prepare_env` has pointed it at the run root's state dir, and
 the stages only by the commands that use them: parsing, `--help` and `up` (a supervisor that only
@@ -169,9 +169,33 @@ def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--grid",
         action="append",
-        required=True,
         metavar="KEY=V1,V2,...",
         help="a train.* PipelineConfig key and its values (repeat for more axes)",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        metavar="KEY=LOW..HIGH[:log][:int]",
+        help="a train.* key searched between two bounds (with --sampler tpe)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("grid", "tpe"),
+        default="grid",
+        help="grid: every combination of the --grid values once; tpe: --trials points chosen "
+        "by Optuna's TPE from the --grid values and --range bounds",
+    )
+    p.add_argument("--trials", type=int, help="how many points TPE trains")
+    p.add_argument(
+        "--pruner",
+        choices=("median", "none"),
+        default="median",
+        help="median: stop a point whose periodic val loss (train.eval_every) is worse than the "
+        "median of earlier trials at that step",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument(
+        "--concurrency", type=int, default=1, help="points trained at once in this process"
     )
     p.add_argument("--out", type=Path, required=True, help="the sweep's directory")
     p.set_defaults(func=cmd_sweep)
@@ -226,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     lc.add_argument("--mlflow-uri", help="default: sqlite:///<run_root>/mlflow.db")
     lc.add_argument("--refresh", action="store_true", help="rerun every stage (ignore cache)")
     lc.set_defaults(func=cmd_long_context)
-    add_sweep_args(sub.add_parser("sweep", help="train a grid of points on shared data"))
+    add_sweep_args(
+        sub.add_parser("sweep", help="search train.* settings with Optuna on shared data")
+    )
     return p
 
 

@@ -7,7 +7,8 @@ names. A worker (`prefect worker start --pool ttt-local`, which `flows up` start
 - global concurrency limit `train-slots` (default: the GPUs, 1 on CPU): the training stage
   holds one slot while torchrun runs, so concurrent bring-ups queue for the machine;
 - deployments `bringup/bringup`, `resume/resume` (interval), `long-context/long-context`,
-  `serve/serve`, all pulled from this project's own source directory;
+  `serve/serve`, `sweep/sweep` and the `sweep-trial/sweep-trial` runs it submits, all pulled
+  from this project's own source directory;
 - automation `bringup-restart-on-failure`: a failed or crashed bring-up runs again with
   `restart_count + 1`.
 """
@@ -39,6 +40,7 @@ from flows.long_context import long_context
 from flows.model_server import serve_model
 from flows.resume import resume
 from flows.slots import TRAIN_SLOTS
+from flows.sweep_flow import sweep, sweep_trial
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the source every deployment pulls
 AUTOMATION_NAME = "bringup-restart-on-failure"
@@ -165,6 +167,8 @@ def deploy(
                     parameters={"run_root": str(run_root)}, paused=resume_paused),
         from_source(long_context, "long-context", env),
         from_source(serve_model, "serve", env),
+        from_source(sweep, "sweep", env),
+        from_source(sweep_trial, "sweep-trial", env),
     ]  # fmt: skip
     ids = [d.apply(work_pool_name=POOL_NAME) for d in deployments]
     upsert_automation(restart_automation(ids[0]))

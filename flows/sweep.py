@@ -1,22 +1,25 @@
-"""`python -m flows sweep`: train a grid of points over one preset's data and rank them by val loss.
+"""`python -m flows sweep`: search train.* settings with Optuna and rank the points by val loss.
 
-Every point is the bring-up `flows run --preset P --mixer M --set …` would train, with the grid's
-values as extra `--set` keys. The tokenizer and shards are built once under `<out>` and shared,
-every point starts from the same seed on the same rows, and each trains through the same
+Every point is the bring-up `flows run --preset P --mixer M --set …` would train, with the
+trial's values as extra `--set` keys. The tokenizer and shards are built once under `<out>` and
+shared, every point starts from the same seed on the same rows, and each trains through the same
 `train_stage` command the pipeline launches (`<out>/points/<point>/`, its log in `train.log`).
 Val loss is train_stage's final evaluation: the same fixed validation rows for every point, so
-grid axes that would change the data or those rows are refused before any work.
+axes that would change the data or those rows are refused before any work.
 
-Rerunning the same command skips finished points and resumes an interrupted one from its latest
-checkpoint; a point whose config changed is moved aside and retrained. Writes `sweep.json`,
-`sweep.md` (sorted by val loss) and `sweep.png` (val loss against lr, else the first axis that
-varies; one line per value of the others).
+The search (`flows.search`): `--grid` axes with Optuna's grid sampler, or `--range` axes with
+TPE and `--trials N`; the median pruner stops a point whose periodic val loss
+(`train.eval_every`) is worse than the median of the earlier trials at that step. The study is
+`<out>/optuna.db`; rerunning the same command continues it, resuming an interrupted point from
+its latest checkpoint. A point finished by any earlier sweep into `<out>` is read back, not
+retrained. This command trains in this process, one point at a time unless `--concurrency`
+says more; the `sweep` deployment runs each trial as a flow run on the work pool
+(`flows.sweep_flow`). Writes `sweep.json`, `sweep.md` (sorted by val loss) and `sweep.png`.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import re
@@ -26,18 +29,22 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from data_stage import build_shards, read_manifest, train_tokenizer
 from flows.config import PipelineConfig
 from flows.fingerprint import corpus_fingerprint, digest
 from flows.request import BringupRequest, InvalidRequest, resolve
-from flows.torchrun import NOT_RETRYABLE, ProcessFailed, Terminated, run_streaming
+from flows.search import SearchSpec, SweepError, parse_grid, parse_ranges
+from flows.sweep_report import write_outputs
+from flows.torchrun import NOT_RETRYABLE, ProcessFailed, Terminated, run_streaming, sigterm_raises
 from flows.train_run import LAUNCH_FILE, prepare_launch, train_run_key
+from flows.trials import PRUNE_FILE, STOP_FILE, TrialLoop
 from stage_common import CliParser, output_dir_problem, run_cli
 from train_stage import TrainConfig
 from ttt_core import atomic_write_text, parse_assignments
@@ -48,12 +55,8 @@ EXIT_INTERRUPTED = 143  # as train_stage: stopped by SIGTERM/SIGINT, rerun to re
 VAL_FIELDS = ("eval_batches", "max_batch_size", "max_seq_len")
 
 
-class SweepError(ValueError):
-    """A sweep that cannot run as asked; the message is one line naming the key."""
-
-
 class Point(BaseModel):
-    """One grid point: its values (dotted key -> the value the run trains with) and that run."""
+    """One point: its values (dotted key -> the value the run trains with) and that run."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
@@ -62,43 +65,76 @@ class Point(BaseModel):
     train: TrainConfig
 
 
+class Stopped(Exception):
+    """The sweep asked this point's training to stop: its pruner (`PRUNE_FILE`, status
+    pruned) or a signal to the sweep (`STOP_FILE`, status interrupted: resumed by a rerun)."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status, self.reason = status, reason
+
+
 class Sweep(BaseModel):
-    """A validated sweep: the shared data configs and every point's training config."""
+    """A validated sweep: its search, the shared data configs, the first point (what every
+    other must match: data and validation rows) and each axis's resolved values or bounds."""
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     out: Path
+    spec: SearchSpec
     base: PipelineConfig
+    first: Point
     axes: dict[str, list[Any]]
-    points: list[Point]
     command: str
 
+    def point_for(self, params: dict[str, Any]) -> Point:
+        """The point of one trial's values (SweepError, one line, when it is not valid or
+        changes the data or the validation rows)."""
+        point, cfg = _resolve_point(self.spec, params, self.out)
+        if _data_settings(cfg) != _data_settings(self.base):
+            raise SweepError(f"point {point.name} changes the data; sweep train.* settings only")
+        if _val_settings(point.train) != _val_settings(self.first.train):
+            raise SweepError(
+                f"point {point.name} changes the validation rows ({', '.join(VAL_FIELDS)} differ "
+                f"from point {self.first.name}); their val losses would not be comparable"
+            )
+        return point
 
-def parse_grid(items: list[str]) -> dict[str, list[Any]]:
-    """`["train.lr=1e-3,3e-3"]` -> `{"train.lr": [0.001, 0.003]}`; each value parsed as YAML."""
-    axes: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key or not text:
-            raise SweepError(f"--grid {item!r}: expected KEY=V1,V2,... (e.g. train.lr=1e-3,3e-3)")
-        if key in axes:
-            raise SweepError(f"--grid {key!r} given twice")
-        try:
-            values = [yaml.safe_load(v) for v in text.split(",")]
-        except yaml.YAMLError as e:
-            raise SweepError(f"--grid {item!r}: {' '.join(str(e).split())}") from None
-        if len(set(map(repr, values))) != len(values):
-            raise SweepError(f"--grid {key!r}: repeated values {values}")
-        axes[key] = values
-    if not axes:
-        raise SweepError("give at least one --grid KEY=V1,V2,...")
-    return axes
+    def run_key(self, point: Point) -> str:
+        return train_run_key(point.train, self.base.nproc)
+
+    def read_record(self, point: Point, wall_s: float) -> dict[str, Any]:
+        """What a trial's files say: its RESULT_FILE when it ran to the end (completed or
+        diverged), else its train_summary's numbers (status stopped, or interrupted)."""
+        result = point.train.run_dir / RESULT_FILE
+        if result.is_file():
+            record = json.loads(result.read_text())
+            if record["key"] == self.run_key(point):
+                return {**record, "cached": False}
+        numbers = _train_numbers(point.train.run_dir)
+        status = numbers.pop("status") or "interrupted"
+        return {"name": point.name, "params": point.params, "status": status,
+                "key": self.run_key(point), "wall_s": wall_s, **numbers}  # fmt: skip
+
+
+def make_spec(**fields: Any) -> SearchSpec:
+    """A SearchSpec, or SweepError naming the field that is wrong."""
+    try:
+        return SearchSpec(**fields)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"]))
+        raise SweepError(
+            f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}"
+        ) from None
 
 
 def point_name(params: dict[str, Any]) -> str:
     """A folder name from the values as given: `lr=1e-3_model.eta_base=0.01` (the `train.`
-    dropped; characters unsafe in a path, such as `/` or spaces, become `-`)."""
-    text = "_".join(f"{k.removeprefix('train.')}={v}" for k, v in params.items())
+    dropped; floats sampled by TPE to 4 significant digits; characters unsafe in a path, such
+    as `/` or spaces, become `-`)."""
+    shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in params.items()}
+    text = "_".join(f"{k.removeprefix('train.')}={v}" for k, v in shown.items())
     return re.sub(r"[^A-Za-z0-9._=+-]", "-", text)
 
 
@@ -122,57 +158,36 @@ def _val_settings(train: TrainConfig) -> dict[str, Any]:
     return {f: getattr(train, f) for f in VAL_FIELDS}
 
 
-def plan(
-    preset: str,
-    mixer: str | None,
-    sets: dict[str, Any],
-    axes: dict[str, list[Any]],
-    out: Path,
-    command: str = "",
-) -> Sweep:
-    """Resolve every point (as `flows run --preset … --set …` would) and check that they share
-    the data and the validation rows. Raises `SweepError`/`InvalidRequest`, one line, before
-    anything is written."""
+def _resolve_point(
+    spec: SearchSpec, params: dict[str, Any], out: Path
+) -> tuple[Point, PipelineConfig]:
+    name = point_name(params)
+    request = BringupRequest(preset=spec.preset, mixer=spec.mixer,
+                             overrides={**spec.sets, **params})  # fmt: skip
+    try:
+        cfg = resolve(request, out)
+    except InvalidRequest as e:
+        raise SweepError(f"point {name}: {e}") from None
+    train = cfg.train_config(out / "shards").model_copy(update={"run_dir": out / "points" / name})
+    resolved = {key: _lookup(train.model_dump(mode="json"), key) for key in params}
+    return Point(name=name, params=resolved, train=train), cfg
+
+
+def plan(spec: SearchSpec, out: Path, command: str = "") -> Sweep:
+    """Resolve the first point and check every probe (`SearchSpec.probe_params`: the whole
+    grid, or each range's bounds) against it: same data, same validation rows, distinct names.
+    Raises `SweepError`, one line, before anything is written."""
     out = out.expanduser().resolve()
-    for key in axes:
-        if key in sets:
-            raise SweepError(f"{key!r} is both a --grid axis and a --set")
-        if key == "mixer" or not key.startswith("train."):
-            raise SweepError(
-                f"--grid {key!r}: only train.* keys can be swept (the tokenizer and shards are "
-                "shared by every point; run another sweep for another data setting or mixer)"
-            )
-    points: list[Point] = []
-    base: PipelineConfig | None = None
-    for values in itertools.product(*axes.values()):
-        params = dict(zip(axes, values, strict=True))
-        request = BringupRequest(preset=preset, mixer=mixer, overrides={**sets, **params})
-        try:
-            cfg = resolve(request, out)
-        except InvalidRequest as e:
-            raise SweepError(f"point {point_name(params)}: {e}") from None
-        name = point_name(params)
-        if any(p.name == name for p in points):
-            raise SweepError(f"two points are both named {name!r}; give distinct values")
-        train = cfg.train_config(out / "shards").model_copy(
-            update={"run_dir": out / "points" / name}
-        )
-        if base is None:
-            base = cfg
-        else:
-            first = points[0]
-            if _data_settings(cfg) != _data_settings(base):
-                raise SweepError(f"point {name} changes the data; sweep train.* settings only")
-            if _val_settings(train) != _val_settings(first.train):
-                raise SweepError(
-                    f"point {name} changes the validation rows ({', '.join(VAL_FIELDS)} differ "
-                    f"from point {first.name}); their val losses would not be comparable"
-                )
-        resolved = {key: _lookup(train.model_dump(mode="json"), key) for key in params}
-        points.append(Point(name=name, params=resolved, train=train))
-    assert base is not None  # parse_grid gives at least one axis with at least one value
-    resolved_axes = {k: list(dict.fromkeys(p.params[k] for p in points)) for k in axes}
-    return Sweep(out=out, base=base, axes=resolved_axes, points=points, command=command)
+    probes = spec.probe_params()
+    first, base = _resolve_point(spec, probes[0], out)
+    sweep = Sweep(out=out, spec=spec, base=base, first=first, axes={}, command=command)
+    points = [first] + [sweep.point_for(params) for params in probes[1:]]
+    names = [p.name for p in points]
+    if len(set(names)) != len(names) and not spec.ranges:
+        twice = next(n for n in names if names.count(n) > 1)
+        raise SweepError(f"two points are both named {twice!r}; give distinct values")
+    axes = {k: list(dict.fromkeys(p.params[k] for p in points)) for k in spec.axes()}
+    return sweep.model_copy(update={"axes": axes})
 
 
 # --- shared data ------------------------------------------------------------------------------
@@ -232,28 +247,32 @@ def train_point(
     nproc: int,
     grace_s: float,
     log: Callable[[str], None],
-    finished: dict[str, dict[str, Any]] | None = None,
-    label: str = "",
+    mlflow: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Train `point` (or resume it) through the pipeline's train_stage command; its record.
-    A run that ended earlier (`finished`, by run key) is read back, not retrained: completed,
-    or diverged (which a rerun would repeat). `label` names the point in progress lines."""
+    """Train `point` (or resume it) through the pipeline's train_stage command and return how it
+    ended: status completed, diverged, stopped (at `train.stop_at`), pruned or interrupted (its
+    run dir got `PRUNE_FILE` or `STOP_FILE` from the sweep: training stops at the next output
+    line, saving a checkpoint) or failed. Completed and diverged runs write RESULT_FILE: a rerun would repeat
+    them. `mlflow`: train_stage's `--mlflow-*` values; None trains without MLflow."""
     run_dir = point.train.run_dir
-    key = train_run_key(point.train, nproc)
-    done = (finished or {}).get(key)
-    if done is not None:
-        return {**done, "name": point.name, "params": point.params, "cached": True}
-    label = label or point.name
-    log(f"[sweep] {label}: training ({run_dir}/train.log)")
-    command = prepare_launch(point.train, nproc, False, grace_s, log, mlflow=None)
+    command = prepare_launch(point.train, nproc, False, grace_s, log, mlflow=mlflow)
+    markers = ((run_dir / PRUNE_FILE, "pruned"), (run_dir / STOP_FILE, "interrupted"))
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     start = time.perf_counter()
-    status = "completed"
+    status, note = "completed", None
+
+    def on_line(line: str, train_log) -> None:
+        print(line, file=train_log, flush=True)
+        for marker, why in markers:
+            if marker.is_file():
+                raise Stopped(why, marker.read_text().strip())
+
     with open(run_dir / "train.log", "a") as train_log:
         try:
             run_streaming(
                 command,
-                lambda line: print(line, file=train_log, flush=True),
+                lambda line: on_line(line, train_log),
                 env=env,
                 grace_s=grace_s,
                 what=f"train_stage ({point.name})",
@@ -261,7 +280,10 @@ def train_point(
             )
         except ProcessFailed as e:
             status = NOT_RETRYABLE.get(e.exit_code, "failed")
-            log(f"[sweep] {label}: {status}: {' | '.join(e.explanation[-3:])}")
+            log(f"[sweep] {point.name}: {status}: {' | '.join(e.explanation[-3:])}")
+        except Stopped as e:
+            status, note = e.status, e.reason
+            log(f"[sweep] {point.name}: {status} ({note})")
     numbers = _train_numbers(run_dir)
     if status == "completed":  # train_stage exits 0 also when it stopped at `stop_at`
         status = numbers.pop("status") or "failed"
@@ -270,13 +292,14 @@ def train_point(
         "name": point.name,
         "params": point.params,
         "status": status,
-        "key": key,
+        "key": train_run_key(point.train, nproc),
         "wall_s": time.perf_counter() - start,
         **numbers,
+        **({"note": note} if note else {}),
     }
     if status in ("completed", "diverged"):
         atomic_write_text(run_dir / RESULT_FILE, json.dumps(record, indent=2))
-    return {**record, "cached": False}
+    return record
 
 
 def _train_numbers(run_dir: Path) -> dict[str, Any]:
@@ -300,114 +323,43 @@ def _train_numbers(run_dir: Path) -> dict[str, Any]:
     }
 
 
-# --- outputs ----------------------------------------------------------------------------------
-def ranked(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Points with a val loss first, lowest first; the others (diverged, failed) after."""
-    return sorted(records, key=lambda r: (r["val_loss"] is None, r["val_loss"] or 0.0))
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def markdown_table(sweep: Sweep, records: list[dict[str, Any]]) -> str:
-    """A Markdown table of every point sorted by val loss (the trainer's estimate on its
-    `eval_batches` val batches, the same rows for every point), with the command that made it."""
-    axes = list(sweep.axes)
-    batches = sweep.points[0].train.eval_batches if sweep.points else 0
-    val = f"val loss (trainer, {batches} val batches)"
-    head = [*axes, val, "train loss (last step)", "tokens/s", "wall s", "status"]
-    lines = [
-        f"# Sweep: {sweep.base.preset} / {sweep.base.mixer}",
-        "",
-        f"`{sweep.command}`" if sweep.command else "",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for r in ranked(records):
-        cells = [str(r["params"][a]) for a in axes]
-        cells += [
-            _fmt(r["val_loss"], ".4f"),
-            _fmt(r["train_loss"], ".4f"),
-            _fmt(r["tokens_per_s"], ",.0f"),
-            _fmt(r["wall_s"], ".0f"),
-            r["status"],
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> Path:
-    """Val loss against the lr axis (else the first axis with more than one value), one line
-    per value of the other axes; log x when the values are positive and span 2x or more (lr
-    grids are geometric). The y axis spans at least 0.2 nats, so noise between close points is
-    not drawn as a cliff."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    varied = [a for a in ("train.lr", *sweep.axes) if len(sweep.axes.get(a, [])) > 1]
-    x_axis = varied[0] if varied else next(iter(sweep.axes))
-    others = [a for a in sweep.axes if a != x_axis]
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(tuple(r["params"][a] for a in others), []).append(r)
-    losses = []
-    for values, group in groups.items():
-        done = sorted(
-            (r for r in group if r["val_loss"] is not None), key=lambda r: r["params"][x_axis]
-        )
-        xs = [r["params"][x_axis] for r in done]
-        ys = [r["val_loss"] for r in done]
-        losses += ys
-        label = ", ".join(
-            f"{a.removeprefix('train.')}={v}" for a, v in zip(others, values, strict=True)
-        )
-        ax.plot(xs, ys, marker="o", label=label or None)
-    x_values = [v for v in sweep.axes[x_axis] if isinstance(v, int | float)]
-    if x_values and min(x_values) > 0 and max(x_values) / min(x_values) >= 2:
-        ax.set_xscale("log")
-    if losses:
-        low, high = min(losses), max(losses)
-        pad = max(0.0, 0.2 - (high - low)) / 2 + 0.02
-        ax.set_ylim(low - pad, high + pad)
-    ax.set_xlabel(x_axis)
-    ax.set_ylabel("val loss (nats/token)")
-    ax.set_title(f"{sweep.base.preset} / {sweep.base.mixer}: val loss per point")
-    ax.grid(True, alpha=0.3)
-    if others:
-        ax.legend(fontsize=8)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    return path
-
-
-def write_outputs(sweep: Sweep, records: list[dict[str, Any]]) -> list[Path]:
-    """`sweep.json` (every point), `sweep.md` (sorted table) and `sweep.png`, each atomically."""
-    out = sweep.out
-    keep = ("name", "params", "status", "val_loss", "train_loss", "tokens_per_s", "wall_s",
-            "steps", "resumed_from_step")  # fmt: skip
-    data = {
-        "preset": sweep.base.preset,
-        "mixer": sweep.base.mixer,
-        "axes": sweep.axes,
-        "command": sweep.command,
-        "points": [{k: r.get(k) for k in keep} for r in ranked(records)],
-    }
-    atomic_write_text(out / "sweep.json", json.dumps(data, indent=2))
-    atomic_write_text(out / "sweep.md", markdown_table(sweep, records))
-    tmp = out / ".sweep.png.tmp.png"
-    plot(sweep, records, tmp)
-    os.replace(tmp, out / "sweep.png")
-    return [out / "sweep.json", out / "sweep.md", out / "sweep.png"]
-
-
 # --- command ----------------------------------------------------------------------------------
-def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> int:
-    """Build the data once, train every point in order, write the outputs after each point (so
-    an interrupted sweep still leaves its table). 0 when every point completed, else 1."""
+class LocalLauncher:
+    """Trials trained by threads of this process (each a train_stage process group)."""
+
+    def __init__(self, sweep: Sweep, concurrency: int, log: Callable[[str], None]):
+        self.sweep, self.log = sweep, log
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="trial")
+        self.training: dict[Future, Point] = {}
+
+    def start(self, number: int, params: dict[str, Any], point: Point) -> Future:
+        base = self.sweep.base
+        future = self.pool.submit(train_point, point, base.nproc, base.stop_grace_s, self.log)
+        self.training[future] = point
+        future.add_done_callback(lambda done: self.training.pop(done, None))
+        return future
+
+    def stop(self) -> None:
+        """Ask every point still training to stop (each saves a checkpoint) and wait for them."""
+        for point in list(self.training.values()):
+            (point.train.run_dir / STOP_FILE).write_text("the sweep got a signal\n")
+        self.pool.shutdown(wait=True)
+
+    def outcome(self, handle: Future) -> str | None:
+        if not handle.done():
+            return None
+        error = handle.exception()
+        return "" if error is None else f"{type(error).__name__}: {error}"
+
+    def attrs(self, handle: Future) -> dict[str, str]:
+        return {}
+
+    def adopt(self, attrs: dict[str, Any]) -> None:
+        return None  # a trial left by a killed process died with it
+
+
+def prepare_data(sweep: Sweep, log: Callable[[str], None]) -> None:
+    """Build (or reuse) the shared data and refuse a val split no point could be ranked on."""
     sweep.out.mkdir(parents=True, exist_ok=True)
     build_data(sweep, log)
     val_rows = read_manifest(sweep.out / "shards").split("val").rows
@@ -416,59 +368,73 @@ def run_sweep(sweep: Sweep, log: Callable[[str], None] = print) -> int:
             "the shards have no validation rows, so no point could be ranked; raise "
             "val_fraction or use a larger corpus"
         )
-    if val_rows < sweep.points[0].train.eval_batches * sweep.points[0].train.max_batch_size:
+    train = sweep.first.train
+    if val_rows < train.eval_batches * train.max_batch_size:
         log(f"[sweep] note: the val split has {val_rows} rows; every point is measured on them")
-    records: list[dict[str, Any]] = []
-    total = len(sweep.points)
-    for index, point in enumerate(sweep.points, 1):
-        finished = finished_points(sweep.out)
-        label = f"{index}/{total} {point.name}"
-        grace = sweep.base.stop_grace_s
-        record = train_point(point, sweep.base.nproc, grace, log, finished, label)
-        records.append(record)
-        earlier = " (finished earlier)" if record["cached"] else ""
-        log(
-            f"[sweep] {label}: {record['status']}{earlier}, "
-            f"val loss {_fmt(record['val_loss'], '.4f')}, train loss "
-            f"{_fmt(record['train_loss'], '.4f')}, {_fmt(record['tokens_per_s'], ',.0f')} tok/s, "
-            f"{record['wall_s']:.0f} s"
-        )
-        write_outputs(sweep, records)
-    best = ranked(records)[0]
-    log(f"[sweep] best: {best['name']} val loss {_fmt(best['val_loss'], '.4f')}; "
-        f"table {sweep.out / 'sweep.md'}")  # fmt: skip
-    return 0 if all(r["status"] == "completed" for r in records) else 1
+
+
+def best_line(sweep: Sweep, records: list[dict[str, Any]]) -> str:
+    from flows.sweep_report import ranked
+
+    best = ranked(records)[0] if records else None
+    if best is None or best["val_loss"] is None:
+        return f"[sweep] no point completed yet; table {sweep.out / 'sweep.md'}"
+    return (f"[sweep] best: {best['name']} val loss {best['val_loss']:.4f}; "
+            f"table {sweep.out / 'sweep.md'}")  # fmt: skip
+
+
+def run_sweep(sweep: Sweep, concurrency: int = 1, log: Callable[[str], None] = print) -> int:
+    """Build the data once, run the study's trials here (`concurrency` at once), writing the
+    outputs after each one (so an interrupted sweep still leaves its table). 0 when the target
+    is met and every trial completed or was pruned, else 1."""
+    prepare_data(sweep, log)
+    launcher = LocalLauncher(sweep, concurrency, log)
+    loop = TrialLoop(sweep, launcher, concurrency, log,
+                     on_record=lambda records: write_outputs(sweep, records))  # fmt: skip
+    try:
+        with sigterm_raises():
+            records = loop.run(lambda: finished_points(sweep.out))
+    except BaseException:  # SIGTERM, Ctrl-C: the trials left RUNNING resume on a rerun
+        launcher.stop()
+        raise
+    write_outputs(sweep, records)
+    log(best_line(sweep, records))
+    return loop.status_code()
 
 
 def sweep_command(args: argparse.Namespace) -> str:
-    """The command line that reruns (resumes) this sweep, for the table."""
+    """The command line that reruns (continues) this sweep, for the table."""
     argv = ["python", "-m", "flows", "sweep", "--preset", args.preset]
     argv += ["--mixer", args.mixer] if args.mixer else []
-    for item in args.set or []:
-        argv += ["--set", item]
-    for item in args.grid:
-        argv += ["--grid", item]
+    for flag in ("set", "grid", "range"):
+        for item in getattr(args, flag) or []:
+            argv += [f"--{flag}", item]
+    argv += ["--sampler", args.sampler, "--pruner", args.pruner, "--seed", str(args.seed)]
+    argv += ["--trials", str(args.trials)] if args.trials else []
     return shlex.join([*argv, "--out", str(args.out)])
+
+
+def spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    try:
+        sets = parse_assignments(args.set or [])
+    except (ValueError, yaml.YAMLError) as e:
+        raise SweepError(" ".join(str(e).split())) from None
+    return make_spec(
+        preset=args.preset, mixer=args.mixer, sets=sets, grid=parse_grid(args.grid or []),
+        ranges=parse_ranges(args.range or []), sampler=args.sampler, trials=args.trials,
+        pruner=args.pruner, seed=args.seed,
+    )  # fmt: skip
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     def body() -> int:
-        try:
-            sets = parse_assignments(args.set or [])
-        except (ValueError, yaml.YAMLError) as e:
-            raise SweepError(" ".join(str(e).split())) from None
-        sweep = plan(
-            args.preset,
-            args.mixer,
-            sets,
-            parse_grid(args.grid),
-            args.out,
-            sweep_command(args),
-        )
+        if args.concurrency < 1:
+            raise SweepError(f"--concurrency must be at least 1, got {args.concurrency}")
+        sweep = plan(spec_from_args(args), args.out, sweep_command(args))
         check_out(sweep)
         try:
-            return run_sweep(sweep)
-        except Terminated:
+            return run_sweep(sweep, args.concurrency)
+        except (Terminated, KeyboardInterrupt):
             print(
                 f"flows sweep: stopped by a signal; rerun `{sweep.command}` to resume",
                 file=sys.stderr,

@@ -140,7 +140,7 @@ def wait_for_previous_launch(launch_file: Path, grace_s: float, log: Callable[[s
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into `Terminated` in the main thread, so cleanup runs before we exit."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -170,7 +170,7 @@ def run_streaming(
     the running group for `wait_for_previous_launch`, which a caller runs before the next
     launch (and before touching the files that group may still write)."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with _sigterm_raises():
+    with sigterm_raises():
         proc = subprocess.Popen(
             [sys.executable, "-I", str(PARENT_GUARD), str(os.getpid()), "--", *command],
             stdout=subprocess.PIPE,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from flows.config import PipelineConfig
+from flows.config import PipelineConfig, default_mlflow_uri
 from flows.record import read_record
 from flows.request import BringupRequest, resolve
 from flows.up import free_port, stack_env
@@ -291,6 +291,78 @@ def test_two_submissions_run_at_once_on_the_pool_and_take_turns_to_train(served,
     assert len(trainings) == 2 and trainings[0].end_time <= trainings[1].start_time
     for request in requests:
         assert read_record(resolve(request, run_root).run_dir).status == "completed"
+
+
+@contextmanager
+def train_slots(api_url: str, slots: int):
+    """The stack's `train-slots` limit resized to `slots` for a test, then set back."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.slots import TRAIN_SLOTS
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        before = client.read_global_concurrency_limit_by_name(TRAIN_SLOTS).limit
+        client.update_global_concurrency_limit(
+            TRAIN_SLOTS, GlobalConcurrencyLimitUpdate(limit=slots)
+        )
+        try:
+            yield
+        finally:
+            client.update_global_concurrency_limit(
+                TRAIN_SLOTS, GlobalConcurrencyLimitUpdate(limit=before)
+            )
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_trials_as_concurrent_flow_runs_nested_in_mlflow(served, tmp_path_factory):
+    """`prefect deployment run sweep/sweep` from another directory, with two train slots: both
+    grid points train at once, each a `sweep-trial` flow run of the sweep's on the pool; the
+    study, the ranking artifact and MLflow's parent run with the trials nested under it."""
+    import optuna
+
+    from flows.choices import POOL_NAME
+
+    run_root, env = served
+    api = env["PREFECT_API_URL"]
+    params = {"preset": "debug_tiny", "name": "e2e", "grid": {"train.lr": [0.001, 0.01]},
+              "overrides": {"train.steps": 8, "train.eval_every": 4}}  # fmt: skip
+    with train_slots(api, 2):
+        run_named_deployment("sweep/sweep", params, env, "--watch",
+                             cwd=tmp_path_factory.mktemp("submitter"))  # fmt: skip
+    parent = next(r for name, r in flow_runs(api) if name == "sweep" and
+                  r.parameters.get("name") == "e2e")  # fmt: skip
+    trials = [r for name, r in flow_runs(api) if name == "sweep-trial"
+              and r.name.startswith("e2e/")]  # fmt: skip
+    assert parent.state.name == "Completed"
+    assert sorted(r.state.name for r in trials) == ["Completed", "Completed"]
+    assert {r.work_pool_name for r in trials} == {POOL_NAME}
+    assert all(r.parent_task_run_id is not None for r in trials)  # shown under the sweep's run
+    first, second = sorted(trials, key=lambda r: r.start_time)
+    assert second.start_time < first.end_time  # trained at the same time
+
+    out = run_root / "sweeps" / "e2e"
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out}/optuna.db")
+    assert sorted(t.params["train.lr"] for t in study.trials) == [0.001, 0.01]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    rankings = prefect_artifacts(api, "sweep-ranking", str(parent.id))  # one after each trial
+    assert len(rankings) == 2 and {r.type for r in rankings} == {"table"}
+    latest = max(rankings, key=lambda r: r.created)
+    assert len(json.loads(latest.data)) == 2 and latest.description.startswith("sweep e2e: 2 ")
+    best = json.loads((out / "sweep.json").read_text())["points"][0]
+    assert best["val_loss"] == min(t.value for t in study.trials)
+
+    client = MlflowClient(default_mlflow_uri(run_root))
+    experiment = client.get_experiment_by_name("bringup").experiment_id
+    sweep_run = next(r for r in client.search_runs([experiment]) if r.info.run_name == "sweep/e2e")
+    assert sweep_run.data.tags["prefect.flow_run_id"] == str(parent.id)
+    assert sweep_run.data.metrics["best/val_loss"] == best["val_loss"]
+    nested = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{sweep_run.info.run_id}'"
+    )
+    assert sorted(r.data.tags["sweep.trial"] for r in nested) == ["0", "1"]
+    assert all("loss" in r.data.metrics for r in nested)  # train_stage's own curves
 
 
 def serve_through_deployment(env: dict, params: dict, tmp_path_factory) -> str:

@@ -1,10 +1,11 @@
 """`python -m flows sweep`: refusals before any work, and a 2-point debug_tiny sweep end to end
-(shared data, same seed and first batch, sorted outputs, resume of a stopped point, no retraining
-of a finished one)."""
+(shared data, same seed and first batch, sorted outputs, the study continued by a rerun with a
+stopped point resumed from its checkpoint, no retraining of a finished one by another study)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,23 @@ SMALL = ["--preset", "debug_tiny", "--set", "train.steps=3"]
         (["train.lr=1e-3"], ["--set", "train.lr=3e-3"], "both"),
         (["train.lr=1e-3"], ["--set", "nokey"], "KEY=VALUE"),
         (["train.lr=1e-3"], ["--set", "run_root=/x"], "run_root"),
+        ([], [], "at least one"),
+        (["train.lr=1e-3"], ["--range", "train.lr=1e-4..1e-2", "--sampler", "tpe"], "both"),
+        ([], ["--range", "train.lr=1e-4..1e-2"], "needs --sampler tpe"),
+        ([], ["--range", "train.lr=1e-4..1e-2", "--sampler", "tpe"], "--trials"),
+        (["train.lr=1e-3"], ["--trials", "3"], "--trials is for"),
+        ([], ["--range", "train.lr=1e-2..1e-4", "--sampler", "tpe", "--trials", "2"], "low < high"),
+        ([], ["--range", "train.lr=0..1e-2:log", "--sampler", "tpe", "--trials", "2"], "low > 0"),
+        ([], ["--range", "train.lr=nan..1", "--sampler", "tpe", "--trials", "2"], "finite"),
+        ([], ["--range", "train.lr=1e-4-1e-2", "--sampler", "tpe", "--trials", "2"], "LOW..HIGH"),
+        ([], ["--range", "train.steps=1..8.5:int", "--sampler", "tpe", "--trials", "2"], "whole"),
+        ([], ["--range", "train.lr=-1..1", "--sampler", "tpe", "--trials", "2"], "lr"),
+        (
+            [],
+            ["--range", "train.batch_size=1..4:int", "--sampler", "tpe", "--trials", "2"],
+            "validation rows",
+        ),
+        (["train.lr=1e-3"], ["--concurrency", "0"], "concurrency"),
     ],
 )
 def test_bad_grids_are_refused_in_one_line_before_any_work(grid, extra, named, tmp_path, capsys):
@@ -66,6 +84,27 @@ def test_data_without_validation_rows_is_refused_before_training(tmp_path, capsy
     assert not (out / "points").exists()
 
 
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"ranges": {"train.lr": "1e-2"}, "sampler": "tpe", "trials": 2}, "range 'train.lr'"),
+        ({"grid": {"train.lr": [1e-3]}, "sampler": "tpe"}, "--trials"),
+        ({"grid": {"vocab_size": [256]}}, "only train.*"),
+        ({"grid": {"train.lr": []}}, "no values"),
+        ({}, "at least one"),
+    ],
+)
+def test_the_sweep_flow_refuses_a_bad_search_before_any_work(params, named, tmp_path, monkeypatch):
+    from flows.env import RUN_ROOT_ENV
+    from flows.search import SweepError
+    from flows.sweep_flow import sweep
+
+    monkeypatch.setenv(RUN_ROOT_ENV, str(tmp_path))
+    with pytest.raises(SweepError, match=re.escape(named)):
+        sweep.fn(preset="debug_tiny", **params)
+    assert list(tmp_path.iterdir()) == []
+
+
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -81,13 +120,15 @@ def test_a_two_point_sweep_trains_resumes_and_ranks(tmp_path, capsys):
     assert all(p["val_loss"] is None for p in stopped)
     capsys.readouterr()
 
-    # The same sweep without stop_at resumes each point from its step-2 checkpoint.
+    # The same sweep without stop_at continues its study: both points resume from step 2.
     assert sweep_main([*SMALL, *grid]) == 0
     log = capsys.readouterr().out
-    assert "data: reusing" in log and log.count("training (") == 2
+    assert "data: reusing" in log and log.count(": started") == 2
     result = json.loads((out / "sweep.json").read_text())
+    assert result["sampler"] == "grid" and result["study"].startswith("sweep-")
     points = result["points"]
     assert [p["status"] for p in points] == ["completed", "completed"]
+    assert sorted(p["trial"] for p in points) == [2, 3]  # trials 0 and 1 were the stopped ones
     assert all(p["resumed_from_step"] == 2 and p["steps"] == 3 for p in points)
     losses = [p["val_loss"] for p in points]
     assert losses == sorted(losses)
@@ -106,9 +147,15 @@ def test_a_two_point_sweep_trains_resumes_and_ranks(tmp_path, capsys):
     assert [float(r.split("|")[2]) for r in rows] == [round(v, 4) for v in losses]
     assert (out / "sweep.png").stat().st_size > 0
 
-    # A finished point is read back, not retrained.
+    # The finished study runs nothing more.
     before = {p["name"]: metrics(out / "points" / p["name"]) for p in points}
     assert sweep_main([*SMALL, *grid]) == 0
+    assert "every one of the 2 trials has finished" in capsys.readouterr().out
+
+    # Another study (a third lr) reads the two finished points back instead of retraining them.
+    wider = ["--grid", "train.lr=1e-3,1e-2,3e-3", "--out", str(out)]
+    assert sweep_main([*SMALL, *wider]) == 0
     log = capsys.readouterr().out
-    assert log.count("finished earlier") == 2 and "training (" not in log
+    assert log.count("finished earlier") == 2 and log.count(": started") == 1
     assert before == {p["name"]: metrics(out / "points" / p["name"]) for p in points}
+    assert len(json.loads((out / "sweep.json").read_text())["points"]) == 3
