@@ -15,6 +15,7 @@ flow run still trains is waited for, and an interrupted one resumes from its che
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -199,18 +200,20 @@ def sweep(
     """
     spec = make_spec(preset=preset, mixer=mixer, sets=overrides, grid=grid, sampler=sampler,
                      trials=trials, pruner=pruner, seed=seed, ranges=parse_ranges(ranges))  # fmt: skip
-    logger = get_run_logger()
+    if concurrency is not None and concurrency < 1:
+        raise SweepError(f"concurrency must be at least 1, got {concurrency}")
     run_root, mlflow_uri = served_location()
     run_root = run_root.expanduser().resolve()
     if name is None:
         request = BringupRequest(preset=preset, mixer=mixer, overrides=overrides)
         name = f"{preset}-{resolve(request, run_root).mixer}"
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise SweepError(f"name {name!r}: letters, digits, '.', '_' and '-' only (a directory)")
     command = f"prefect deployment run sweep/sweep (name {name!r}, study {spec.study_name()})"
     plan_ = plan(spec, run_root / "sweeps" / name, command)
     check_out(plan_)
+    logger = get_run_logger()
     limit = concurrency or train_slots_limit()
-    if limit < 1:
-        raise SweepError(f"concurrency must be at least 1, got {limit}")
     logger.info("sweep %s: %d trials, %d at once, in %s", name, spec.target(), limit, plan_.out)
     prepare_data(plan_, logger.info)
     tracking = SweepTracking(plan_, name, mlflow_uri or default_mlflow_uri(run_root), run_root)
@@ -232,5 +235,9 @@ def sweep(
     finally:
         tracking.finish(plan_, loop.records(), status)
     logger.info(best_line(plan_, records).removeprefix("[sweep] "))
+    if status != "FINISHED":
+        failed = [r["name"] for r in records if r["status"] not in ("completed", "pruned")]
+        raise RuntimeError(f"sweep {name}: not every trial completed ({', '.join(failed)}); "
+                           "see the sweep-ranking artifact")  # fmt: skip
     return {"dir": str(plan_.out), "study": spec.study_name(), "points": len(records),
             "best": ranked(records)[0]["name"] if records else None}  # fmt: skip

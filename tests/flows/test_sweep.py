@@ -92,6 +92,8 @@ def test_data_without_validation_rows_is_refused_before_training(tmp_path, capsy
         ({"grid": {"vocab_size": [256]}}, "only train.*"),
         ({"grid": {"train.lr": []}}, "no values"),
         ({}, "at least one"),
+        ({"grid": {"train.lr": [1e-3]}, "name": "../elsewhere"}, "name '../elsewhere'"),
+        ({"grid": {"train.lr": [1e-3]}, "concurrency": 0}, "concurrency must be"),
     ],
 )
 def test_the_sweep_flow_refuses_a_bad_search_before_any_work(params, named, tmp_path, monkeypatch):
