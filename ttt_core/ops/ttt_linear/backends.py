@@ -3,8 +3,9 @@ names of `ttt_core.ops.backends`):
 
 - "autograd": `dual.autograd_dual_scan`, the Python chunk loop differentiated by autograd; the
   reference the others are tested against (next to the primal reference).
-- "fused": `fused.fused_dual_scan`, the same loop with a hand-written backward that keeps one
-  (d, d) weight and two (b, d) activations per chunk instead of autograd's graph.
+- "fused": `fused.fused_dual_scan`, the same loop with a hand-written backward that keeps four
+  (b, d) activations per chunk and one (d, d) weight per `checkpoint_chunks` chunks (about
+  every sqrt(n)-th by default) instead of autograd's graph.
 - "triton": `triton_dual.ttt_linear_dual_triton`, Triton kernels with the fast weight on chip
   (CUDA, or the CPU interpreter under TRITON_INTERPRET=1); optional extra `[triton]`.
 - "auto": triton on CUDA when it can run there, else fused.

@@ -9,19 +9,19 @@ inner LayerNorm LN(u) = w * x_hat(u) + beta with x_hat = (u - mean u) * rstd):
 
 Q K^T and A, which do not depend on W, are formed for all chunks at once before the loop; the
 loop does the other four products per chunk and the LayerNorm work in as few passes as the
-algebra allows (the native LayerNorm kernels for the statistics and for x_hat's
-vector-Jacobian product). On CPU a fresh (B, H, T, d)-sized temporary costs more in memory
-traffic than batching K - V or eta K over the chunks saves, so those are formed per chunk.
-Forward keeps, only when a gradient is needed, the normalised `x_hat` and `rstd` of U and P of
-every chunk (one tensor per chunk, as the native kernel made it) and the (d, d) weight of every
-`weight_stride`-th chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end
-state, accumulated in place): per segment it first replays the weights in between from the
-stored one (the inner gradients come from U's statistics alone, so the replay is bitwise exact),
-then applies the analytic first- and second-order gradients of the inner LayerNorm; the terms
-through A and the LayerNorm bias's sums are formed for all chunks at once after the loop;
-nothing is differentiated by autograd. Precision follows
-`dual.py`: `W`-products and `Q K^T` run in the activation dtype in forward; the backward runs in
-the state dtype.
+algebra allows (U's statistics in four elementwise passes, x_hat's vector-Jacobian product by
+the native LayerNorm-backward kernel); P's LayerNorm and Z are formed for all chunks after it.
+On CPU a fresh (B, H, T, d)-sized temporary costs more in memory traffic than batching K - V or
+eta K over the chunks saves, so those are formed per chunk. Forward keeps, only when a gradient
+is needed, in chunk-major (n, BH, ...) buffers: U's x_hat and rstd, the inner gradient g and
+h = s w r that made it, P's x_hat and rstd, and the (d, d) weight of every `weight_stride`-th
+chunk. Backward walks the chunks in reverse carrying `dW` (the gradient of the chunk's end state,
+accumulated in place): per segment it first replays the weights in between from the stored one
+with the kept g (bitwise forward's), then applies the analytic first- and second-order gradients
+of the inner LayerNorm per chunk, while the chunk's rows are in cache; the terms through A and
+the LayerNorm bias's sums are formed for all chunks at once after the loop; nothing is
+differentiated by autograd. Precision follows `dual.py`: `W`-products and `Q K^T` run in the
+activation dtype in forward; the backward runs in the state dtype.
 """
 
 from __future__ import annotations
@@ -85,24 +85,26 @@ def fused_dual_scan(
 def default_weight_stride(n_chunks: int) -> int:
     """Forward stores the weight of every `stride`-th chunk, backward replays the updates in
     between: ceil(sqrt(n)) keeps about 2 sqrt(n) (d, d) weights alive instead of n, for one
-    extra (d, b) x (b, d) product per chunk."""
+    extra (d, b) x (b, d) product per chunk. (Keeping all n was no faster on CPU: the weights
+    are read back cold, and above glibc's mmap threshold each call page-faults them in.)"""
     return max(1, math.ceil(math.sqrt(n_chunks)))
 
 
 class _Layout(NamedTuple):
     """One scan's inputs by chunk and what does not depend on W: k, v (BH, n, b, d), eta
-    (BH, n, b); per-(batch, head) LayerNorm weight `w`, `s w` and bias (BH, 1, d) with s = 2 / b
-    the inner loss's `scale`; scores Q K^T, mask_eta = M * eta_col and A = scores * mask_eta
-    (BH, n, b, b), state dtype. Nothing here is (BH, n, b, d)-sized beyond the inputs' views
-    (see the module docstring)."""
+    (BH, n, b); per-(batch, head) LayerNorm weight `w`, bias, `s w`, `s w bias` and `s w w`
+    (BH, 1, d) with s = 2 / b the inner loss's `scale`; scores Q K^T, mask_eta = M * eta_col and
+    A = scores * mask_eta (BH, n, b, b), state dtype."""
 
     scale: float
     kc: Tensor
     vc: Tensor
     eta_c: Tensor
     w: Tensor
-    sw: Tensor
     bias: Tensor
+    sw: Tensor
+    sw_bias: Tensor
+    sww: Tensor
     scores: Tensor
     mask_eta: Tensor
     A: Tensor
@@ -117,67 +119,85 @@ class _Layout(NamedTuple):
         scores = torch.bmm(flat_q, flat_k.transpose(1, 2)).to(sd).view(rows, n, b, b)
         mask_eta = strictly_lower(b, qc.device) * eta_c[:, :, None, :]
         scale = 2.0 / b
-        return cls(scale, kc, vc, eta_c, w, scale * w, bias, scores, mask_eta, scores * mask_eta)
+        sw = scale * w
+        return cls(scale, kc, vc, eta_c, w, bias, sw, sw * bias, sw * w, scores, mask_eta,
+                   scores * mask_eta)  # fmt: skip
 
 
-class _Normalised(NamedTuple):
-    """LayerNorm statistics of every chunk, one tensor each as the native kernel made it (no
-    copy into a shared buffer): x_hat (BH, b, d) and rstd (BH, b, 1) per chunk."""
+class _Saved(NamedTuple):
+    """What forward keeps for backward, chunk-major so one chunk's rows are contiguous, state
+    dtype: of U = K W^T its x_hat (n, BH, b, d) and rstd (n, BH, b, 1), the inner gradient g and
+    h = s w (K - V + bias + w x_hat) that made it (n, BH, b, d); of P = Q W^T - A G its x_hat and
+    rstd."""
 
-    x_hat: list[Tensor]
-    rstd: list[Tensor]
-
-    def add(self, u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        """(x_hat, rstd) of u (BH, b, d) over its last dim (biased variance), kept."""
-        x_hat, rstd = _normalise(u, eps)
-        self.x_hat.append(x_hat)
-        self.rstd.append(rstd)
-        return x_hat, rstd
-
-    def at(self, c: int) -> tuple[Tensor, Tensor]:
-        return self.x_hat[c], self.rstd[c]
-
-    def flat(self) -> list[Tensor]:
-        return [*self.x_hat, *self.rstd]
+    x_hat_u: Tensor
+    rstd_u: Tensor
+    g: Tensor
+    h: Tensor
+    x_hat_p: Tensor
+    rstd_p: Tensor
 
     @classmethod
-    def of_flat(cls, tensors: list[Tensor]) -> _Normalised:
-        n = len(tensors) // 2
-        return cls(list(tensors[:n]), list(tensors[n:]))
+    def empty(cls, n: int, rows: int, b: int, d: int, like: Tensor) -> _Saved:
+        """Buffers for every field but the P ones, which forward normalises in place."""
+        return cls(*(like.new_empty(n, rows, b, size) for size in (d, 1, d, d)), None, None)
 
 
-def _normalise(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(x_hat, rstd) of u (BH, b, d) over its last dim, biased variance."""
-    x_hat, _, rstd = torch.native_layer_norm(u, [u.shape[-1]], None, None, eps)
-    return x_hat, rstd
+def _normalise(
+    u: Tensor, eps: float, x_hat: Tensor | None = None, rstd: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(x_hat, rstd) of u (..., d) over its last dim (biased variance): x_hat written into the
+    given buffer, else into u itself (a temporary: u is always overwritten), rstd (..., 1) into
+    its buffer if given. Centred two-pass statistics; four elementwise passes, faster on CPU
+    than `native_layer_norm` at these shapes."""
+    d = u.shape[-1]
+    centred = u.sub_(u.mean(-1, keepdim=True))
+    inv = torch.linalg.vecdot(centred, centred)[..., None].div_(d).add_(eps).rsqrt_()
+    if rstd is not None:
+        inv = rstd.copy_(inv)
+    return torch.mul(centred, inv, out=centred if x_hat is None else x_hat), inv
 
 
-def _ln_vjp(dy: Tensor, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
+def _ln_vjp(
+    dy: Tensor, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor], out: Tensor | None = None
+) -> Tensor:
     """`rstd * (dy - mean(dy) - x_hat * mean(dy * x_hat))`: the vector-Jacobian product of
-    `x_hat(u)` (a symmetric operator), over the last dim of (BH, b, d). `unit` is (zeros, ones)
-    shaped like rstd, so the fused native kernel normalises nothing again."""
+    `x_hat(u)` (a symmetric operator), over the last dim of (..., b, d), into `out` if given.
+    `unit` is (zeros, ones) shaped like rstd, so the fused native kernel normalises nothing
+    again."""
     zeros, ones = unit
     mask = [True, False, False]
     vjp = torch.ops.aten.native_layer_norm_backward(
         dy, x_hat, [dy.shape[-1]], zeros, ones, None, None, mask
     )
-    return vjp[0].mul_(rstd)
+    return torch.mul(vjp[0], rstd, out=vjp[0] if out is None else out)
 
 
 def _unit(like: Tensor) -> tuple[Tensor, Tensor]:
-    """(zeros, ones) shaped like a chunk's rstd (BH, b, 1): `_ln_vjp`'s mean and rstd."""
+    """(zeros, ones) shaped like an rstd (..., b, 1): `_ln_vjp`'s mean and rstd."""
     return torch.zeros_like(like), torch.ones_like(like)
 
 
-def _inner_grad(
-    lay: _Layout, c: int, x_hat: Tensor, rstd: Tensor, unit: tuple[Tensor, Tensor]
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(g, h, r) of chunk c from U's statistics, state dtype: r = K - V + bias + w x_hat,
-    h = s w r, g = x_hat'(U)^T h."""
+def _inner_h(lay: _Layout, c: int, x_hat: Tensor, out: Tensor | None = None) -> Tensor:
+    """h = s w (K - V + bias + w x_hat) of chunk c (BH, b, d), state dtype, into `out` if given:
+    the inner loss's gradient w.r.t. LN(U), whose x_hat-VJP is the inner gradient g."""
     sd = x_hat.dtype
-    r = torch.sub(lay.kc[:, c].to(sd), lay.vc[:, c].to(sd)).add_(lay.bias).addcmul_(lay.w, x_hat)
-    h = r * lay.sw
-    return _ln_vjp(h, x_hat, rstd, unit), h, r
+    kv = torch.sub(lay.kc[:, c].to(sd), lay.vc[:, c].to(sd))
+    return torch.addcmul(lay.sw_bias, kv, lay.sw, out=out).addcmul_(lay.sww, x_hat)
+
+
+def _residual(lay: _Layout, c: int, x_hat: Tensor) -> Tensor:
+    """r = K + LN(U) - V of chunk c (BH, b, d), for the inner-loss statistics only."""
+    sd = x_hat.dtype
+    r = torch.sub(lay.kc[:, c].to(sd), lay.vc[:, c].to(sd)).add_(lay.bias)
+    return r.addcmul_(lay.w, x_hat)
+
+
+def _product_into(x: Tensor, W: Tensor, out: Tensor) -> Tensor:
+    """`fast_weight_product(x, W)` (BH, b, d) written into `out` (state dtype)."""
+    if x.dtype == out.dtype:
+        return torch.bmm(x, W.transpose(1, 2), out=out)
+    return out.copy_(fast_weight_product(x, W))
 
 
 def _update(lay: _Layout, c: int, W: Tensor, g: Tensor, out: Tensor) -> Tensor:
@@ -192,8 +212,9 @@ class FusedDualScan(torch.autograd.Function):
     weight_stride | None) -> (z (B, H, T, d), W_next, the weight the last chunk's gradients
     were taken at, inner-loss stats (3,) or an empty tensor).
 
-    Internally batch and heads are one dimension and tokens are (chunk, slot): per-chunk tensors
-    are strided views (BH, b, d), weights (BH, d, d), and weight updates single `baddbmm` calls."""
+    Internally batch and heads are one dimension and tokens are (chunk, slot): input chunks are
+    strided views (BH, b, d), weights (BH, d, d), weight updates single `baddbmm` calls, and
+    what is kept per chunk lives in chunk-major (n, BH, ...) buffers."""
 
     @staticmethod
     def forward(
@@ -211,32 +232,35 @@ class FusedDualScan(torch.autograd.Function):
             lay = _Layout.of(qc, kc, vc, eta_c, ln_weight, ln_bias, B, sd)
             W_c = W.reshape(B * H, d, d).to(sd, copy=True)  # the running weight, updated in place
             W_saved = W_c.new_empty(-(-n // stride), B * H, d, d) if keep else None
-            ln_u, ln_p = _Normalised([], []), _Normalised([], [])
+            saved = _Saved.empty(n, B * H, b, d, W_c) if keep else None
+            P = W_c.new_empty(n, B * H, b, d)  # Q W^T - A G per chunk, normalised after the loop
             unit = _unit(W_c.new_empty(B * H, b, 1))
-            z = qc.to(sd) + lay.bias[:, None]  # Z = Q + bias + w x_hat(P), the last term per chunk
             loss = torch.zeros(2, dtype=torch.float32, device=q.device)
             grad_at = W_c if anchor is None else anchor.reshape(B * H, d, d).to(sd)
             for c in range(n):
                 if keep and c % stride == 0:
                     W_saved[c // stride] = W_c
                 u = fast_weight_product(kc[:, c], grad_at)
-                x_hat, rstd = ln_u.add(u, eps) if keep else _normalise(u, eps)
-                g, _, r = _inner_grad(lay, c, x_hat, rstd, unit)
-                p = fast_weight_product(qc[:, c], W_c).baddbmm_(lay.A[:, c], g, alpha=-1)
-                x_hat_p = (ln_p.add(p, eps) if keep else _normalise(p, eps))[0]
-                z[:, c].addcmul_(lay.w, x_hat_p)
+                kept = (saved.x_hat_u[c], saved.rstd_u[c]) if keep else ()
+                x_hat, rstd = _normalise(u, eps, *kept)
+                h = _inner_h(lay, c, x_hat, out=saved.h[c] if keep else None)
+                g = _ln_vjp(h, x_hat, rstd, unit, out=saved.g[c] if keep else None)
+                _product_into(qc[:, c], W_c, P[c]).baddbmm_(lay.A[:, c], g, alpha=-1)
                 if c == n - 1:
                     last_grad_at = grad_at.clone()
                 _update(lay, c, W_c, g, out=W_c)
                 if with_loss:
                     real = real_slots(c, n, b, first_pos, pad)
                     ln_w, ln_b = lay.w[:, 0], lay.bias[:, 0]
+                    r = _residual(lay, c, x_hat)
                     loss += chunk_inner_loss(r, kc[:, c], vc[:, c], W_c, ln_w, ln_b, eps, real)
                 grad_at = W_c
+            x_hat_p, rstd_p = _normalise(P, eps)  # P's LayerNorm for all chunks at once
+            z = (qc.to(sd) + lay.bias[:, None]).addcmul_(lay.w[:, None], x_hat_p.transpose(0, 1))
             z = _unchunked(z, B, first_pos, T).to(q.dtype)
         if keep:
-            ln_stats = [*ln_u.flat(), *ln_p.flat()]
-            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_stats)
+            saved = saved._replace(x_hat_p=x_hat_p, rstd_p=rstd_p)
+            ctx.save_for_backward(q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *saved)
             ctx.config = (b, first_pos, stride, W.dtype)
         stats = torch.cat([loss, loss.new_tensor([B * H * T])]) if with_loss else loss.new_empty(0)
         ctx.mark_non_differentiable(stats)
@@ -244,19 +268,18 @@ class FusedDualScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dz, dW_end, d_last_anchor, _d_stats):
-        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *ln_stats = ctx.saved_tensors
-        half = len(ln_stats) // 2
-        ln_u, ln_p = _Normalised.of_flat(ln_stats[:half]), _Normalised.of_flat(ln_stats[half:])
+        q, k, v, eta, anchor, ln_weight, ln_bias, W_saved, *kept = ctx.saved_tensors
+        saved = _Saved(*kept)
         b, first_pos, stride, W_dtype = ctx.config
         B, H, T, d = q.shape
-        n, sd = len(ln_u.x_hat), W_saved.dtype
+        n, sd = saved.g.shape[0], W_saved.dtype
         with no_autocast(q.device):
             qc, kc, vc = (_chunked(x.to(sd), b, first_pos, n) for x in (q, k, v))
             eta_c = _chunked(eta.to(sd), b, first_pos, n)
             dz_c = _chunked(_or_zeros(dz, q).to(sd), b, first_pos, n)
             lay = _Layout.of(qc, kc, vc, eta_c, ln_weight, ln_bias, B, sd)
-            unit = _unit(W_saved.new_empty(B * H, b, 1))
             grads = _Grads.empty(B * H, n, b, d, W_saved)
+            unit = _unit(saved.rstd_u[0])
             # dW: the gradient of the weight the current chunk ends with, accumulated in place.
             dW = _or_zeros(dW_end, W_saved[0]).reshape(B * H, d, d).to(sd, copy=True)
             anchor_rows = None if anchor is None else anchor.reshape(B * H, d, d).to(sd)
@@ -264,15 +287,15 @@ class FusedDualScan(torch.autograd.Function):
             replayed = W_saved.new_empty(stride - 1, B * H, d, d)
             for start in reversed(range(0, n, stride)):
                 chunks = range(start, min(start + stride, n))
-                segment = _replay(W_saved[start // stride], chunks, ln_u, lay, unit, replayed)
+                weights = _replay(W_saved[start // stride], chunks, saved.g, lay, replayed)
                 for c in reversed(chunks):
-                    W_c, inner = segment[c - start]
                     own_anchor = anchor_rows is not None and c == 0
+                    W_c = weights[c - start]
                     grad_at = anchor_rows if own_anchor else W_c
-                    rows = _Rows(qc[:, c], kc[:, c], eta_c[:, c, :, None], dz_c[:, c], W_c, grad_at)
-                    d_grad_at = _chunk_backward(
-                        c, rows, inner, ln_u, ln_p, dW, grads, lay, unit, own_anchor
+                    rows = _Rows(
+                        qc[:, c], kc[:, c], vc[:, c], dz_c[:, c], eta_c[:, c, :, None], W_c, grad_at
                     )
+                    d_grad_at = _chunk_backward(c, rows, saved, dW, grads, lay, unit, own_anchor)
                     if own_anchor:
                         d_anchor = d_grad_at
                     if c == n - 1 and d_last_anchor is not None:  # the returned anchor's gradient
@@ -293,23 +316,15 @@ class FusedDualScan(torch.autograd.Function):
         )  # fmt: skip
 
 
-class _Inner(NamedTuple):
-    """A chunk's inner-loss gradient `g`, and `h = s w r`, `r = K + LN(U) - V` that made it
-    (BH, b, d), state dtype."""
-
-    g: Tensor
-    h: Tensor
-    r: Tensor
-
-
 class _Rows(NamedTuple):
-    """One chunk's inputs in backward, state dtype: q, k, dz (BH, b, d), eta (BH, b, 1); the
+    """One chunk's inputs in backward, state dtype: q, k, v, dz (BH, b, d), eta (BH, b, 1); the
     weight it read and the one its inner gradients were taken at (BH, d, d)."""
 
     q: Tensor
     k: Tensor
-    eta: Tensor
+    v: Tensor
     dz: Tensor
+    eta: Tensor
     W: Tensor
     grad_at: Tensor
 
@@ -349,38 +364,39 @@ class _Grads(NamedTuple):
 
 
 def _chunk_backward(
-    c: int, x: _Rows, inner: _Inner, ln_u: _Normalised, ln_p: _Normalised, dW: Tensor,
-    grads: _Grads, lay: _Layout, unit: tuple[Tensor, Tensor], own_anchor: bool,
+    c: int, x: _Rows, saved: _Saved, dW: Tensor, grads: _Grads, lay: _Layout,
+    unit: tuple[Tensor, Tensor], own_anchor: bool,
 ) -> Tensor | None:  # fmt: skip
     """Chunk c's gradients into `grads`, given dz and dW, the gradient of its end state, which
     becomes in place the gradient of the weight it read (plus of `grad_at` when that is it).
     Returns the gradient of `grad_at` when it is the caller's anchor, else None. Names with an
-    `n_` prefix hold the negated gradient (fewer passes: every use of dG is linear)."""
-    x_hat, rstd = ln_u.at(c)
-    d = x_hat.shape[-1]
+    `n_` prefix hold the negated gradient (fewer passes: every use of dG is linear). Everything
+    a chunk touches is formed here while it is in cache: on CPU the same work batched over all
+    chunks after the loop is slower (each pass then streams the whole (BH, n, b, d) from memory)."""
+    x_hat, rstd, g, h = saved.x_hat_u[c], saved.rstd_u[c], saved.g[c], saved.h[c]
+    rstd_d = rstd / x_hat.shape[-1]
     # Z = Q + w x_hat(P) + bias (the bias's share is summed later)
-    x_hat_p, rstd_p = ln_p.at(c)
-    grads.ln_w_terms.addcmul_(x.dz, x_hat_p)
-    dP = _ln_vjp(x.dz * lay.w, x_hat_p, rstd_p, unit)
+    grads.ln_w_terms.addcmul_(x.dz, saved.x_hat_p[c])
+    dP = _ln_vjp(x.dz * lay.w, saved.x_hat_p[c], saved.rstd_p[c], unit)
     # P = Q W^T - A G
-    grads.dA[:, c] = torch.bmm(dP, inner.g.transpose(1, 2)).neg_()
+    grads.dA[:, c] = torch.bmm(dP, g.transpose(1, 2)).neg_()
     grads.dq[:, c] = torch.baddbmm(x.dz, dP, x.W)
     # W_next = W - G^T (eta K)
-    g_dW = torch.bmm(inner.g, dW)
+    g_dW = torch.bmm(g, dW)
     grads.deta_update[:, c] = torch.linalg.vecdot(g_dW, x.k)
     n_dg = torch.bmm(x.k, dW.transpose(1, 2)).mul_(x.eta)
     n_dg.baddbmm_(lay.A[:, c].transpose(1, 2), dP)
-    # G = x_hat'(U)^T H with H = s w R, differentiated through H, x_hat and rstd of U
-    h_x = torch.linalg.vecdot(inner.h, x_hat)[..., None].mul_(rstd / d)
-    n_dg_x = torch.linalg.vecdot(n_dg, x_hat)[..., None].mul_(rstd / d)
-    n_rstd_term = torch.linalg.vecdot(n_dg, inner.g)[..., None].mul_(rstd / d)
+    # G = x_hat'(U)^T h with h = s w (K - V + bias + w x_hat), through h, x_hat and rstd of U
+    h_x = torch.linalg.vecdot(h, x_hat)[..., None].mul_(rstd_d)
+    n_dg_x = torch.linalg.vecdot(n_dg, x_hat)[..., None].mul_(rstd_d)
+    n_rstd_term = torch.linalg.vecdot(n_dg, g)[..., None].mul_(rstd_d)
     n_dh = _ln_vjp(n_dg, x_hat, rstd, unit)
-    dx_hat = torch.addcmul(inner.h * n_dg_x, n_dg, h_x)
+    dx_hat = torch.addcmul(h * n_dg_x, n_dg, h_x).addcmul_(lay.sww, n_dh, value=-1)
     n_dr = lay.sw * n_dh
-    # R = K - V + bias + w x_hat: the weight's share (the bias's is -dv, summed later)
-    grads.ln_w_terms.addcmul_(torch.addcmul(inner.r, lay.w, x_hat), n_dh, value=-lay.scale)
-    dU = _ln_vjp(dx_hat.addcmul_(lay.w, n_dr, value=-1), x_hat, rstd, unit)
-    dU.addcmul_(x_hat, n_rstd_term)
+    # h's LayerNorm weight, in s w (K - V + bias) and in s w w x_hat (the bias's share is -dv)
+    r_w = torch.sub(x.k, x.v).add_(lay.bias).addcmul_(lay.w, x_hat, value=2)
+    grads.ln_w_terms.addcmul_(r_w, n_dh, value=-lay.scale)
+    dU = _ln_vjp(dx_hat, x_hat, rstd, unit).addcmul_(x_hat, n_rstd_term)
     # U = K grad_at^T; dK also collects -eta G dW_next (and dS^T Q, added later)
     grads.dk[:, c] = torch.baddbmm(n_dr.addcmul(x.eta, g_dW), dU, x.grad_at, beta=-1)
     grads.dv[:, c] = n_dr
@@ -393,18 +409,16 @@ def _chunk_backward(
 
 
 def _replay(
-    W_start: Tensor, chunks: range, ln_u: _Normalised, lay: _Layout, unit, buffer: Tensor
-) -> list[tuple[Tensor, _Inner]]:
-    """[(W read by chunk c, its inner gradient) for c in `chunks`], from the stored weight of the
-    first: the inner gradients come from the saved statistics of U (no product with W), each
-    next weight from one update, exactly as forward made them, written into `buffer`
-    (stride - 1, BH, d, d), reused by every segment."""
+    W_start: Tensor, chunks: range, g: Tensor, lay: _Layout, buffer: Tensor
+) -> list[Tensor]:
+    """[the weight chunk c read for c in `chunks`], from the stored weight of the first, each
+    next one by the update forward made from the kept inner gradient g (n, BH, b, d): bitwise
+    forward's weights, written into `buffer` (stride - 1, BH, d, d), reused by every segment."""
     out, W_c = [], W_start
     for i, c in enumerate(chunks):
-        inner = _Inner(*_inner_grad(lay, c, *ln_u.at(c), unit))
-        out.append((W_c, inner))
+        out.append(W_c)
         if c != chunks[-1]:
-            W_c = _update(lay, c, W_c, inner.g, out=buffer[i])
+            W_c = _update(lay, c, W_c, g[c], out=buffer[i])
     return out
 
 
