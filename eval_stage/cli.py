@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from data_stage import DataStageError
+from stage_common.allocator import keep_freed_memory
 from stage_common.config_cli import (
     Alias,
     CliParser,
@@ -348,6 +349,7 @@ def _run_dir_written(args: argparse.Namespace) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prefix = f"eval_stage {args.command}"
 

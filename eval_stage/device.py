@@ -11,6 +11,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from stage_common.allocator import allocator_state
+
 from .errors import EvalInputError
 from .results import DeviceInfo
 
@@ -39,13 +41,14 @@ def _cpu_name() -> str:
 
 
 def describe_device(device: torch.device) -> DeviceInfo:
-    """The device's type and name plus torch's intra-op thread count."""
+    """The device's type and name, torch's intra-op thread count and the C allocator's setting."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return DeviceInfo(
         type=device.type,
         name=name,
         threads=torch.get_num_threads(),
         torch_version=torch.__version__,
+        allocator=allocator_state(),
     )
 
 

@@ -41,6 +41,9 @@ class DeviceInfo(BaseModel):
     name: str = Field(description="CPU model or CUDA device name")
     threads: int = Field(description="torch intra-op threads")
     torch_version: str
+    allocator: str = Field(
+        default="not recorded", description="what `stage_common.allocator` did to malloc"
+    )
 
 
 class ModelInfo(BaseModel):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from stage_common.allocator import keep_freed_memory
 from stage_common.config_cli import describe_refusal, positive_int
 from train_stage.config import TRAIN_PRESETS, TrainConfig
 from ttt_core import TTTLM, ModelConfig
@@ -117,6 +118,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     args = parse_args()
+    allocator = keep_freed_memory()  # as the trainer runs
     steps = {m: make_step(m, args.preset, args.seed) for m in args.mixers}
     for _ in range(args.warmup):
         for step, _ in steps.values():
@@ -140,7 +142,9 @@ def main() -> None:
                 "times_s": times[mixer],
             }
         )
-    print(f"{args.preset}: {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"{args.preset}: {torch.get_num_threads()} threads, torch {torch.__version__}; {allocator}"
+    )
     print(f"{'mixer':24s} {'tokens/s':>9s} {'over none (paired, 2.5-97.5%)':>32s}")
     for r in rows:
         low, high = r["over_none_interval"]
@@ -154,6 +158,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
+        "allocator": allocator,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from eval_stage.bench import BenchShape, dual_inputs
+from stage_common.allocator import keep_freed_memory
 from stage_common.config_cli import positive_int
 from ttt_core.ops.backends import OPS_BACKENDS
 from ttt_core.ops.ttt_linear.backends import ttt_linear_dual
@@ -67,6 +68,7 @@ def median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     args = parse_args()
+    allocator = keep_freed_memory()  # as the trainer runs
     shape = BenchShape(batch=args.batch, heads=args.heads, head_dim=args.head_dim,
                        chunk=args.chunk, seq_len=args.seq_len)  # fmt: skip
     inputs = dual_inputs(shape, torch.float32, torch.device("cpu"), seed=0)
@@ -98,7 +100,7 @@ def main() -> None:
                   f"{row['calls']:>6}")  # fmt: skip
     record = {"shape": shape.model_dump(), "dtype": "float32", "backend": args.backend,
               "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
-              "torch": torch.__version__, "repeats": args.repeats, "tables": tables,
+              "torch": torch.__version__, "allocator": allocator, "repeats": args.repeats, "tables": tables,
               "unprofiled_ms": unprofiled_ms, "profiled_ms": profiled_ms}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -128,11 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["export"]:
         return export_main(argv[1:])
+    from stage_common.allocator import keep_freed_memory
+
     from .console import keep_running_without_console
     from .distributed import world_from_env
     from .run import run_training
 
     keep_running_without_console()
+    keep_freed_memory()
     rank = world_from_env()[0]
     args = train_parser().parse_args(argv)
 
